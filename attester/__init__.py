@@ -1,0 +1,1 @@
+"""Client attester service: verifies platform evidence and issues Client Attestation JWTs."""

@@ -1,0 +1,243 @@
+"""The FastAPI application, built by :func:`create_app` (nothing happens at import)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from attester import logs
+from attester.errors import ProblemError, from_verification
+from attester.routes import build_core_router
+from attester.service import AttesterService, Clock, build_service, utcnow
+from attester.settings import Settings, load_settings
+from platform_verifiers.errors import VerificationError
+
+log = logging.getLogger("attester.http")
+
+PROBLEM_JSON = "application/problem+json"
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._\-]{1,64}")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+# Each platform module offers ``plug_in(service) -> (Platform, APIRouter)``.
+PLATFORM_MODULES = ("attester.platforms.android", "attester.platforms.apple")
+
+
+def problem_response(error: ProblemError, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(
+        error.body(logs.request_id.get()),
+        status_code=error.status,
+        media_type=PROBLEM_JSON,
+        headers=headers,
+    )
+
+
+class RequestContext:
+    """Pure ASGI middleware: request id, JSON access log, body size limit.
+
+    The body is read (up to the limit) before the app sees it, so an oversized or
+    endless body is answered 413 without buffering more than ``max_body`` bytes.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_body: int) -> None:
+        self.app = app
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        supplied = headers.get("x-request-id", "")
+        rid = supplied if _REQUEST_ID.fullmatch(supplied) else secrets.token_hex(8)
+        token = logs.request_id.set(rid)
+        started = time.perf_counter()
+        status_holder = [500]
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder[0] = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
+            await send(message)
+
+        try:
+            body = await self._read_body(headers, receive)
+            content_type = headers.get("content-type", "").split(";")[0].strip().lower()
+            if body and scope.get("method") == "POST" and not (
+                content_type == "application/json" or content_type.endswith("+json")
+            ):
+                response = problem_response(
+                    ProblemError("unsupported_media_type", "send application/json", status=415)
+                )
+                await response(scope, receive, send_with_id)
+                return
+            if body is None:
+                response = problem_response(
+                    ProblemError(
+                        "request_too_large",
+                        "the request body exceeds the size limit",
+                        limit=self.max_body,
+                    ),
+                    headers={"connection": "close"},
+                )
+                await response(scope, receive, send_with_id)
+                return
+            replayed = False
+
+            async def replay() -> Message:
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                return await receive()
+
+            await self.app(scope, replay, send_with_id)
+        finally:
+            log.info(
+                "request",
+                extra={
+                    "fields": {
+                        "method": scope.get("method"),
+                        "path": scope.get("path"),
+                        "status": status_holder[0],
+                        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                    }
+                },
+            )
+            logs.request_id.reset(token)
+
+    async def _read_body(self, headers: dict[str, str], receive: Receive) -> bytes | None:
+        declared = headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ProblemError)
+    async def _problem(_: Request, exc: ProblemError) -> JSONResponse:
+        log.info("rejected", extra={"fields": {"code": exc.code, "status": exc.status}})
+        return problem_response(exc)
+
+    @app.exception_handler(VerificationError)
+    async def _verification(_: Request, exc: VerificationError) -> JSONResponse:
+        problem = from_verification(exc)
+        log.info(
+            "evidence rejected",
+            extra={"fields": {"code": problem.code, "detail": problem.extra}},
+        )
+        return problem_response(problem)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return problem_response(
+                ProblemError("malformed_request", "the request body is not valid JSON")
+            )
+        # report where and what kind of problem, never the caller's values
+        fields = [
+            {"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"), "type": e.get("type")}
+            for e in errors[:20]
+        ]
+        return problem_response(
+            ProblemError("invalid_request", "the request does not match the expected shape", errors=fields)
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed", 415: "unsupported_media_type"}
+        code = codes.get(exc.status_code, "malformed_request")
+        titles = {
+            "not_found": "no such resource",
+            "method_not_allowed": "method not allowed on this resource",
+            "unsupported_media_type": "send application/json",
+            "malformed_request": "the request cannot be processed",
+        }
+        return problem_response(ProblemError(code, titles[code], status=exc.status_code))
+
+    @app.exception_handler(Exception)
+    async def _internal(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error")
+        return problem_response(ProblemError("internal_error", "internal error", status=500))
+
+
+def create_app(
+    settings: Settings,
+    *,
+    clock: Clock = utcnow,
+    service: AttesterService | None = None,
+) -> FastAPI:
+    """Build the service and its HTTP interface from ``settings``."""
+    import importlib
+
+    service = service or build_service(settings, clock=clock)
+    routers: list[APIRouter] = [build_core_router(service)]
+    for module_name in PLATFORM_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        platform, router = module.plug_in(service)
+        service.platforms[platform.name] = platform
+        routers.append(router)
+
+    app = FastAPI(
+        title="Client Attester",
+        version="0.1.0",
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.service = service
+    for router in routers:
+        app.include_router(router)
+    _install_error_handlers(app)
+    app.add_middleware(RequestContext, max_body=settings.max_body_bytes)  # type: ignore[arg-type]
+    return app
+
+
+def app_from_environment() -> FastAPI:
+    """Factory for ``uvicorn --factory`` workers: settings from ATTESTER_CONFIG + environment."""
+    import os
+    from pathlib import Path
+
+    config = os.environ.get("ATTESTER_CONFIG")
+    settings = load_settings(Path(config) if config else None)
+    logs.configure(settings.log_level)
+    return create_app(settings)
+
+
+def cache_headers(max_age: int, etag: str) -> dict[str, str]:
+    return {"Cache-Control": f"public, max-age={max_age}", "ETag": etag}
+
+
+__all__ = ["create_app", "app_from_environment", "problem_response", "Response", "cache_headers"]

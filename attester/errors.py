@@ -1,0 +1,98 @@
+"""RFC 9457 problem details: one exception, one table from stable codes to HTTP statuses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from platform_verifiers.errors import VerificationError
+
+PROBLEM_TYPE_BASE = "urn:client-attester:error:"
+
+# Every code the service can answer with, and its status. Unknown verification codes
+# fall back to 400: the evidence was rejected.
+STATUS: dict[str, int] = {
+    # request shape
+    "malformed_request": 400,
+    "invalid_request": 422,
+    "request_too_large": 413,
+    "unsupported_media_type": 415,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    # challenges
+    "challenge_invalid": 400,
+    "challenge_expired": 400,
+    "challenge_replayed": 409,
+    # key proof and instance keys
+    "key_proof_malformed": 400,
+    "key_proof_alg_not_allowed": 400,
+    "key_proof_signature_invalid": 401,
+    "key_proof_wrong_audience": 401,
+    "key_proof_challenge_mismatch": 401,
+    "key_proof_stale": 401,
+    "key_proof_future": 401,
+    "jwk_private_members": 400,
+    "jwk_key_type_not_allowed": 400,
+    "jwk_malformed": 400,
+    # registry and instances
+    "app_not_registered": 403,
+    "instance_not_found": 404,
+    "instance_already_registered": 409,
+    "instance_revoked": 403,
+    "registration_too_old": 403,
+    # platform verdicts
+    "policy_violation": 403,
+    "chain_untrusted": 403,
+    "certificate_revoked": 403,
+    "revocation_list_stale": 503,
+    "revocation_list_unavailable": 503,
+    "counter_not_increasing": 409,
+    "platform_not_supported": 400,
+    # our own faults
+    "internal_error": 500,
+    "signing_key_unavailable": 503,
+}
+
+
+class ProblemError(Exception):
+    """A rejection answered as application/problem+json with a stable ``code``.
+
+    ``title`` is short and fixed per situation; it never contains the caller's bytes.
+    ``extra`` members are structured and safe (rule names, required values).
+    """
+
+    def __init__(self, code: str, title: str, *, status: int | None = None, **extra: Any) -> None:
+        super().__init__(title)
+        self.code = code
+        self.title = title
+        self.status = status or STATUS.get(code, 400)
+        self.extra = extra
+
+    def body(self, request_id: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "type": PROBLEM_TYPE_BASE + self.code,
+            "title": self.title,
+            "status": self.status,
+            "code": self.code,
+        }
+        body.update({k: v for k, v in self.extra.items() if k not in body})
+        if request_id:
+            body["request_id"] = request_id
+        return body
+
+
+def from_verification(error: VerificationError) -> ProblemError:
+    """Map a verifier's failure to a problem; detail members are the verifier's safe facts."""
+    extra = {k: _jsonable(v) for k, v in error.detail.items()}
+    return ProblemError(error.code, error.message, **extra)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, (frozenset, set, tuple, list)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return str(value)

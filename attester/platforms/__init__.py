@@ -1,0 +1,48 @@
+"""How platform verifiers plug into the service.
+
+A platform adds a package under ``platform_verifiers/`` (pure verification) and a module
+here that turns a request into :class:`VerifiedInstance` (registration) and re-checks a
+stored instance (renewal). The service does the rest: challenge redemption, the key proof,
+storage and issuance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from attester.challenges import Challenge
+from attester.settings import AppConfig
+from attester.storage import InstanceRecord
+
+
+@dataclass(frozen=True)
+class VerifiedInstance:
+    """What a platform verifier established about a new app instance."""
+
+    platform: str
+    app: AppConfig
+    # the instance's public key: the key proof is checked with it and it becomes cnf.jwk
+    instance_jwk: dict[str, str]
+    # platform facts the store keeps (serials, App Attest key id, counter, receipt, ...)
+    stored: dict[str, Any] = field(default_factory=dict)
+    # an Android instance may re-attest the key it registered before
+    replace_same_key: bool = False
+
+
+class Platform(Protocol):
+    """The renewal half of a platform plug-in (registration is a route of its own)."""
+
+    name: str
+
+    def renew(
+        self,
+        instance: InstanceRecord,
+        request: dict[str, Any],
+        *,
+        app: AppConfig,
+        challenge: Challenge,
+        now: datetime,
+    ) -> None:
+        """Re-check the instance for a renewal; raise ProblemError/VerificationError to refuse."""

@@ -1,0 +1,240 @@
+"""Service configuration: a TOML file plus ``ATTESTER_*`` environment overrides.
+
+Secure defaults everywhere; every relaxation is a named setting that is off by default.
+Invalid configuration raises :class:`ConfigError` naming the offending field.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from importlib import resources
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+MAX_ATTESTATION_LIFETIME = 24 * 3600
+
+SecurityLevelName = Literal["software", "tee", "strongbox"]
+StaticClaim = str | int | bool
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AndroidAppConfig(_Strict):
+    """Which Android apps may register, and the policy their devices must meet."""
+
+    package_names: tuple[str, ...] = Field(min_length=1)
+    # SHA-256 of the APK signing certificate(s), hex (colons allowed)
+    signing_cert_sha256: tuple[str, ...] = Field(min_length=1)
+    min_security_level: SecurityLevelName = "tee"
+    require_verified_boot: bool = True
+    require_device_locked: bool = True
+    # verified-boot keys (hex SHA-256) accepted even when the boot state is not Verified,
+    # for alternative operating systems such as GrapheneOS
+    allowed_verified_boot_keys: tuple[str, ...] = ()
+    min_os_patch_level: int | None = Field(default=None, ge=190001, le=999912)
+
+    @field_validator("signing_cert_sha256", "allowed_verified_boot_keys")
+    @classmethod
+    def _hex_digests(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        out = []
+        for value in values:
+            digest = value.replace(":", "").lower()
+            if not re.fullmatch(r"[0-9a-f]{64}", digest):
+                raise ValueError("must be a SHA-256 digest in hex (64 hex digits, colons allowed)")
+            out.append(digest)
+        return tuple(out)
+
+
+class AppleAppConfig(_Strict):
+    """Which iOS app may register with App Attest."""
+
+    team_id: str = Field(pattern=r"^[A-Z0-9]{10}$")
+    bundle_id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9.\-]+$")
+    environment: Literal["development", "production"] = "production"
+
+    @property
+    def app_id(self) -> str:
+        return f"{self.team_id}.{self.bundle_id}"
+
+
+class AppConfig(_Strict):
+    """One entry of the app registry."""
+
+    client_id: str = Field(min_length=1, max_length=255)
+    android: AndroidAppConfig | None = None
+    apple: AppleAppConfig | None = None
+    # static claims copied into every Client Attestation JWT of this app (wallet_name, ...)
+    claims: dict[str, StaticClaim] = Field(default_factory=dict)
+    attestation_lifetime: int | None = Field(default=None, ge=60, le=MAX_ATTESTATION_LIFETIME)
+    # a renewal is refused once the platform registration is older than this
+    max_registration_age: int = Field(default=30 * 86400, ge=3600)
+
+    @field_validator("claims")
+    @classmethod
+    def _no_reserved_claims(cls, claims: dict[str, StaticClaim]) -> dict[str, StaticClaim]:
+        reserved = {"iss", "sub", "iat", "exp", "nbf", "cnf", "jti", "status", "aud"}
+        clash = sorted(reserved & claims.keys())
+        if clash:
+            raise ValueError(f"reserved claim names cannot be configured: {', '.join(clash)}")
+        return claims
+
+
+class AndroidSettings(_Strict):
+    """Service-wide Android settings (I/O endpoints and test-only relaxations)."""
+
+    revocation_url: str = "https://android.googleapis.com/attestation/status"
+    revocation_timeout: float = Field(default=10.0, gt=0)
+    revocation_max_staleness: int = Field(default=48 * 3600, ge=60)
+    # explicit relaxation: accept registrations with a stale list (logged as a warning)
+    allow_stale_revocation: bool = False
+    # test-only: extra PEM roots trusted in addition to Google's pinned roots
+    test_root_files: tuple[Path, ...] = ()
+    # test-only: trust the public AOSP software attestation roots
+    allow_software_root: bool = False
+    allow_software_level: bool = False
+    play_integrity_url: str = "https://playintegrity.googleapis.com"
+
+
+class AppleSettings(_Strict):
+    """Service-wide Apple settings."""
+
+    # test-only: extra PEM roots trusted instead of nothing; Apple's root is always trusted
+    test_root_files: tuple[Path, ...] = ()
+    receipt_url: str = "https://data.appattest.apple.com/v1/attestationData"
+
+
+class Settings(BaseSettings):
+    """Everything the service reads at start-up."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ATTESTER_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    toml_path: ClassVar[Path | None] = None
+
+    issuer: str = "http://127.0.0.1:8000"
+    data_dir: Path = Path("attester-data")
+    database_url: str | None = None
+    key_dir: Path | None = None
+    challenge_secret_file: Path | None = None
+    challenge_lifetime: int = Field(default=300, ge=10, le=3600)
+    attestation_lifetime: int = Field(default=3600, ge=60, le=MAX_ATTESTATION_LIFETIME)
+    include_iss: bool = True
+    # privacy option: round iat down to this many seconds (0 = exact)
+    iat_granularity: int = Field(default=0, ge=0, le=3600)
+    jwks_max_age: int = Field(default=300, ge=0, le=86400)
+    # how long a freshly rotated key is published before it signs (>= jwks_max_age)
+    key_prepublish_delay: int | None = Field(default=None, ge=0)
+    key_proof_max_age: int = Field(default=300, ge=10, le=3600)
+    clock_skew: int = Field(default=60, ge=0, le=600)
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    # optional PEM chain for the signing key, sent as the x5c header
+    x5c_chain_file: Path | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    apps: tuple[AppConfig, ...] = ()
+    android: AndroidSettings = AndroidSettings()
+    apple: AppleSettings = AppleSettings()
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer_url(cls, value: str) -> str:
+        if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
+            raise ValueError("must be an http(s) URL without query or fragment")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        seen: set[str] = set()
+        for app in self.apps:
+            if app.client_id in seen:
+                raise ValueError(f"apps: client_id {app.client_id!r} is configured twice")
+            seen.add(app.client_id)
+        if self.key_prepublish_delay is not None and self.key_prepublish_delay < self.jwks_max_age:
+            raise ValueError(
+                "key_prepublish_delay must be at least jwks_max_age, or an AS holding a cached "
+                "JWKS could meet a JWT signed by a key it has not seen"
+            )
+        return self
+
+    # -- derived values ---------------------------------------------------------------
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'attester.db').resolve()}"
+
+    @property
+    def resolved_key_dir(self) -> Path:
+        return self.key_dir or self.data_dir / "keys"
+
+    @property
+    def prepublish_delay(self) -> timedelta:
+        seconds = self.key_prepublish_delay
+        return timedelta(seconds=self.jwks_max_age if seconds is None else seconds)
+
+    def app(self, client_id: str) -> AppConfig | None:
+        return next((a for a in self.apps if a.client_id == client_id), None)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = getattr(settings_cls, "toml_path", None)
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+
+EXAMPLE_CONFIG = "example_config.toml"
+
+
+def example_config_path() -> Path:
+    """The packaged example registry used when no configuration file is given."""
+    return Path(str(resources.files("attester").joinpath(EXAMPLE_CONFIG)))
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Read the TOML file (or the packaged example), then the environment, then ``overrides``.
+
+    Raises :class:`ConfigError` with the field path when something is invalid.
+    """
+    path = config_file if config_file is not None else example_config_path()
+    if not path.is_file():
+        raise ConfigError(f"configuration file not found: {path}")
+    bound = type("BoundSettings", (Settings,), {"toml_path": path})
+    try:
+        return bound(**overrides)  # type: ignore[no-any-return]
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    except ValueError as exc:  # TOML syntax errors
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(settings)"
+        lines.append(f"invalid configuration: {field}: {err['msg']}")
+    return "\n".join(lines)

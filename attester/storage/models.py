@@ -1,0 +1,82 @@
+"""The one schema shared by SQLite and PostgreSQL (migrations mirror it)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, DateTime, ForeignKey, LargeBinary, String, Text
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite has no time zones)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if not isinstance(value, datetime) or value.tzinfo is None:
+            raise ValueError("naive datetimes are not stored")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class RedeemedChallenge(Base):
+    """A challenge that has been used; the primary key makes redemption single-use."""
+
+    __tablename__ = "redeemed_challenges"
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class Instance(Base):
+    """A registered app instance (one instance key)."""
+
+    __tablename__ = "instances"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    platform: Mapped[str] = mapped_column(String(16))
+    client_id: Mapped[str] = mapped_column(String(255), index=True)
+    key_thumbprint: Mapped[str] = mapped_column(String(64), unique=True)
+    instance_jwk: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    registered_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    renewed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # Android: serial numbers (lowercase hex) of the attestation chain, JSON list
+    android_serials: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Android: facts needed to re-check policy on renewal (JSON)
+    android_facts: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Apple App Attest
+    apple_key_id: Mapped[str | None] = mapped_column(String(64), unique=True, nullable=True)
+    apple_public_key: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    apple_counter: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    apple_receipt: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    apple_environment: Mapped[str | None] = mapped_column(String(16), nullable=True)
+
+
+class IssuedAttestation(Base):
+    """Every Client Attestation JWT we signed (for audit and future revocation)."""
+
+    __tablename__ = "issued_attestations"
+
+    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
+    instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id"), index=True)
+    kid: Mapped[str] = mapped_column(String(64))
+    issued_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)

@@ -1,0 +1,278 @@
+"""File key store with rotation states.
+
+Layout of the key directory (0700)::
+
+    keys.json        metadata: one record per key (kid, alg, created_at, activates_at)
+    <kid>.pem        the private key, PKCS#8, mode 0600
+
+A key's state is a function of time, so every replica sharing the directory agrees:
+
+* *next*: ``activates_at`` is in the future. Published in the JWKS, never signs.
+* *active*: the key with the latest ``activates_at`` that is not in the future. Signs.
+* *retired*: superseded by a newer active key. Still published until every JWT it can
+  have signed has expired (``superseded_at + retention``).
+* *expired*: superseded longer ago than that; no longer published.
+
+Rotation makes a *next* key that activates after a pre-publication delay of at least the
+JWKS ``max-age``, so an AS holding a JWKS fetched within max-age always knows the signing key.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import fcntl
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from keys.jwks import JwksDocument, public_jwk, thumbprint
+from keys.signer import FileSigner
+
+METADATA = "keys.json"
+LOCK = ".lock"
+
+
+class KeyStoreError(Exception):
+    """The key directory is unusable or an operation on it is refused."""
+
+
+class KeyState(enum.StrEnum):
+    NEXT = "next"
+    ACTIVE = "active"
+    RETIRED = "retired"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    kid: str
+    alg: str
+    created_at: datetime
+    activates_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kid": self.kid,
+            "alg": self.alg,
+            "created_at": self.created_at.isoformat(),
+            "activates_at": self.activates_at.isoformat(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> KeyRecord:
+        return cls(
+            kid=str(data["kid"]),
+            alg=str(data["alg"]),
+            created_at=datetime.fromisoformat(data["created_at"]),
+            activates_at=datetime.fromisoformat(data["activates_at"]),
+        )
+
+
+@dataclass(frozen=True)
+class KeyStatus:
+    record: KeyRecord
+    state: KeyState
+    # when a newer key took over (None while next or active)
+    superseded_at: datetime | None
+    # until when the key is published (None = while it is next or active)
+    published_until: datetime | None
+
+
+class KeyStore:
+    """Signing keys in a directory; reloads when another process rotates them."""
+
+    def __init__(self, directory: Path, *, retention: timedelta) -> None:
+        self.directory = directory
+        self.retention = retention
+        self._records: tuple[KeyRecord, ...] = ()
+        self._signers: dict[str, FileSigner] = {}
+        self._public: dict[str, dict[str, str]] = {}
+        self._x5c: dict[str, tuple[str, ...]] = {}
+        self._mtime_ns: int | None = None
+
+    # -- set-up ----------------------------------------------------------------------
+    def ensure_initialised(self, now: datetime) -> None:
+        """Create the directory and a first active key when there is none."""
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.directory, 0o700)
+        with self._locked():
+            if not self._read_records():
+                self._add_key(now, activates_at=now)
+        self.reload(force=True)
+
+    def rotate(self, now: datetime, *, delay: timedelta) -> KeyRecord:
+        """Create a *next* key that becomes active at ``now + delay``."""
+        with self._locked():
+            records = self._read_records()
+            pending = [r for r in records if r.activates_at > now]
+            if pending:
+                raise KeyStoreError(
+                    f"key {pending[0].kid} is already waiting to become active at "
+                    f"{pending[0].activates_at.isoformat()}; rotate again after that"
+                )
+            record = self._add_key(now, activates_at=now + delay)
+        self.reload(force=True)
+        return record
+
+    # -- reading ---------------------------------------------------------------------
+    def reload(self, *, force: bool = False) -> None:
+        """Re-read the metadata if it changed on disk (cheap: one stat)."""
+        path = self.directory / METADATA
+        try:
+            mtime = path.stat().st_mtime_ns
+        except FileNotFoundError as exc:
+            raise KeyStoreError(f"no key metadata in {self.directory}") from exc
+        if not force and mtime == self._mtime_ns:
+            return
+        records = self._read_records()
+        signers: dict[str, FileSigner] = {}
+        public: dict[str, dict[str, str]] = {}
+        for record in records:
+            signer = self._signers.get(record.kid) or self._load_signer(record)
+            signers[record.kid] = signer
+            public[record.kid] = self._public.get(record.kid) or {
+                **public_jwk(signer.public_key()),
+                "kid": record.kid,
+                "alg": record.alg,
+                "use": "sig",
+            }
+        x5c = {r.kid: chain for r in records if (chain := self._load_x5c(signers[r.kid])) is not None}
+        self._records, self._signers, self._public, self._x5c = records, signers, public, x5c
+        self._mtime_ns = mtime
+
+    def statuses(self, now: datetime) -> list[KeyStatus]:
+        """Every key with its state at ``now``, oldest first."""
+        ordered = sorted(self._records, key=lambda r: (r.activates_at, r.created_at))
+        started = [r for r in ordered if r.activates_at <= now]
+        active = started[-1] if started else None
+        out = []
+        for i, record in enumerate(ordered):
+            if record.activates_at > now:
+                out.append(KeyStatus(record, KeyState.NEXT, None, None))
+            elif record is active:
+                out.append(KeyStatus(record, KeyState.ACTIVE, None, None))
+            else:
+                superseded_at = ordered[i + 1].activates_at
+                until = superseded_at + self.retention
+                state = KeyState.RETIRED if now < until else KeyState.EXPIRED
+                out.append(KeyStatus(record, state, superseded_at, until))
+        return out
+
+    def active_signer(self, now: datetime) -> FileSigner:
+        for status in self.statuses(now):
+            if status.state is KeyState.ACTIVE:
+                return self._signers[status.record.kid]
+        raise KeyStoreError("no active signing key")
+
+    def jwks(self, now: datetime) -> JwksDocument:
+        """Public keys of every next, active and retired key (never private members)."""
+        published = [
+            self._public[s.record.kid]
+            for s in self.statuses(now)
+            if s.state is not KeyState.EXPIRED
+        ]
+        return JwksDocument.build(published)
+
+    def public_key(self, kid: str) -> dict[str, str] | None:
+        return self._public.get(kid)
+
+    def x5c(self, kid: str) -> tuple[str, ...] | None:
+        """The certificate chain configured for a key (``<kid>.x5c.pem``), base64 DER."""
+        return self._x5c.get(kid)
+
+    # -- internals -------------------------------------------------------------------
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.directory / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def _read_records(self) -> tuple[KeyRecord, ...]:
+        path = self.directory / METADATA
+        if not path.exists():
+            return ()
+        try:
+            data = json.loads(path.read_text())
+            return tuple(KeyRecord.from_json(item) for item in data["keys"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise KeyStoreError(f"{path} is not valid key metadata: {exc}") from exc
+
+    def _add_key(self, now: datetime, *, activates_at: datetime) -> KeyRecord:
+        private_key = ec.generate_private_key(ec.SECP256R1())
+        kid = thumbprint(public_jwk(private_key.public_key()))
+        pem = private_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        _write_private(self.directory / f"{kid}.pem", pem)
+        record = KeyRecord(kid=kid, alg="ES256", created_at=now, activates_at=activates_at)
+        records = (*self._read_records(), record)
+        body = json.dumps({"keys": [r.to_json() for r in records]}, indent=2).encode()
+        tmp = self.directory / f".{METADATA}.{secrets.token_hex(4)}"
+        _write_private(tmp, body)
+        os.replace(tmp, self.directory / METADATA)
+        return record
+
+    def _load_signer(self, record: KeyRecord) -> FileSigner:
+        path = self.directory / f"{record.kid}.pem"
+        try:
+            mode = path.stat().st_mode & 0o777
+            if mode & 0o077:
+                raise KeyStoreError(f"{path} is readable by others (mode {mode:o}); chmod 600 it")
+            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        except (OSError, ValueError) as exc:
+            raise KeyStoreError(f"cannot load signing key {record.kid}: {exc}") from exc
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise KeyStoreError(f"signing key {record.kid} is not an EC key")
+        if thumbprint(public_jwk(key.public_key())) != record.kid:
+            raise KeyStoreError(f"signing key file {path.name} does not match its kid")
+        return FileSigner(record.kid, key)
+
+
+    def _load_x5c(self, signer: FileSigner) -> tuple[str, ...] | None:
+        """Load ``<kid>.x5c.pem`` (leaf first, without the trust anchor) when present."""
+        path = self.directory / f"{signer.kid}.x5c.pem"
+        if not path.exists():
+            return None
+        try:
+            certs = x509.load_pem_x509_certificates(path.read_bytes())
+        except ValueError as exc:
+            raise KeyStoreError(f"{path.name} is not a PEM certificate chain: {exc}") from exc
+        leaf_spki = certs[0].public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        own_spki = signer.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        if leaf_spki != own_spki:
+            raise KeyStoreError(f"{path.name}: the first certificate is not for key {signer.kid}")
+        return tuple(
+            base64.b64encode(c.public_bytes(serialization.Encoding.DER)).decode() for c in certs
+        )
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write a new file readable by the owner only, durably."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
