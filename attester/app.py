@@ -111,6 +111,7 @@ class RequestContext:
                 "request",
                 extra={
                     "fields": {
+                        "request_id": rid,
                         "method": scope.get("method"),
                         "path": scope.get("path"),
                         "status": status_holder[0],

@@ -75,7 +75,6 @@ def verify_key_proof(
     try:
         header = json.loads(_b64url_decode(header_b64))
         payload = json.loads(_b64url_decode(payload_b64))
-        signature = _b64url_decode(signature_b64)
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise ProblemError("key_proof_malformed", "the key proof is not a compact JWS") from None
     if not isinstance(header, dict) or not isinstance(payload, dict):
@@ -95,6 +94,10 @@ def verify_key_proof(
             raise ProblemError(
                 "key_proof_signature_invalid", "the key proof is not signed by the instance key"
             )
+    try:
+        signature = _b64url_decode(signature_b64)
+    except (ValueError, binascii.Error):
+        signature = b""
     if len(signature) != 64:
         raise ProblemError("key_proof_signature_invalid", "the key proof is not signed by the instance key")
     der = encode_dss_signature(int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big"))

@@ -1,0 +1,76 @@
+"""Fixtures shared by the whole suite."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from attester.app import create_app
+from attester.service import AttesterService, build_service
+from attester.settings import Settings, load_settings
+from tests.support import LiveServer, MutableClock, live_server, postgres_server
+
+ISSUER = "https://attester.test"
+
+
+@pytest.fixture
+def clock() -> MutableClock:
+    return MutableClock()
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> Any:
+    def make(**overrides: Any) -> Settings:
+        overrides.setdefault("data_dir", tmp_path / "data")
+        overrides.setdefault("issuer", ISSUER)
+        return load_settings(**overrides)
+
+    return make
+
+
+@pytest.fixture
+def settings(make_settings: Any) -> Settings:
+    return make_settings()  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def service(settings: Settings, clock: MutableClock) -> Iterator[AttesterService]:
+    svc = build_service(settings, clock=clock)
+    yield svc
+    svc.store.dispose()
+
+
+@pytest.fixture
+def server(settings: Settings, clock: MutableClock) -> Iterator[LiveServer]:
+    app = create_app(settings, clock=clock)
+    with live_server(app) as live:
+        yield live
+    app.state.service.store.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str | None]:
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    base = request.getfixturevalue("postgres_url")
+    if base is None:
+        pytest.skip(
+            "PostgreSQL: no server could be started locally (initdb not found or not runnable); "
+            ".ci/run installs the Debian 'postgresql' package so CI always runs these"
+        )
+    import psycopg
+
+    name = "t_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return str(base.rsplit("/", 1)[0] + "/" + name)

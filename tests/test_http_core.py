@@ -1,0 +1,152 @@
+"""The core HTTP interface on a real loopback server (uvicorn in a thread)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import time
+
+import httpx
+import pytest
+
+from tests.support import LiveServer
+
+SECRET_MARKER = "SECRET-CALLER-BYTES-1234"
+
+
+@pytest.fixture
+def http(server: LiveServer) -> httpx.Client:
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        yield client
+
+
+def _problem(response: httpx.Response, status: int, code: str) -> dict:  # type: ignore[type-arg]
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = response.json()
+    assert body["code"] == code and body["status"] == status
+    assert SECRET_MARKER not in response.text
+    return body  # type: ignore[no-any-return]
+
+
+def test_http_healthz_ready(http: httpx.Client) -> None:
+    response = http.get("/healthz")
+    assert response.status_code == 200 and response.json() == {"status": "ok"}
+    assert response.headers["x-request-id"]
+
+
+def test_http_request_id_echoed_when_sane(http: httpx.Client) -> None:
+    assert http.get("/healthz", headers={"X-Request-ID": "abc-123"}).headers["x-request-id"] == "abc-123"
+    bad = http.get("/healthz", headers={"X-Request-ID": "<script>"}).headers["x-request-id"]
+    assert bad != "<script>" and len(bad) == 16
+
+
+def test_http_jwks_cacheable_with_etag_and_304(http: httpx.Client) -> None:
+    response = http.get("/.well-known/jwks.json")
+    assert response.status_code == 200
+    assert "max-age=300" in response.headers["cache-control"]
+    keys = response.json()["keys"]
+    assert keys and all(k["use"] == "sig" and k["alg"] == "ES256" and "d" not in k for k in keys)
+    etag = response.headers["etag"]
+    again = http.get("/.well-known/jwks.json", headers={"If-None-Match": etag})
+    assert again.status_code == 304 and again.content == b""
+    other = http.get("/.well-known/jwks.json", headers={"If-None-Match": '"nope"'})
+    assert other.status_code == 200
+
+
+def test_http_metadata_lists_endpoints(http: httpx.Client, server: LiveServer) -> None:
+    meta = http.get("/.well-known/client-attester").json()
+    assert meta["issuer"] == "https://attester.test"
+    assert meta["jwks_uri"] == "https://attester.test/.well-known/jwks.json"
+    assert meta["challenge_endpoint"] == "https://attester.test/v1/challenge"
+    assert meta["client_attestation_signing_alg_values_supported"] == ["ES256"]
+    assert set(meta["platforms_supported"]) == set(meta["attestation_endpoints"])
+
+
+def test_http_challenge_no_store(http: httpx.Client) -> None:
+    response = http.post("/v1/challenge")
+    assert response.status_code == 200
+    assert response.headers["cache-control"] == "no-store"
+    body = response.json()
+    assert len(body["challenge"]) == 55 and body["expires_in"] == 300
+
+
+def test_http_body_over_limit_413(http: httpx.Client) -> None:
+    body = json.dumps({"challenge": SECRET_MARKER * 5000})
+    response = http.post("/v1/attestations/renew", content=body, headers={"content-type": "application/json"})
+    _problem(response, 413, "request_too_large")
+
+
+def test_http_chunked_body_over_limit_413(http: httpx.Client) -> None:
+    def chunks():  # type: ignore[no-untyped-def]
+        for _ in range(100):
+            yield b"x" * 1024
+
+    response = http.post("/v1/attestations/renew", content=chunks(), headers={"content-type": "application/json"})
+    _problem(response, 413, "request_too_large")
+
+
+def test_http_malformed_json_400(http: httpx.Client) -> None:
+    response = http.post(
+        "/v1/attestations/renew", content=b'{"a": ' + SECRET_MARKER.encode(), headers={"content-type": "application/json"}
+    )
+    _problem(response, 400, "malformed_request")
+
+
+def test_http_wrong_types_422_without_echo(http: httpx.Client) -> None:
+    response = http.post(
+        "/v1/attestations/renew", json={"key_thumbprint": [SECRET_MARKER], "challenge": 5, "key_proof": {}}
+    )
+    body = _problem(response, 422, "invalid_request")
+    assert {e["field"] for e in body["errors"]} >= {"key_thumbprint", "challenge", "key_proof"}
+
+
+def test_http_non_json_content_type_415(http: httpx.Client) -> None:
+    response = http.post("/v1/attestations/renew", content=SECRET_MARKER, headers={"content-type": "text/plain"})
+    _problem(response, 415, "unsupported_media_type")
+
+
+def test_http_unknown_path_404_and_wrong_method_405(http: httpx.Client) -> None:
+    _problem(http.get("/v1/" + SECRET_MARKER), 404, "not_found")
+    _problem(http.get("/v1/challenge"), 405, "method_not_allowed")
+
+
+def test_http_renew_unknown_instance_404(http: httpx.Client) -> None:
+    challenge = http.post("/v1/challenge").json()["challenge"]
+    response = http.post(
+        "/v1/attestations/renew",
+        json={"key_thumbprint": "A" * 43, "challenge": challenge, "key_proof": "a.b.c"},
+    )
+    _problem(response, 404, "instance_not_found")
+
+
+def test_http_renew_forged_challenge_400(http: httpx.Client) -> None:
+    response = http.post(
+        "/v1/attestations/renew",
+        json={"key_thumbprint": "A" * 43, "challenge": SECRET_MARKER, "key_proof": "a.b.c"},
+    )
+    _problem(response, 400, "challenge_invalid")
+
+
+def test_http_slow_client_does_not_block_others(server: LiveServer, http: httpx.Client) -> None:
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as slow:
+        slow.sendall(b"POST /v1/challenge HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab")
+        assert http.get("/healthz").status_code == 200
+
+
+def test_http_logs_are_json_with_request_id(http: httpx.Client, caplog: pytest.LogCaptureFixture) -> None:
+    from attester.logs import JsonFormatter
+
+    caplog.set_level(logging.INFO, logger="attester.http")
+    http.get("/healthz", headers={"X-Request-ID": "trace-42"})
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        records = [r for r in caplog.records if getattr(r, "fields", {}).get("request_id") == "trace-42"]
+        if records:
+            break
+        time.sleep(0.02)
+    line = json.loads(JsonFormatter().format(records[-1]))
+    assert line["msg"] == "request" and line["status"] == 200 and line["path"] == "/healthz"
+    assert line["request_id"] == "trace-42"

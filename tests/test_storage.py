@@ -1,0 +1,94 @@
+"""Storage on SQLite and on a real PostgreSQL server: migrations, atomic single use, CAS."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import inspect
+
+from attester.storage import AlreadyRegistered, create_store
+
+NOW = datetime(2026, 11, 1, 12, tzinfo=UTC)
+
+
+def test_storage_migrations_create_schema_idempotently(database_url: str) -> None:
+    store = create_store(database_url)
+    create_store(database_url).dispose()  # second start-up: nothing to do, no error
+    tables = set(inspect(store.engine).get_table_names())
+    assert {"redeemed_challenges", "instances", "issued_attestations", "alembic_version"} <= tables
+    store.dispose()
+
+
+def test_storage_redeem_is_single_use_under_concurrency(database_url: str) -> None:
+    store = create_store(database_url)
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: store.redeem_challenge("d" * 64, expires_at=NOW), range(16)))
+    assert results.count(True) == 1 and results.count(False) == 15
+    store.dispose()
+
+
+def test_storage_purge_drops_only_expired(database_url: str) -> None:
+    store = create_store(database_url)
+    store.redeem_challenge("a" * 64, expires_at=NOW)
+    store.redeem_challenge("b" * 64, expires_at=NOW + timedelta(hours=1))
+    assert store.purge_expired(NOW + timedelta(minutes=1)) == 1
+    assert store.redeem_challenge("b" * 64, expires_at=NOW) is False
+    store.dispose()
+
+
+def _register(store, **kw):  # type: ignore[no-untyped-def]
+    args = dict(platform="apple", client_id="c", key_thumbprint="t" * 43, instance_jwk={"kty": "EC"}, now=NOW,
+                apple_key_id="k" * 43, apple_public_key=b"\x04" + b"\x01" * 64, apple_counter=0,
+                apple_receipt=b"receipt", apple_environment="production")
+    args.update(kw)
+    return store.register_instance(**args)
+
+
+def test_storage_instance_round_trip_keeps_utc_times(database_url: str) -> None:
+    store = create_store(database_url)
+    record = _register(store)
+    loaded = store.instance_by_thumbprint("t" * 43)
+    assert loaded == record and loaded.registered_at == NOW and loaded.registered_at.tzinfo is not None
+    store.dispose()
+
+
+def test_storage_same_apple_key_id_refused(database_url: str) -> None:
+    store = create_store(database_url)
+    _register(store)
+    with pytest.raises(AlreadyRegistered):
+        _register(store, key_thumbprint="u" * 43)
+    store.dispose()
+
+
+def test_storage_android_same_key_re_registers(database_url: str) -> None:
+    store = create_store(database_url)
+    kw = dict(platform="android", apple_key_id=None, apple_public_key=None, apple_counter=None,
+              apple_receipt=None, apple_environment=None, android_serials=("01",))
+    first = _register(store, **kw)
+    second = _register(store, **{**kw, "android_serials": ("02",), "now": NOW + timedelta(days=1)}, replace_same_key=True)
+    assert second.id == first.id and second.android_serials == ("02",)
+    with pytest.raises(AlreadyRegistered):
+        _register(store, **kw)  # without replace_same_key
+    store.dispose()
+
+
+def test_storage_counter_compare_and_set_one_winner(database_url: str) -> None:
+    store = create_store(database_url)
+    record = _register(store)
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: store.advance_counter(record.id, new_counter=5, now=NOW), range(16)))
+    assert results.count(True) == 1
+    assert store.advance_counter(record.id, new_counter=4, now=NOW) is False
+    assert store.advance_counter(record.id, new_counter=6, now=NOW) is True
+    assert store.instance_by_thumbprint("t" * 43).apple_counter == 6  # type: ignore[union-attr]
+    store.dispose()
+
+
+def test_storage_issued_attestations_recorded(database_url: str) -> None:
+    store = create_store(database_url)
+    record = _register(store)
+    store.record_issued(jti="j1", instance_id=record.id, kid="kid", issued_at=NOW, expires_at=NOW + timedelta(hours=1))
+    assert store.issued_for(record.id) == [("j1", "kid", NOW + timedelta(hours=1))]
+    store.dispose()
