@@ -1,0 +1,205 @@
+"""Walk an App Attest ``x5c`` chain up to a pinned root.
+
+Apple, "Validating apps that connect to your server", step 1: "Verify that the x5c array
+contains the intermediate and leaf certificates for App Attest, starting from the credential
+certificate in the first data buffer in the array (credcert). Verify the validity of the
+certificates using Apple's App Attest root certificate."
+https://developer.apple.com/documentation/devicecheck/validating-apps-that-connect-to-your-server
+
+A custom walk with ``Certificate.verify_directly_issued_by`` is used instead of a web-PKI
+path builder: the chain is fixed (leaf first), there is no revocation to fetch, and every
+failure needs its own stable code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from datetime import datetime
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+
+from ..anchors import TrustAnchor
+from ..errors import VerificationError
+
+#: Leaf + intermediate today; a little headroom for a future cross-signed intermediate.
+MAX_CHAIN_LENGTH = 4
+
+
+class VerifiedLinkCache:
+    """A bounded, thread-safe LRU set of issuer→child links whose signature already verified.
+
+    Keys are SHA-256 over both certificates' DER, so a hit means "these exact bytes were
+    verified before"; a signature is a pure function of those bytes, so skipping the
+    re-check is safe. Validity at ``now`` is not cached: it is checked on every call.
+    The caller owns the instance (inject it; there is no module-level cache).
+    """
+
+    def __init__(self, max_entries: int = 64) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self._max_entries = max_entries
+        self._entries: OrderedDict[bytes, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __contains__(self, key: bytes) -> bool:
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                return True
+            return False
+
+    def add(self, key: bytes) -> None:
+        with self._lock:
+            self._entries[key] = None
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._max_entries:
+                self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+
+def link_key(child_der: bytes, issuer_der: bytes) -> bytes:
+    """Cache key for one link; the length prefix keeps (a‖b) and (a'‖b') from colliding."""
+    return hashlib.sha256(len(child_der).to_bytes(4, "big") + child_der + issuer_der).digest()
+
+
+def _der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def _check_validity(cert: x509.Certificate, now: datetime, *, index: int) -> None:
+    if now < cert.not_valid_before_utc:
+        raise VerificationError(
+            "certificate_not_yet_valid",
+            "a certificate in the chain is not yet valid",
+            index=index,
+            not_before=cert.not_valid_before_utc.isoformat(),
+        )
+    if now > cert.not_valid_after_utc:
+        raise VerificationError(
+            "certificate_expired",
+            "a certificate in the chain has expired",
+            index=index,
+            not_after=cert.not_valid_after_utc.isoformat(),
+        )
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        return False
+    return constraints.ca
+
+
+def _signed_by(child: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        child.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        # ValueError: issuer name mismatch or bad algorithm parameters; TypeError:
+        # unsupported key type. All mean "this issuer did not sign this child".
+        return False
+    return True
+
+
+def _link_verified(
+    child: x509.Certificate, issuer: x509.Certificate, cache: VerifiedLinkCache | None
+) -> bool:
+    """Whether ``issuer`` signed ``child``, answered from ``cache`` when it already knows."""
+    if cache is None:
+        return _signed_by(child, issuer)
+    key = link_key(_der(child), _der(issuer))
+    if key in cache:
+        return True
+    if not _signed_by(child, issuer):
+        return False
+    cache.add(key)
+    return True
+
+
+def load_chain(x5c: Sequence[bytes]) -> tuple[x509.Certificate, ...]:
+    """Parse the DER certificates of ``x5c`` (leaf first)."""
+    if not 1 <= len(x5c) <= MAX_CHAIN_LENGTH:
+        raise VerificationError(
+            "attestation_malformed",
+            "x5c has an unexpected number of certificates",
+            length=len(x5c),
+            limit=MAX_CHAIN_LENGTH,
+        )
+    certs = []
+    for index, der in enumerate(x5c):
+        try:
+            certs.append(x509.load_der_x509_certificate(der))
+        except ValueError as exc:
+            raise VerificationError(
+                "attestation_malformed", "x5c holds an unparsable certificate", index=index
+            ) from exc
+    return tuple(certs)
+
+
+def verify_chain(
+    certs: Sequence[x509.Certificate],
+    *,
+    anchors: Sequence[TrustAnchor],
+    now: datetime,
+    verified_cache: VerifiedLinkCache | None = None,
+) -> TrustAnchor:
+    """Check that ``certs`` (leaf first) chains to one of ``anchors`` and is valid at ``now``.
+
+    Returns the anchor used. Error codes: ``certificate_expired``,
+    ``certificate_not_yet_valid``, ``chain_untrusted``, ``chain_signature_invalid``.
+    The leaf link is always verified; links above it may be served from ``verified_cache``.
+    """
+    if not anchors:
+        # fail closed: an empty trust store must never mean "trust everything"
+        raise ValueError("no trust anchors configured")
+    for index, cert in enumerate(certs):
+        _check_validity(cert, now, index=index)
+    # Only the leaf may be an end-entity: otherwise the attested key could sign a "leaf".
+    for index, cert in enumerate(certs[1:], start=1):
+        if not _is_ca(cert):
+            raise VerificationError(
+                "chain_untrusted", "an intermediate certificate is not a CA", index=index
+            )
+    for index in range(len(certs) - 1):
+        # never cache the leaf link: it is new for every attestation and is what binds the key
+        cache = verified_cache if index > 0 else None
+        if not _link_verified(certs[index], certs[index + 1], cache):
+            raise VerificationError(
+                "chain_signature_invalid",
+                "a certificate is not signed by the next one in x5c",
+                index=index,
+            )
+    return _verify_anchor_link(certs, anchors=anchors, now=now, verified_cache=verified_cache)
+
+
+def _verify_anchor_link(
+    certs: Sequence[x509.Certificate],
+    *,
+    anchors: Sequence[TrustAnchor],
+    now: datetime,
+    verified_cache: VerifiedLinkCache | None,
+) -> TrustAnchor:
+    top = certs[-1]
+    top_der = _der(top)
+    # The leaf link is never cached: if x5c is only a leaf, its link to the root is checked.
+    cache = verified_cache if len(certs) > 1 else None
+    for anchor in anchors:
+        if top_der == _der(anchor.certificate):
+            # x5c included the root itself; it is trusted by identity, not by signature
+            return anchor
+        if top.issuer != anchor.certificate.subject:
+            continue
+        if _link_verified(top, anchor.certificate, cache):
+            _check_validity(anchor.certificate, now, index=len(certs))
+            return anchor
+    raise VerificationError(
+        "chain_untrusted", "the certificate chain does not end at a trusted root"
+    )

@@ -1,0 +1,1 @@
+"""Pinned App Attest root certificates (data only; loaded by ``..anchors``)."""

@@ -1,0 +1,1 @@
+"""Tests for platform_verifiers.apple (App Attest) and its CLI."""
