@@ -40,7 +40,7 @@ def build_core_router(service: AttesterService) -> APIRouter:
         return JSONResponse({"status": "ok"}, headers=NO_STORE)
 
     @router.get("/.well-known/jwks.json")
-    def jwks(if_none_match: Annotated[str | None, Header()] = None) -> Response:
+    async def jwks(if_none_match: Annotated[str | None, Header()] = None) -> Response:
         document = service.jwks()
         headers = {
             "Cache-Control": f"public, max-age={service.settings.jwks_max_age}",
@@ -53,14 +53,14 @@ def build_core_router(service: AttesterService) -> APIRouter:
         return Response(document.body, media_type="application/jwk-set+json", headers=headers)
 
     @router.get("/.well-known/client-attester")
-    def metadata() -> JSONResponse:
+    async def metadata() -> JSONResponse:
         return JSONResponse(
             service.metadata(),
             headers={"Cache-Control": f"public, max-age={service.settings.jwks_max_age}"},
         )
 
     @router.post("/v1/challenge")
-    def challenge() -> JSONResponse:
+    async def challenge() -> JSONResponse:
         return JSONResponse(service.new_challenge(), headers=NO_STORE)
 
     @router.post("/v1/attestations/renew")

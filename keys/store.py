@@ -100,6 +100,7 @@ class KeyStore:
         self._public: dict[str, dict[str, str]] = {}
         self._x5c: dict[str, tuple[str, ...]] = {}
         self._mtime_ns: int | None = None
+        self._jwks_cache: tuple[JwksDocument, datetime, datetime] | None = None
 
     # -- set-up ----------------------------------------------------------------------
     def ensure_initialised(self, now: datetime) -> None:
@@ -149,6 +150,7 @@ class KeyStore:
             }
         x5c = {r.kid: chain for r in records if (chain := self._load_x5c(signers[r.kid])) is not None}
         self._records, self._signers, self._public, self._x5c = records, signers, public, x5c
+        self._jwks_cache = None
         self._mtime_ns = mtime
 
     def statuses(self, now: datetime) -> list[KeyStatus]:
@@ -176,13 +178,21 @@ class KeyStore:
         raise KeyStoreError("no active signing key")
 
     def jwks(self, now: datetime) -> JwksDocument:
-        """Public keys of every next, active and retired key (never private members)."""
-        published = [
-            self._public[s.record.kid]
-            for s in self.statuses(now)
-            if s.state is not KeyState.EXPIRED
-        ]
-        return JwksDocument.build(published)
+        """Public keys of every next, active and retired key (never private members).
+
+        The document is cached until the next state change (a key activating or a
+        retired key's publication ending) or a reload.
+        """
+        cached = self._jwks_cache
+        if cached is not None and cached[1] <= now < cached[2]:
+            return cached[0]
+        statuses = self.statuses(now)
+        published = [self._public[s.record.kid] for s in statuses if s.state is not KeyState.EXPIRED]
+        changes = [s.record.activates_at for s in statuses if s.record.activates_at > now]
+        changes += [s.published_until for s in statuses if s.published_until and s.published_until > now]
+        document = JwksDocument.build(published)
+        self._jwks_cache = (document, now, min(changes, default=datetime.max.replace(tzinfo=now.tzinfo)))
+        return document
 
     def public_key(self, kid: str) -> dict[str, str] | None:
         return self._public.get(kid)
