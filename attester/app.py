@@ -222,7 +222,7 @@ def create_app(
     for router in routers:
         app.include_router(router)
     _install_error_handlers(app)
-    app.add_middleware(RequestContext, max_body=settings.max_body_bytes)  # type: ignore[arg-type]
+    app.add_middleware(RequestContext, max_body=settings.max_body_bytes)
     return app
 
 
@@ -241,4 +241,4 @@ def cache_headers(max_age: int, etag: str) -> dict[str, str]:
     return {"Cache-Control": f"public, max-age={max_age}", "ETag": etag}
 
 
-__all__ = ["create_app", "app_from_environment", "problem_response", "Response", "cache_headers"]
+__all__ = ["Response", "app_from_environment", "cache_headers", "create_app", "problem_response"]

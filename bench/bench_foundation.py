@@ -27,10 +27,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from attester.keyproof import verify_key_proof  # noqa: E402
-from attester.service import build_service  # noqa: E402
-from attester.settings import load_settings  # noqa: E402
-from tests.support import free_port, make_key_proof, new_instance_key, public_jwk  # noqa: E402
+from attester.keyproof import verify_key_proof
+from attester.service import build_service
+from attester.settings import load_settings
+from tests.support import free_port, make_key_proof, new_instance_key, public_jwk
 
 
 def rate(fn: Callable[[], object], seconds: float) -> float:
@@ -63,7 +63,7 @@ async def _client(host: str, port: int, path: str, deadline: float, counts: list
     writer.close()
 
 
-def _load(port: int, path: str, seconds: float, connections: int, out: "multiprocessing.Queue[float]") -> None:
+def _load(port: int, path: str, seconds: float, connections: int, out: multiprocessing.Queue[float]) -> None:
     async def main() -> float:
         counts: list[int] = []
         start = time.perf_counter()

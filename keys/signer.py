@@ -15,8 +15,7 @@ class Signer(Protocol):
     kid: str
     alg: str
 
-    def public_key(self) -> ec.EllipticCurvePublicKey:
-        return self._key.public_key()
+    def public_key(self) -> ec.EllipticCurvePublicKey: ...
 
     def sign(self, signing_input: bytes) -> bytes: ...
 

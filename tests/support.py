@@ -161,5 +161,6 @@ def postgres_server() -> Iterator[str | None]:
         subprocess.run(
             [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
             capture_output=True,
+            check=False,
         )
         shutil.rmtree(root, ignore_errors=True)

@@ -12,7 +12,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.support import free_port
 
@@ -20,7 +19,7 @@ ATTESTER = [sys.executable, "-m", "attester.cli"]
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*ATTESTER, *args], capture_output=True, text=True, timeout=60, env=env)
+    return subprocess.run([*ATTESTER, *args], capture_output=True, text=True, timeout=60, env=env, check=False)
 
 
 @contextmanager
@@ -86,10 +85,9 @@ def test_cli_serve_logs_json_lines(tmp_path: Path) -> None:
 
 
 def test_cli_serve_several_workers_share_state(tmp_path: Path) -> None:
-    with serving(tmp_path / "data", "--workers", "2") as url:
-        with httpx.Client(base_url=url) as http:
-            jwks = {http.get("/.well-known/jwks.json").text for _ in range(10)}
-            assert len(jwks) == 1  # every worker publishes the same keys
+    with serving(tmp_path / "data", "--workers", "2") as url, httpx.Client(base_url=url) as http:
+        jwks = {http.get("/.well-known/jwks.json").text for _ in range(10)}
+        assert len(jwks) == 1  # every worker publishes the same keys
 
 
 def test_cli_keys_rotate_seen_by_running_server(tmp_path: Path) -> None:

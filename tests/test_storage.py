@@ -39,9 +39,11 @@ def test_storage_purge_drops_only_expired(database_url: str) -> None:
 
 
 def _register(store, **kw):  # type: ignore[no-untyped-def]
-    args = dict(platform="apple", client_id="c", key_thumbprint="t" * 43, instance_jwk={"kty": "EC"}, now=NOW,
-                apple_key_id="k" * 43, apple_public_key=b"\x04" + b"\x01" * 64, apple_counter=0,
-                apple_receipt=b"receipt", apple_environment="production")
+    args = {
+        "platform": "apple", "client_id": "c", "key_thumbprint": "t" * 43, "instance_jwk": {"kty": "EC"},
+        "now": NOW, "apple_key_id": "k" * 43, "apple_public_key": b"\x04" + b"\x01" * 64,
+        "apple_counter": 0, "apple_receipt": b"receipt", "apple_environment": "production",
+    }
     args.update(kw)
     return store.register_instance(**args)
 
@@ -64,8 +66,10 @@ def test_storage_same_apple_key_id_refused(database_url: str) -> None:
 
 def test_storage_android_same_key_re_registers(database_url: str) -> None:
     store = create_store(database_url)
-    kw = dict(platform="android", apple_key_id=None, apple_public_key=None, apple_counter=None,
-              apple_receipt=None, apple_environment=None, android_serials=("01",))
+    kw = {
+        "platform": "android", "apple_key_id": None, "apple_public_key": None, "apple_counter": None,
+        "apple_receipt": None, "apple_environment": None, "android_serials": ("01",),
+    }
     first = _register(store, **kw)
     second = _register(store, **{**kw, "android_serials": ("02",), "now": NOW + timedelta(days=1)}, replace_same_key=True)
     assert second.id == first.id and second.android_serials == ("02",)
