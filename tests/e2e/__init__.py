@@ -1,0 +1,1 @@
+"""End-to-end tests against node-oidc-provider (see conftest.py)."""
