@@ -1,0 +1,308 @@
+"""Read attestation certificates tolerantly, and check one certificate's signature.
+
+Real attestation chains break strict X.509 parsers (see ../shared/vectors/MANIFEST.json):
+a leaf whose ecdsa-with-SHA256 AlgorithmIdentifier carries an explicit NULL (pyca
+refuses to load it) and a leaf with an unparsable CRL Distribution Points extension
+(pyca refuses its extension list). Google's reference verifier accepts both, so we read
+each certificate with pyca/cryptography (fast) and fall back to pyasn1 (RFC 5280
+schema) for the parts pyca rejects. Extensions are never interpreted beyond the few
+this verifier needs: basicConstraints, the KeyDescription and the RKP ProvisioningInfo.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
+from pyasn1.codec.ber import decoder as ber_decoder
+from pyasn1.codec.der import encoder as der_encoder
+from pyasn1.error import PyAsn1Error
+from pyasn1.type import namedtype, univ
+from pyasn1_modules import rfc4055, rfc5280
+
+from platform_verifiers.android.schema import KEY_DESCRIPTION_OID, PROVISIONING_INFO_OID
+from platform_verifiers.errors import VerificationError
+
+_BASIC_CONSTRAINTS_OID = "2.5.29.19"
+
+_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
+    "1.3.14.3.2.26": hashes.SHA1,
+    "2.16.840.1.101.3.4.2.1": hashes.SHA256,
+    "2.16.840.1.101.3.4.2.2": hashes.SHA384,
+    "2.16.840.1.101.3.4.2.3": hashes.SHA512,
+}
+# signatureAlgorithm OID -> (scheme, hash); RSA-PSS takes its hash from the parameters.
+_SIGNATURE_ALGORITHMS: dict[str, tuple[str, type[hashes.HashAlgorithm] | None]] = {
+    "1.2.840.113549.1.1.5": ("rsa-pkcs1", hashes.SHA1),
+    "1.2.840.113549.1.1.11": ("rsa-pkcs1", hashes.SHA256),
+    "1.2.840.113549.1.1.12": ("rsa-pkcs1", hashes.SHA384),
+    "1.2.840.113549.1.1.13": ("rsa-pkcs1", hashes.SHA512),
+    "1.2.840.10045.4.3.2": ("ecdsa", hashes.SHA256),
+    "1.2.840.10045.4.3.3": ("ecdsa", hashes.SHA384),
+    "1.2.840.10045.4.3.4": ("ecdsa", hashes.SHA512),
+    "1.2.840.113549.1.1.10": ("rsa-pss", None),
+    "1.3.101.112": ("ed25519", None),
+}
+
+
+@dataclass(frozen=True)
+class SignatureAlgorithm:
+    scheme: str  # "rsa-pkcs1", "rsa-pss", "ecdsa", "ed25519"
+    hash: hashes.HashAlgorithm | None
+    pss_salt_length: int | None = None
+
+
+@dataclass(frozen=True)
+class ChainCertificate:
+    """The facts about one chain certificate that the verifier uses."""
+
+    der: bytes
+    tbs: bytes
+    signature_algorithm: SignatureAlgorithm | None  # None: an algorithm we cannot check
+    signature: bytes
+    spki_der: bytes
+    serial: int
+    not_before: datetime
+    not_after: datetime
+    is_ca: bool | None  # basicConstraints cA; None when the extension is absent
+    path_length: int | None
+    key_descriptions: tuple[bytes, ...]  # values of every KeyDescription extension
+    has_provisioning_info: bool
+
+    @property
+    def serial_hex(self) -> str:
+        """Lowercase hex without leading zeros, the form Google's status list uses."""
+        return format(self.serial, "x")
+
+    def public_key(self) -> PublicKeyTypes:
+        return serialization.load_der_public_key(self.spki_der)
+
+
+def _malformed(index: int, why: str) -> VerificationError:
+    return VerificationError(
+        "certificate_malformed",
+        "a certificate in the chain cannot be decoded",
+        index=index,
+        why=why,
+    )
+
+
+def _pss(params_der: bytes | None) -> SignatureAlgorithm | None:
+    # RFC 4055 defaults: SHA-1, MGF1 with SHA-1, salt 20. We only support MGF1 with the
+    # same hash as the message hash, like every issuer we know of.
+    if not params_der:
+        return SignatureAlgorithm("rsa-pss", hashes.SHA1(), 20)
+    try:
+        params, _ = ber_decoder.decode(params_der, asn1Spec=rfc4055.RSASSA_PSS_params())
+    except PyAsn1Error:
+        return None
+    hash_oid = "1.3.14.3.2.26"
+    if params["hashAlgorithm"].isValue:
+        hash_oid = str(params["hashAlgorithm"]["algorithm"])
+    hash_cls = _HASHES.get(hash_oid)
+    if hash_cls is None:
+        return None
+    salt = int(params["saltLength"]) if params["saltLength"].isValue else 20
+    return SignatureAlgorithm("rsa-pss", hash_cls(), salt)
+
+
+def _signature_algorithm(oid: str, params_der: bytes | None) -> SignatureAlgorithm | None:
+    known = _SIGNATURE_ALGORITHMS.get(oid)
+    if known is None:
+        return None
+    scheme, hash_cls = known
+    if scheme == "rsa-pss":
+        return _pss(params_der)
+    return SignatureAlgorithm(scheme, hash_cls() if hash_cls else None)
+
+
+class _RawCertificate(univ.Sequence):  # type: ignore[misc]
+    componentType = namedtype.NamedTypes(
+        namedtype.NamedType("tbs", univ.Any()),
+        namedtype.NamedType("alg", univ.Any()),
+        namedtype.NamedType("sig", univ.BitString()),
+    )
+
+
+def _split_certificate(der: bytes) -> tuple[bytes, bytes]:
+    """Raw encodings of tbsCertificate and signatureAlgorithm, via the RFC 5280 schema.
+
+    The signature covers the tbsCertificate bytes exactly as sent; pyasn1 re-encoding
+    could normalise them, so we read the outer SEQUENCE with ``Any`` components.
+    """
+    outer, rest = ber_decoder.decode(der, asn1Spec=_RawCertificate())
+    if rest:
+        raise PyAsn1Error("trailing data after certificate")
+    return bytes(outer["tbs"]), bytes(outer["alg"])
+
+
+def _extensions_from_tbs(tbs: Any) -> list[tuple[str, bytes]]:
+    extensions = tbs["extensions"]
+    if not extensions.isValue:
+        return []
+    return [(str(e["extnID"]), bytes(e["extnValue"])) for e in extensions]
+
+
+def _basic_constraints(value: bytes) -> tuple[bool, int | None]:
+    bc, _ = ber_decoder.decode(value, asn1Spec=rfc5280.BasicConstraints())
+    path = int(bc["pathLenConstraint"]) if bc["pathLenConstraint"].isValue else None
+    return bool(bc["cA"]), path
+
+
+def _from_raw_extensions(
+    extensions: list[tuple[str, bytes]],
+) -> tuple[bool | None, int | None, tuple[bytes, ...], bool]:
+    is_ca: bool | None = None
+    path_length: int | None = None
+    for oid, value in extensions:
+        if oid == _BASIC_CONSTRAINTS_OID:
+            is_ca, path_length = _basic_constraints(value)
+    key_descriptions = tuple(v for oid, v in extensions if oid == KEY_DESCRIPTION_OID)
+    provisioning = any(oid == PROVISIONING_INFO_OID for oid, _ in extensions)
+    return is_ca, path_length, key_descriptions, provisioning
+
+
+def _time(value: Any) -> datetime:
+    moment: datetime = value.getComponent().asDateTime
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment
+
+
+def _decode_with_pyasn1(der: bytes) -> ChainCertificate:
+    tbs_raw, _ = _split_certificate(der)
+    cert, _ = ber_decoder.decode(der, asn1Spec=rfc5280.Certificate())
+    tbs = cert["tbsCertificate"]
+    alg = cert["signatureAlgorithm"]
+    params = bytes(alg["parameters"]) if alg["parameters"].isValue else None
+    is_ca, path_length, key_descriptions, provisioning = _from_raw_extensions(
+        _extensions_from_tbs(tbs)
+    )
+    return ChainCertificate(
+        der=der,
+        tbs=tbs_raw,
+        signature_algorithm=_signature_algorithm(str(alg["algorithm"]), params),
+        signature=cert["signature"].asOctets(),
+        spki_der=der_encoder.encode(tbs["subjectPublicKeyInfo"]),
+        serial=int(tbs["serialNumber"]),
+        not_before=_time(tbs["validity"]["notBefore"]),
+        not_after=_time(tbs["validity"]["notAfter"]),
+        is_ca=is_ca,
+        path_length=path_length,
+        key_descriptions=key_descriptions,
+        has_provisioning_info=provisioning,
+    )
+
+
+def _decode_with_pyca(der: bytes) -> ChainCertificate:
+    cert = x509.load_der_x509_certificate(der)
+    try:
+        extensions = cert.extensions
+    except ValueError:
+        # e.g. an unparsable CRL Distribution Points: read the extension list raw.
+        tbs, _ = ber_decoder.decode(cert.tbs_certificate_bytes, asn1Spec=rfc5280.TBSCertificate())
+        is_ca, path_length, key_descriptions, provisioning = _from_raw_extensions(
+            _extensions_from_tbs(tbs)
+        )
+    else:
+        is_ca, path_length = None, None
+        key_descriptions_list: list[bytes] = []
+        provisioning = False
+        for ext in extensions:
+            oid = ext.oid.dotted_string
+            if isinstance(ext.value, x509.BasicConstraints):
+                is_ca, path_length = ext.value.ca, ext.value.path_length
+            elif oid == KEY_DESCRIPTION_OID and isinstance(ext.value, x509.UnrecognizedExtension):
+                key_descriptions_list.append(ext.value.value)
+            elif oid == PROVISIONING_INFO_OID:
+                provisioning = True
+        key_descriptions = tuple(key_descriptions_list)
+    params = cert.signature_algorithm_parameters
+    algorithm: SignatureAlgorithm | None
+    if isinstance(params, padding.PSS):
+        # pyca parsed the PSS parameters; re-read them to get the salt length portably.
+        algorithm = _pss(_split_params(der))
+    else:
+        algorithm = _signature_algorithm(cert.signature_algorithm_oid.dotted_string, None)
+    return ChainCertificate(
+        der=der,
+        tbs=cert.tbs_certificate_bytes,
+        signature_algorithm=algorithm,
+        signature=cert.signature,
+        spki_der=cert.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        if _pyca_key_supported(cert)
+        else _spki_with_pyasn1(der),
+        serial=cert.serial_number,
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
+        is_ca=is_ca,
+        path_length=path_length,
+        key_descriptions=key_descriptions,
+        has_provisioning_info=provisioning,
+    )
+
+
+def _pyca_key_supported(cert: x509.Certificate) -> bool:
+    try:
+        cert.public_key()
+    except (ValueError, UnsupportedAlgorithm):
+        return False
+    return True
+
+
+def _spki_with_pyasn1(der: bytes) -> bytes:
+    cert, _ = ber_decoder.decode(der, asn1Spec=rfc5280.Certificate())
+    spki: bytes = der_encoder.encode(cert["tbsCertificate"]["subjectPublicKeyInfo"])
+    return spki
+
+
+def _split_params(der: bytes) -> bytes | None:
+    _, alg_raw = _split_certificate(der)
+    alg, _ = ber_decoder.decode(alg_raw, asn1Spec=rfc5280.AlgorithmIdentifier())
+    return bytes(alg["parameters"]) if alg["parameters"].isValue else None
+
+
+def decode_certificate(der: bytes, index: int) -> ChainCertificate:
+    """Decode one DER certificate; ``certificate_malformed`` if neither reader can."""
+    try:
+        return _decode_with_pyca(der)
+    except ValueError:
+        pass
+    try:
+        return _decode_with_pyasn1(der)
+    except (PyAsn1Error, ValueError, TypeError, KeyError, IndexError) as exc:
+        raise _malformed(index, type(exc).__name__) from exc
+
+
+def signature_valid(child: ChainCertificate, issuer_key: PublicKeyTypes) -> bool:
+    """Whether ``issuer_key`` signed ``child`` (RSA PKCS#1 v1.5, RSA-PSS, ECDSA, Ed25519)."""
+    alg = child.signature_algorithm
+    if alg is None:
+        return False
+    digest = alg.hash
+    try:
+        if alg.scheme == "ed25519" and isinstance(issuer_key, ed25519.Ed25519PublicKey):
+            issuer_key.verify(child.signature, child.tbs)
+        elif digest is None:
+            return False
+        elif alg.scheme == "rsa-pkcs1" and isinstance(issuer_key, rsa.RSAPublicKey):
+            issuer_key.verify(child.signature, child.tbs, padding.PKCS1v15(), digest)
+        elif alg.scheme == "rsa-pss" and isinstance(issuer_key, rsa.RSAPublicKey):
+            salt = alg.pss_salt_length if alg.pss_salt_length is not None else 20
+            pss = padding.PSS(mgf=padding.MGF1(digest), salt_length=salt)
+            issuer_key.verify(child.signature, child.tbs, pss, digest)
+        elif alg.scheme == "ecdsa" and isinstance(issuer_key, ec.EllipticCurvePublicKey):
+            issuer_key.verify(child.signature, child.tbs, ec.ECDSA(digest))
+        else:
+            return False
+    except InvalidSignature:
+        return False
+    return True

@@ -1,0 +1,80 @@
+"""Google's attestation status list: pure parsing and checking.
+
+Spec: https://developer.android.com/privacy-and-security/security-key-attestation#certificate_status
+The list (https://android.googleapis.com/attestation/status) maps certificate serial
+numbers, in lowercase hex, to a status, REVOKED or SUSPENDED; both reject. Fetching and
+caching are I/O and live in ``attester.android_revocation``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from types import MappingProxyType
+
+from platform_verifiers.errors import VerificationError
+
+
+@dataclass(frozen=True)
+class RevocationSnapshot:
+    """The status list as fetched at ``fetched_at``: serial (lowercase hex) -> status."""
+
+    entries: Mapping[str, str]
+    fetched_at: datetime
+
+
+def _bad_list(why: str) -> VerificationError:
+    return VerificationError(
+        "revocation_list_malformed", "the attestation status list cannot be read", why=why
+    )
+
+
+def parse_status_list(data: bytes, fetched_at: datetime) -> RevocationSnapshot:
+    """Parse the JSON status list (``{"entries": {serial: {"status": ...}}}``)."""
+    if fetched_at.tzinfo is None:
+        raise ValueError("fetched_at must be timezone-aware")
+    try:
+        document = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _bad_list("not JSON") from exc
+    if not isinstance(document, dict) or not isinstance(document.get("entries"), dict):
+        raise _bad_list("no entries object")
+    entries: dict[str, str] = {}
+    for serial, entry in document["entries"].items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("status"), str):
+            raise _bad_list("entry without a status")
+        # Keys are documented as lowercase hex; normalise anyway so "ABC" cannot slip by.
+        entries[serial.strip().lower()] = entry["status"]
+    return RevocationSnapshot(entries=MappingProxyType(entries), fetched_at=fetched_at)
+
+
+def check_revocation(
+    serials: Sequence[str],
+    snapshot: RevocationSnapshot,
+    *,
+    now: datetime,
+    max_age: timedelta | None = None,
+) -> None:
+    """Reject a stale snapshot, then any listed serial (whatever its status: fail closed).
+
+    ``serials`` are the chain's serial numbers in lowercase hex, leaf first.
+    """
+    if max_age is not None and now - snapshot.fetched_at > max_age:
+        raise VerificationError(
+            "revocation_list_stale",
+            "the attestation status list is older than allowed",
+            age_seconds=int((now - snapshot.fetched_at).total_seconds()),
+            max_age_seconds=int(max_age.total_seconds()),
+        )
+    for index, serial in enumerate(serials):
+        status = snapshot.entries.get(serial)
+        if status is not None:
+            raise VerificationError(
+                "certificate_revoked",
+                "a certificate in the chain is revoked or suspended",
+                index=index,
+                serial=serial,
+                status=status,
+            )
