@@ -36,6 +36,9 @@ def _max_age(cache_control: str | None) -> timedelta:
     return timedelta(0)
 
 
+RETRY_AFTER_FAILURE = timedelta(seconds=60)
+
+
 class RevocationFetcher:
     """Keeps a ``RevocationSnapshot`` of the status list at ``url`` up to date.
 
@@ -57,6 +60,7 @@ class RevocationFetcher:
         self._lock = threading.Lock()
         self._snapshot: RevocationSnapshot | None = None
         self._fresh_until: datetime | None = None
+        self._retry_at: datetime | None = None
         self._load_from_disk()
 
     def _load_from_disk(self) -> None:
@@ -100,6 +104,8 @@ class RevocationFetcher:
             snapshot = parse_status_list(response.content, now)
         except (httpx.HTTPError, VerificationError) as exc:
             log.warning("revocation list fetch failed (%s); keeping last good copy", exc)
+            # back off, so an outage does not make every request wait for a timeout
+            self._retry_at = now + RETRY_AFTER_FAILURE
             return self._snapshot
         max_age = _max_age(response.headers.get("cache-control"))
         self._snapshot, self._fresh_until = snapshot, now + max_age
@@ -115,6 +121,8 @@ class RevocationFetcher:
             raise ValueError("now must be timezone-aware")
         with self._lock:
             if self._snapshot is not None and self._fresh_until and now < self._fresh_until:
+                return self._snapshot
+            if self._retry_at is not None and now < self._retry_at:
                 return self._snapshot
             return self.refresh(now)
 

@@ -47,6 +47,27 @@ STATUS: dict[str, int] = {
     "revocation_list_unavailable": 503,
     "counter_not_increasing": 409,
     "platform_not_supported": 400,
+    # Apple App Attest: malformed evidence 400, evidence that proves the wrong thing 403
+    "client_data_malformed": 400,
+    "client_data_challenge_mismatch": 400,
+    "client_data_key_mismatch": 400,
+    "app_ambiguous": 400,
+    "attestation_too_large": 400,
+    "attestation_malformed": 400,
+    "attestation_format_unsupported": 400,
+    "nonce_extension_missing": 400,
+    "nonce_extension_malformed": 400,
+    "assertion_malformed": 400,
+    "certificate_expired": 403,
+    "certificate_not_yet_valid": 403,
+    "chain_signature_invalid": 403,
+    "nonce_mismatch": 403,
+    "key_id_mismatch": 403,
+    "credential_id_mismatch": 403,
+    "app_id_mismatch": 403,
+    "counter_not_zero": 403,
+    "environment_mismatch": 403,
+    "assertion_signature_invalid": 403,
     # our own faults
     "internal_error": 500,
     "signing_key_unavailable": 503,
@@ -82,7 +103,10 @@ class ProblemError(Exception):
 
 def from_verification(error: VerificationError) -> ProblemError:
     """Map a verifier's failure to a problem; detail members are the verifier's safe facts."""
-    extra = {k: _jsonable(v) for k, v in error.detail.items()}
+    reserved = {"type", "title", "status", "code", "detail", "instance", "request_id"}
+    extra = {
+        (f"evidence_{k}" if k in reserved else k): _jsonable(v) for k, v in error.detail.items()
+    }
     return ProblemError(error.code, error.message, **extra)
 
 

@@ -37,6 +37,8 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 @dataclass(frozen=True)
 class TestRoot:
+    __test__ = False  # a helper, not a test class
+
     key: ec.EllipticCurvePrivateKey
     certificate: x509.Certificate
 

@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from .conftest import require_vectors
 
 from attester.verify_cli.android import main
+
+from .conftest import require_vectors
 
 TEGU = "android/ka_tegu_sdk37_TEE_TRUSTED_CONF.pem"
 TEGU_AT = "2026-07-01T21:56:06Z"

@@ -6,9 +6,7 @@ import hashlib
 import json
 
 import pytest
-from .conftest import VECTORS
 from cryptography.hazmat.primitives import serialization
-from .synth import default_key_description, encode_authorization_list, encode_key_description
 
 from platform_verifiers.android import (
     SecurityLevel,
@@ -18,6 +16,9 @@ from platform_verifiers.android import (
 )
 from platform_verifiers.android import anchors as anchors_module
 from platform_verifiers.errors import VerificationError
+
+from .conftest import VECTORS
+from .synth import default_key_description, encode_authorization_list, encode_key_description
 
 
 @pytest.mark.parametrize("version", [1, 2, 3, 4, 100, 200, 300, 400, 500])

@@ -7,15 +7,6 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
-from .synth import (
-    DEFAULT_BOOT_KEY,
-    DEFAULT_PACKAGE,
-    DEFAULT_SIGNER,
-    default_key_description,
-    extend_below_leaf,
-    make_chain,
-    make_root,
-)
 
 from platform_verifiers.android import (
     MAX_CHAIN_LENGTH,
@@ -28,6 +19,16 @@ from platform_verifiers.android import (
     verify_android_attestation,
 )
 from platform_verifiers.errors import PolicyViolation, VerificationError
+
+from .synth import (
+    DEFAULT_BOOT_KEY,
+    DEFAULT_PACKAGE,
+    DEFAULT_SIGNER,
+    default_key_description,
+    extend_below_leaf,
+    make_chain,
+    make_root,
+)
 
 NOW = datetime.now(UTC)
 STRICT = AndroidPolicy(

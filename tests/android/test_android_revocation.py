@@ -3,56 +3,20 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
-from .conftest import VECTORS
 
 from attester.android_revocation import RevocationFetcher
 from platform_verifiers.android import parse_status_list
 from platform_verifiers.errors import VerificationError
 
+from .conftest import VECTORS
+from .status_server import LIST_B, StatusServer
+
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-LIST_A = b'{"entries": {"c8966fcb2fbb0d7a": {"status": "SUSPENDED"}}}'
-LIST_B = b'{"entries": {"2c8cdddfd5e03bfc": {"status": "REVOKED"}}}'
-
-
-class StatusServer:
-    """Serves whatever ``body``/``status``/``cache_control`` say; counts requests."""
-
-    def __init__(self) -> None:
-        self.body = LIST_A
-        self.status = 200
-        self.cache_control = "public, max-age=3600"
-        self.requests = 0
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                outer.requests += 1
-                self.send_response(outer.status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Cache-Control", outer.cache_control)
-                self.send_header("Content-Length", str(len(outer.body)))
-                self.end_headers()
-                self.wfile.write(outer.body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/attestation/status"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

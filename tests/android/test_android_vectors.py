@@ -6,7 +6,6 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from .conftest import CHAIN_ONLY_POLICY, instant, load_chain, manifest_entries
 
 from platform_verifiers.android import (
     AndroidPolicy,
@@ -18,6 +17,8 @@ from platform_verifiers.android import (
 )
 from platform_verifiers.android.certs import decode_certificate
 from platform_verifiers.errors import PolicyViolation, VerificationError
+
+from .conftest import CHAIN_ONLY_POLICY, instant, load_chain, manifest_entries
 
 CHAINS = manifest_entries("android_key_attestation_chain", "android_key_attestation_leaf_only")
 PASSING = [e for e in CHAINS if e["expected"]["verdict"] == "PASS"]
@@ -174,9 +175,9 @@ def test_vector_default_policy_locked_pixel_passes() -> None:
 
 
 def test_vector_revocation_probe_serial_suspended_rejected() -> None:
-    from .conftest import require_vectors
-
     from platform_verifiers.android.revocation import check_revocation
+
+    from .conftest import require_vectors
 
     (entry,) = manifest_entries("android_revocation_probe")
     cert = decode_certificate(load_chain(entry["path"])[0], 0)

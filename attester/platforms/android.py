@@ -1,0 +1,262 @@
+"""Android Key Attestation behind the service: registration route and renewal re-check.
+
+``POST /v1/android/attestations`` takes the Keystore attestation chain (base64 DER, leaf
+first, root optional), the challenge and a key proof signed by the attested key. The
+attested leaf key is the instance key: it becomes ``cnf.jwk``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from attester.android_revocation import RevocationFetcher
+from attester.challenges import Challenge
+from attester.errors import ProblemError
+from attester.platforms import VerifiedInstance
+from attester.settings import AndroidAppConfig, AppConfig, ConfigError, Settings
+from attester.storage import InstanceRecord
+from keys.jwks import public_jwk
+from platform_verifiers.anchors import TrustAnchor, load_anchor
+from platform_verifiers.android import (
+    MAX_CHAIN_LENGTH,
+    AndroidAttestation,
+    AndroidPolicy,
+    RevocationSnapshot,
+    SecurityLevel,
+    VerifiedLinkCache,
+    aosp_software_roots,
+    google_hardware_roots,
+    parse_key_description,
+    verify_android_attestation,
+)
+from platform_verifiers.android.certs import decode_certificate
+from platform_verifiers.android.policy import check_policy
+from platform_verifiers.android.revocation import check_revocation
+from platform_verifiers.errors import PolicyViolation, VerificationError
+
+if TYPE_CHECKING:
+    from attester.service import AttesterService
+
+log = logging.getLogger("attester.android")
+
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+LEVELS = {
+    "software": SecurityLevel.SOFTWARE,
+    "tee": SecurityLevel.TRUSTED_ENVIRONMENT,
+    "strongbox": SecurityLevel.STRONG_BOX,
+}
+# a DER attestation certificate is a few KiB; base64 of 16 KiB is generous
+CertificateB64 = Annotated[str, Field(min_length=1, max_length=16384)]
+
+
+class AndroidRegistration(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    certificate_chain: Annotated[list[CertificateB64], Field(min_length=1, max_length=MAX_CHAIN_LENGTH)]
+    challenge: Annotated[str, Field(max_length=4096)]
+    key_proof: Annotated[str, Field(max_length=8192)]
+    client_id: Annotated[str | None, Field(max_length=255)] = None
+    # Play Integrity verdicts are not evaluated yet; the field is accepted and ignored
+    integrity_token: Annotated[str | None, Field(max_length=16384)] = None
+
+
+def policy_for(app: AndroidAppConfig) -> AndroidPolicy:
+    """The verifier's policy dataclass from an app's configuration."""
+    return AndroidPolicy(
+        min_security_level=LEVELS[app.min_security_level],
+        package_names=frozenset(app.package_names),
+        signer_digests=frozenset(bytes.fromhex(d) for d in app.signing_cert_sha256),
+        require_verified_boot=app.require_verified_boot,
+        require_device_locked=app.require_device_locked,
+        allowed_verified_boot_keys=frozenset(bytes.fromhex(k) for k in app.allowed_verified_boot_keys),
+        min_os_patch_level=app.min_os_patch_level,
+    )
+
+
+def _decode_certificates(items: Sequence[str]) -> list[bytes]:
+    chain = []
+    for item in items:
+        text = "".join(item.split())
+        try:
+            if "-" in text or "_" in text:
+                chain.append(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+            else:
+                chain.append(base64.b64decode(text + "=" * (-len(text) % 4), validate=True))
+        except (binascii.Error, ValueError):
+            raise ProblemError(
+                "malformed_request", "certificate_chain must hold base64 DER certificates"
+            ) from None
+    return chain
+
+
+def _load_test_roots(paths: Sequence[Path]) -> list[TrustAnchor]:
+    anchors = []
+    for path in paths:
+        try:
+            anchors.append(load_anchor(f"test:{path.name}", path.read_bytes(), source=str(path)))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"invalid configuration: android.test_root_files: {path}: {exc}") from None
+    return anchors
+
+
+class AndroidPlatform:
+    """Registration verification and renewal re-checks for Android instances."""
+
+    name = "android"
+
+    def __init__(self, settings: Settings, *, fetcher: RevocationFetcher | None = None) -> None:
+        self.settings = settings
+        android = settings.android
+        for app in settings.apps:
+            if app.android and app.android.min_security_level == "software" and not android.allow_software_level:
+                raise ConfigError(
+                    f"invalid configuration: apps.{app.client_id}.android.min_security_level: "
+                    "'software' needs the test-only setting android.allow_software_level"
+                )
+        anchors: list[TrustAnchor] = list(google_hardware_roots())
+        if android.allow_software_root:
+            log.warning("TEST SETTING: the AOSP software attestation roots are trusted")
+            anchors += aosp_software_roots()
+        if android.test_root_files:
+            log.warning("TEST SETTING: extra Android roots are trusted")
+            anchors += _load_test_roots(android.test_root_files)
+        self.anchors = tuple(anchors)
+        self.cache = VerifiedLinkCache()
+        self.fetcher = fetcher or RevocationFetcher(
+            url=android.revocation_url,
+            cache_path=settings.data_dir / "android-revocation.json",
+            timeout=android.revocation_timeout,
+        )
+
+    # -- revocation ------------------------------------------------------------------
+    def revocation(self, now: datetime) -> tuple[RevocationSnapshot | None, timedelta | None]:
+        """The snapshot to check against and the staleness limit to apply."""
+        android = self.settings.android
+        snapshot = self.fetcher.get(now)
+        limit = timedelta(seconds=android.revocation_max_staleness)
+        if snapshot is None:
+            if android.allow_stale_revocation:
+                log.warning("no Android revocation list available; accepting (allow_stale_revocation)")
+                return None, None
+            raise ProblemError(
+                "revocation_list_unavailable",
+                "the attestation revocation list cannot be obtained; try again later",
+            )
+        if android.allow_stale_revocation:
+            if now - snapshot.fetched_at > limit:
+                log.warning("Android revocation list is stale; accepting (allow_stale_revocation)")
+            return snapshot, None
+        return snapshot, limit
+
+    # -- registration ----------------------------------------------------------------
+    def candidates(self, client_id: str | None) -> list[AppConfig]:
+        apps = [a for a in self.settings.apps if a.android is not None]
+        if client_id is not None:
+            apps = [a for a in apps if a.client_id == client_id]
+        if not apps:
+            raise ProblemError("app_not_registered", "no Android app is configured for this request")
+        return apps
+
+    def verify(
+        self, body: AndroidRegistration, challenge: Challenge, now: datetime
+    ) -> VerifiedInstance:
+        chain = _decode_certificates(body.certificate_chain)
+        snapshot, max_age = self.revocation(now)
+        first_error: VerificationError | None = None
+        attestation: AndroidAttestation | None = None
+        chosen: AppConfig | None = None
+        # Several Android apps may be configured: the one whose packages and signer
+        # match wins; the most specific failure is reported otherwise.
+        for app in self.candidates(body.client_id):
+            assert app.android is not None
+            try:
+                attestation = verify_android_attestation(
+                    chain=chain,
+                    challenge=challenge.raw,
+                    policy=policy_for(app.android),
+                    anchors=self.anchors,
+                    revocation=snapshot,
+                    now=now,
+                    max_revocation_age=max_age,
+                    verified_cache=self.cache,
+                )
+            except PolicyViolation as exc:
+                if exc.rule in {"package_name", "signer_digest"}:
+                    first_error = first_error or exc
+                    continue
+                raise
+            chosen = app
+            break
+        if attestation is None or chosen is None:
+            assert first_error is not None
+            raise first_error
+        leaf_key = attestation.leaf_public_key()
+        if not isinstance(leaf_key, ec.EllipticCurvePublicKey) or leaf_key.curve.name != "secp256r1":
+            raise ProblemError("jwk_key_type_not_allowed", "the attested key must be EC P-256")
+        kd = attestation.key_description
+        return VerifiedInstance(
+            platform=self.name,
+            app=chosen,
+            instance_jwk=public_jwk(leaf_key),
+            stored={
+                "android_serials": attestation.chain_serials,
+                "android_facts": {
+                    # the leaf is kept so renewal re-applies the current policy to it
+                    "leaf": base64.b64encode(chain[0]).decode(),
+                    "root": attestation.root_anchor,
+                    "provisioning": str(attestation.provisioning.name),
+                    "security_level": attestation.security_level.name,
+                    "attestation_version": kd.attestation_version,
+                },
+            },
+            replace_same_key=True,
+        )
+
+    # -- renewal ---------------------------------------------------------------------
+    def renew(
+        self,
+        instance: InstanceRecord,
+        request: dict[str, Any],
+        *,
+        app: AppConfig,
+        challenge: Challenge,
+        now: datetime,
+    ) -> None:
+        """Re-check revocation of the stored chain and the app's current policy."""
+        if app.android is None:
+            raise ProblemError("app_not_registered", "the app no longer accepts Android instances")
+        snapshot, max_age = self.revocation(now)
+        if snapshot is not None:
+            check_revocation(instance.android_serials, snapshot, now=now, max_age=max_age)
+        leaf_der = base64.b64decode(instance.android_facts["leaf"])
+        leaf = decode_certificate(leaf_der, 0)
+        kd = parse_key_description(leaf.key_descriptions[0])
+        check_policy(kd, serialization.load_der_public_key(leaf.spki_der), policy_for(app.android))
+
+
+def plug_in(service: AttesterService) -> tuple[AndroidPlatform, APIRouter]:
+    platform = AndroidPlatform(service.settings)
+    router = APIRouter()
+
+    @router.post("/v1/android/attestations")
+    def register(body: AndroidRegistration) -> JSONResponse:
+        result = service.register(
+            challenge=body.challenge,
+            key_proof=body.key_proof,
+            verify=lambda challenge, now: platform.verify(body, challenge, now),
+        )
+        return JSONResponse(result, headers=NO_STORE)
+
+    return platform, router
