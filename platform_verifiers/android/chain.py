@@ -26,9 +26,6 @@ An attacker cannot remove either from Google-signed certificates.
 from __future__ import annotations
 
 import functools
-import hashlib
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,6 +36,7 @@ from cryptography.hazmat.primitives import serialization
 from platform_verifiers.anchors import TrustAnchor
 from platform_verifiers.android.certs import ChainCertificate, decode_certificate, signature_valid
 from platform_verifiers.errors import VerificationError
+from platform_verifiers.linkcache import VerifiedLinkCache as VerifiedLinkCache
 
 MAX_CHAIN_LENGTH = 10
 # Anchors used only by remotely provisioned chains.
@@ -48,47 +46,6 @@ RKP_ONLY_ANCHORS = frozenset({"google_hw_ec_p384_2025"})
 class Provisioning(Enum):
     FACTORY = "factory"
     RKP = "rkp"
-
-
-class VerifiedLinkCache:
-    """A bounded LRU of (child, issuer) links whose signature already verified.
-
-    Many devices share intermediates, so a service sees the same upper links again and
-    again. Keys are SHA-256 over both DER encodings; the leaf link is never cached
-    (every leaf is new). Thread-safe; owned and injected by the caller.
-    """
-
-    def __init__(self, max_entries: int = 4096) -> None:
-        if max_entries < 1:
-            raise ValueError("max_entries must be positive")
-        self._max = max_entries
-        self._links: OrderedDict[bytes, None] = OrderedDict()
-        self._lock = threading.Lock()
-
-    @staticmethod
-    def key(child_der: bytes, issuer_der: bytes) -> bytes:
-        h = hashlib.sha256()
-        h.update(len(child_der).to_bytes(4, "big"))
-        h.update(child_der)
-        h.update(issuer_der)
-        return h.digest()
-
-    def __contains__(self, key: bytes) -> bool:
-        with self._lock:
-            if key in self._links:
-                self._links.move_to_end(key)
-                return True
-            return False
-
-    def add(self, key: bytes) -> None:
-        with self._lock:
-            self._links[key] = None
-            self._links.move_to_end(key)
-            while len(self._links) > self._max:
-                self._links.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._links)
 
 
 @dataclass(frozen=True)

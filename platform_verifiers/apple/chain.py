@@ -13,9 +13,6 @@ failure needs its own stable code.
 
 from __future__ import annotations
 
-import hashlib
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -25,49 +22,11 @@ from cryptography.hazmat.primitives import serialization
 
 from ..anchors import TrustAnchor
 from ..errors import VerificationError
+from ..linkcache import VerifiedLinkCache as VerifiedLinkCache
+from ..linkcache import link_key
 
 #: Leaf + intermediate today; a little headroom for a future cross-signed intermediate.
 MAX_CHAIN_LENGTH = 4
-
-
-class VerifiedLinkCache:
-    """A bounded, thread-safe LRU set of issuer→child links whose signature already verified.
-
-    Keys are SHA-256 over both certificates' DER, so a hit means "these exact bytes were
-    verified before"; a signature is a pure function of those bytes, so skipping the
-    re-check is safe. Validity at ``now`` is not cached: it is checked on every call.
-    The caller owns the instance (inject it; there is no module-level cache).
-    """
-
-    def __init__(self, max_entries: int = 64) -> None:
-        if max_entries < 1:
-            raise ValueError("max_entries must be at least 1")
-        self._max_entries = max_entries
-        self._entries: OrderedDict[bytes, None] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def __contains__(self, key: bytes) -> bool:
-        with self._lock:
-            if key in self._entries:
-                self._entries.move_to_end(key)
-                return True
-            return False
-
-    def add(self, key: bytes) -> None:
-        with self._lock:
-            self._entries[key] = None
-            self._entries.move_to_end(key)
-            while len(self._entries) > self._max_entries:
-                self._entries.popitem(last=False)
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._entries)
-
-
-def link_key(child_der: bytes, issuer_der: bytes) -> bytes:
-    """Cache key for one link; the length prefix keeps (a‖b) and (a'‖b') from colliding."""
-    return hashlib.sha256(len(child_der).to_bytes(4, "big") + child_der + issuer_der).digest()
 
 
 def _der(cert: x509.Certificate) -> bytes:
