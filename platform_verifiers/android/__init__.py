@@ -5,7 +5,7 @@ Entry point: ``verify_android_attestation``.
 """
 
 from platform_verifiers.android.anchors import aosp_software_roots, google_hardware_roots
-from platform_verifiers.android.chain import MAX_CHAIN_LENGTH, Provisioning, VerifiedLinkCache
+from platform_verifiers.android.chain import MAX_CHAIN_LENGTH, Provisioning
 from platform_verifiers.android.parse import (
     AttestationApplicationId,
     AuthorizationList,
@@ -19,6 +19,7 @@ from platform_verifiers.android.parse import (
 from platform_verifiers.android.policy import AndroidPolicy
 from platform_verifiers.android.revocation import RevocationSnapshot, parse_status_list
 from platform_verifiers.android.verify import AndroidAttestation, verify_android_attestation
+from platform_verifiers.linkcache import VerifiedLinkCache
 
 __all__ = [
     "MAX_CHAIN_LENGTH",

@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives import serialization
 from platform_verifiers.anchors import TrustAnchor
 from platform_verifiers.android.certs import ChainCertificate, decode_certificate, signature_valid
 from platform_verifiers.errors import VerificationError
-from platform_verifiers.linkcache import VerifiedLinkCache as VerifiedLinkCache
+from platform_verifiers.linkcache import VerifiedLinkCache
 
 MAX_CHAIN_LENGTH = 10
 # Anchors used only by remotely provisioned chains.

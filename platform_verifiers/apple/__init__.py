@@ -5,8 +5,8 @@ Apple, "Validating apps that connect to your server":
 https://developer.apple.com/documentation/devicecheck/validating-apps-that-connect-to-your-server
 """
 
+from ..linkcache import VerifiedLinkCache
 from .anchors import apple_app_attest_roots
-from .chain import VerifiedLinkCache
 from .parse import (
     MAX_ASSERTION_BYTES,
     MAX_ATTESTATION_BYTES,

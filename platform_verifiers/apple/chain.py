@@ -22,8 +22,7 @@ from cryptography.hazmat.primitives import serialization
 
 from ..anchors import TrustAnchor
 from ..errors import VerificationError
-from ..linkcache import VerifiedLinkCache as VerifiedLinkCache
-from ..linkcache import link_key
+from ..linkcache import VerifiedLinkCache, link_key
 
 #: Leaf + intermediate today; a little headroom for a future cross-signed intermediate.
 MAX_CHAIN_LENGTH = 4

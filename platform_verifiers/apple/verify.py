@@ -24,8 +24,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from ..anchors import TrustAnchor
 from ..errors import VerificationError
+from ..linkcache import VerifiedLinkCache
 from ._asn1 import APP_ATTEST_NONCE_OID, decode_app_attest_nonce
-from .chain import VerifiedLinkCache, load_chain, verify_chain
+from .chain import load_chain, verify_chain
 from .parse import AuthenticatorData, parse_assertion, parse_attestation_object
 
 Environment = Literal["development", "production"]
