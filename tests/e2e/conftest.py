@@ -9,6 +9,10 @@ marked ``e2e``.
   Options: ``client_id``, ``dpop_client_id``, ``attester_issuer``, ``jwks_cooldown_ms``,
   ``jwks_cache_max_age_ms`` (see e2e_support.run_as).
 * ``jwks_server`` serves a JWKS from loopback (stands in for the attester in harness tests).
+
+The full chain (real ``attester serve`` subprocess, AS, revocation-list stand-in, simulated
+Android and iOS devices) is ``tests/e2e/stack.py``'s ``running_stack``; the device and rotation
+tests (``test_e2e_devices.py``, ``test_e2e_rotation.py``) start one per module.
 """
 
 from __future__ import annotations

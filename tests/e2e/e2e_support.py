@@ -10,6 +10,7 @@ import os
 import queue
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -20,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Self
 
+import httpx
 from jwcrypto import jwk, jwt
 
 AS_DIR = Path(__file__).resolve().parent / "as"
@@ -205,3 +207,138 @@ def mint_attestation(
     token = jwt.JWT(header={"alg": "ES256", "typ": typ, "kid": kid}, claims=claims)
     token.make_signed_token(signing_key)
     return str(token.serialize())
+
+
+# -- the real attester, as a subprocess -----------------------------------------------------
+ATTESTER_CLI = [sys.executable, "-m", "attester.cli"]
+
+
+def toml_value(value: Any) -> str:
+    """A TOML value for str, bool, int, float, Path and lists of them (enough for our config)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, Path | str):
+        return json.dumps(str(value))  # a JSON string is a valid TOML basic string here
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(item) for item in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+def write_config(path: Path, settings: Mapping[str, Any]) -> Path:
+    """Write attester settings as TOML: top-level scalars, ``android``/``apple`` tables and an
+    ``apps`` array whose entries may hold ``android``/``apple`` sub-tables."""
+    lines: list[str] = []
+    tables = {k: v for k, v in settings.items() if isinstance(v, Mapping)}
+    apps = settings.get("apps", [])
+    for name, value in settings.items():
+        if name != "apps" and name not in tables:
+            lines.append(f"{name} = {toml_value(value)}")
+    for name, table in tables.items():
+        lines.append(f"\n[{name}]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in table.items()]
+    for app in apps:
+        lines.append("\n[[apps]]")
+        subs = {k: v for k, v in app.items() if isinstance(v, Mapping)}
+        lines += [f"{k} = {toml_value(v)}" for k, v in app.items() if k not in subs]
+        for name, table in subs.items():
+            lines.append(f"[apps.{name}]")
+            lines += [f"{k} = {toml_value(v)}" for k, v in table.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@dataclass
+class RunningAttester:
+    """``attester serve`` running as a subprocess, with the JSON lines it logged."""
+
+    url: str
+    config: Path
+    data_dir: Path
+    process: subprocess.Popen[str]
+    log: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def jwks_uri(self) -> str:
+        return f"{self.url}/.well-known/jwks.json"
+
+    def requests_to(self, path: str) -> int:
+        """How many requests for ``path`` the attester has logged so far."""
+        return sum(1 for e in list(self.log) if e.get("msg") == "request" and e.get("path") == path)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run ``attester <args> --config <config> --data-dir <data_dir>``."""
+        return subprocess.run(
+            [*ATTESTER_CLI, *args, "--config", str(self.config), "--data-dir", str(self.data_dir)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    def active_key(self) -> tuple[jwk.JWK, str]:
+        """The private key the attester signs with now, read from its key directory, and its kid."""
+        records = json.loads((self.data_dir / "keys" / "keys.json").read_text())["keys"]
+        now = datetime.now().astimezone()
+        started = [r for r in records if datetime.fromisoformat(r["activates_at"]) <= now]
+        kid = str(max(started, key=lambda r: r["activates_at"])["kid"])
+        pem = (self.data_dir / "keys" / f"{kid}.pem").read_bytes()
+        return jwk.JWK.from_pem(pem), kid
+
+
+@contextmanager
+def run_attester(config: Path, data_dir: Path, port: int) -> Iterator[RunningAttester]:
+    """Start ``attester serve`` on ``port`` (the issuer in ``config`` names it) and wait for
+    ``/healthz``; stop it at the end."""
+    process = subprocess.Popen(
+        [
+            *ATTESTER_CLI,
+            "serve",
+            "--config",
+            str(config),
+            "--data-dir",
+            str(data_dir),
+            "--port",
+            str(port),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    running = RunningAttester(f"http://127.0.0.1:{port}", config, data_dir, process)
+    lines: list[str] = []
+
+    def read() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            lines.append(line)
+            if line.startswith("{"):
+                try:
+                    running.log.append(json.loads(line))
+                except ValueError:
+                    pass
+
+    reader = threading.Thread(target=read, name="attester-stderr", daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                if httpx.get(f"{running.url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("attester serve did not start:\n" + "".join(lines[-30:]))
+            time.sleep(0.05)
+        yield running
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+        reader.join(timeout=2)
