@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from attester import logs
-from attester.errors import ProblemError, from_verification
+from attester.errors import ProblemError, from_verification, loggable
 from attester.routes import build_core_router
 from attester.service import AttesterService, Clock, build_service, utcnow
 from attester.settings import Settings, load_settings
@@ -152,7 +152,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         problem = from_verification(exc)
         log.info(
             "evidence rejected",
-            extra={"fields": {"code": problem.code, "detail": problem.extra}},
+            extra={"fields": {"code": problem.code, "detail": loggable(exc)}},
         )
         return problem_response(problem)
 

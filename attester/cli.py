@@ -76,9 +76,10 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     delay = settings.prepublish_delay
     if args.delay is not None:
-        if args.delay < settings.jwks_max_age:
+        if args.delay < settings.min_prepublish_delay:
             print(
-                f"error: --delay must be at least jwks_max_age ({settings.jwks_max_age} s)",
+                "error: --delay must be at least jwks_max_age + clock_skew "
+                f"({settings.min_prepublish_delay} s)",
                 file=sys.stderr,
             )
             return 2
@@ -141,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     rotate = keys_sub.add_parser("rotate", help="create the next signing key")
     common(rotate)
-    rotate.add_argument("--delay", type=int, help="seconds before it signs (>= jwks_max_age)")
+    rotate.add_argument("--delay", type=int, help="seconds before it signs (>= jwks_max_age + clock_skew)")
     rotate.set_defaults(func=cmd_keys_rotate)
     listing = keys_sub.add_parser("list", help="show the keys and their states")
     common(listing)

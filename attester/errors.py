@@ -101,13 +101,29 @@ class ProblemError(Exception):
         return body
 
 
+# Verifier details that stay in the server log: caller-chosen strings (fmt) and the
+# publisher's registry (App IDs, allowed packages and signing-certificate digests).
+HIDDEN_DETAIL = ("fmt", "app_ids")
+PRIVATE_RULES = frozenset({"package_name", "signer_digest"})
+
+
 def from_verification(error: VerificationError) -> ProblemError:
     """Map a verifier's failure to a problem; detail members are the verifier's safe facts."""
     reserved = {"type", "title", "status", "code", "detail", "instance", "request_id"}
+    hidden = set(HIDDEN_DETAIL)
+    if error.detail.get("rule") in PRIVATE_RULES:
+        hidden |= {"seen", "required"}
     extra = {
-        (f"evidence_{k}" if k in reserved else k): _jsonable(v) for k, v in error.detail.items()
+        (f"evidence_{k}" if k in reserved else k): _jsonable(v)
+        for k, v in error.detail.items()
+        if k not in hidden
     }
     return ProblemError(error.code, error.message, **extra)
+
+
+def loggable(error: VerificationError) -> dict[str, Any]:
+    """Every detail of a verifier's failure, for the server log (never for the caller)."""
+    return {k: _jsonable(v) for k, v in error.detail.items()}
 
 
 def _jsonable(value: Any) -> Any:

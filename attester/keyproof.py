@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hmac
 import json
+import re
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,17 +20,31 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from attester.errors import ProblemError
-from keys.jwks import thumbprint
+from keys.jwks import public_jwk, thumbprint
 
 MAX_KEY_PROOF_BYTES = 8 * 1024
 PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 ALLOWED_ALG = "ES256"
 
 
+_B64URL = re.compile(r"[A-Za-z0-9_-]+")
+# a P-256 coordinate: 32 bytes, exactly 43 base64url characters
+_COORDINATE = re.compile(r"[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]")
+# iat as a JSON number within what a float timestamp can hold exactly
+_MAX_IAT = 2**53
+
+
 def _b64url_decode(part: str) -> bytes:
-    if not part or len(part) % 4 == 1 or any(c in part for c in "=+/"):
+    if not _B64URL.fullmatch(part) or len(part) % 4 == 1:
         raise ValueError("not base64url")
     return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+
+
+def _json(segment: str) -> Any:
+    try:
+        return json.loads(_b64url_decode(segment))
+    except RecursionError:  # absurdly nested JSON
+        raise ValueError("too deeply nested") from None
 
 
 def parse_instance_jwk(value: object) -> tuple[dict[str, str], ec.EllipticCurvePublicKey]:
@@ -47,15 +61,18 @@ def parse_instance_jwk(value: object) -> tuple[dict[str, str], ec.EllipticCurveP
             "only EC P-256 instance keys are accepted",
             allowed=[{"kty": "EC", "crv": "P-256"}],
         )
+    x_text, y_text = value.get("x"), value.get("y")
     try:
-        x = _b64url_decode(str(value["x"]))
-        y = _b64url_decode(str(value["y"]))
-        if len(x) != 32 or len(y) != 32:
-            raise ValueError("coordinate length")
+        # canonical encoding only, so one key has one thumbprint and one cnf
+        if not (isinstance(x_text, str) and _COORDINATE.fullmatch(x_text)):
+            raise ValueError("x")
+        if not (isinstance(y_text, str) and _COORDINATE.fullmatch(y_text)):
+            raise ValueError("y")
+        x, y = _b64url_decode(x_text), _b64url_decode(y_text)
         key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), b"\x04" + x + y)
-    except (KeyError, ValueError, binascii.Error):
+    except (ValueError, binascii.Error):
         raise ProblemError("jwk_malformed", "the instance JWK is not a valid P-256 public key") from None
-    return {"kty": "EC", "crv": "P-256", "x": str(value["x"]), "y": str(value["y"])}, key
+    return public_jwk(key), key
 
 
 def verify_key_proof(
@@ -73,8 +90,8 @@ def verify_key_proof(
         raise ProblemError("key_proof_malformed", "the key proof is not a compact JWS")
     header_b64, payload_b64, signature_b64 = token.split(".")
     try:
-        header = json.loads(_b64url_decode(header_b64))
-        payload = json.loads(_b64url_decode(payload_b64))
+        header = _json(header_b64)
+        payload = _json(payload_b64)
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise ProblemError("key_proof_malformed", "the key proof is not a compact JWS") from None
     if not isinstance(header, dict) or not isinstance(payload, dict):
@@ -115,10 +132,11 @@ def verify_key_proof(
             "key_proof_wrong_audience", "the key proof audience must be this attester", expected=audience
         )
     sent = payload.get("challenge")
-    if not isinstance(sent, str) or not hmac.compare_digest(sent.encode(), challenge.encode()):
+    # the challenge is public: a plain comparison leaks nothing
+    if not isinstance(sent, str) or sent != challenge:
         raise ProblemError("key_proof_challenge_mismatch", "the key proof is not over this challenge")
     iat = payload.get("iat")
-    if not isinstance(iat, int) or isinstance(iat, bool):
+    if not isinstance(iat, int) or isinstance(iat, bool) or abs(iat) > _MAX_IAT:
         raise ProblemError("key_proof_malformed", "the key proof needs a numeric iat")
     issued = now.timestamp() - iat
     if issued < -skew.total_seconds():

@@ -21,9 +21,15 @@ from attester.issuance import AttestationIssuer, IssuedAttestation
 from attester.keyproof import parse_instance_jwk, verify_key_proof
 from attester.platforms import Platform, VerifiedInstance
 from attester.settings import MAX_ATTESTATION_LIFETIME, AppConfig, Settings
-from attester.storage import AlreadyRegistered, InstanceRecord, Store, create_store
+from attester.storage import (
+    AlreadyRegistered,
+    InstanceRecord,
+    InstanceRevoked,
+    Store,
+    create_store,
+)
 from keys.jwks import JwksDocument, thumbprint
-from keys.store import KeyStore
+from keys.store import KeyStore, fsync_directory
 
 log = logging.getLogger("attester")
 
@@ -83,6 +89,8 @@ class AttesterService:
             raise ProblemError(
                 "instance_already_registered", "this instance key is registered already"
             ) from None
+        except InstanceRevoked:
+            raise ProblemError("instance_revoked", "this instance key has been revoked") from None
         log.info(
             "instance registered",
             extra={"fields": {"platform": record.platform, "client_id": record.client_id}},
@@ -202,6 +210,7 @@ def load_secret(path: Path) -> bytes:
                 f.write(secrets.token_bytes(32))
                 f.flush()
                 os.fsync(f.fileno())
+            fsync_directory(path.parent)
     secret = path.read_bytes()
     if len(secret) < 32:
         raise ValueError(f"challenge secret {path} is shorter than 32 bytes")

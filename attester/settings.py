@@ -141,7 +141,7 @@ class Settings(BaseSettings):
     # privacy option: round iat down to this many seconds (0 = exact)
     iat_granularity: int = Field(default=0, ge=0, le=3600)
     jwks_max_age: int = Field(default=300, ge=0, le=86400)
-    # how long a freshly rotated key is published before it signs (>= jwks_max_age)
+    # how long a freshly rotated key is published before it signs (>= jwks_max_age + clock_skew)
     key_prepublish_delay: int | None = Field(default=None, ge=0)
     key_proof_max_age: int = Field(default=300, ge=10, le=3600)
     clock_skew: int = Field(default=60, ge=0, le=600)
@@ -167,10 +167,19 @@ class Settings(BaseSettings):
             if app.client_id in seen:
                 raise ValueError(f"apps: client_id {app.client_id!r} is configured twice")
             seen.add(app.client_id)
-        if self.key_prepublish_delay is not None and self.key_prepublish_delay < self.jwks_max_age:
+        minimum = self.jwks_max_age + self.clock_skew
+        if self.key_prepublish_delay is not None and self.key_prepublish_delay < minimum:
             raise ValueError(
-                "key_prepublish_delay must be at least jwks_max_age, or an AS holding a cached "
-                "JWKS could meet a JWT signed by a key it has not seen"
+                "key_prepublish_delay must be at least jwks_max_age + clock_skew, or an AS "
+                "holding a cached JWKS could meet a JWT signed by a key it has not seen"
+            )
+        lifetimes = [self.attestation_lifetime] + [
+            a.attestation_lifetime for a in self.apps if a.attestation_lifetime
+        ]
+        if self.iat_granularity * 2 > min(lifetimes):
+            raise ValueError(
+                "iat_granularity must be at most half the shortest attestation lifetime, or "
+                "JWTs would be issued (nearly) expired"
             )
         return self
 
@@ -184,9 +193,14 @@ class Settings(BaseSettings):
         return self.key_dir or self.data_dir / "keys"
 
     @property
+    def min_prepublish_delay(self) -> int:
+        """A replica whose clock runs ``clock_skew`` ahead must still not sign too early."""
+        return self.jwks_max_age + self.clock_skew
+
+    @property
     def prepublish_delay(self) -> timedelta:
         seconds = self.key_prepublish_delay
-        return timedelta(seconds=self.jwks_max_age if seconds is None else seconds)
+        return timedelta(seconds=self.min_prepublish_delay if seconds is None else seconds)
 
     def app(self, client_id: str) -> AppConfig | None:
         return next((a for a in self.apps if a.client_id == client_id), None)

@@ -155,7 +155,9 @@ class KeyStore:
 
     def statuses(self, now: datetime) -> list[KeyStatus]:
         """Every key with its state at ``now``, oldest first."""
-        ordered = sorted(self._records, key=lambda r: (r.activates_at, r.created_at))
+        # a key created after ``now`` did not exist then (matters when asking about the past)
+        existing = [r for r in self._records if r.created_at <= now]
+        ordered = sorted(existing, key=lambda r: (r.activates_at, r.created_at))
         started = [r for r in ordered if r.activates_at <= now]
         active = started[-1] if started else None
         out = []
@@ -188,7 +190,8 @@ class KeyStore:
             return cached[0]
         statuses = self.statuses(now)
         published = [self._public[s.record.kid] for s in statuses if s.state is not KeyState.EXPIRED]
-        changes = [s.record.activates_at for s in statuses if s.record.activates_at > now]
+        changes = [r.created_at for r in self._records if r.created_at > now]
+        changes += [s.record.activates_at for s in statuses if s.record.activates_at > now]
         changes += [s.published_until for s in statuses if s.published_until and s.published_until > now]
         document = JwksDocument.build(published)
         self._jwks_cache = (document, now, min(changes, default=datetime.max.replace(tzinfo=now.tzinfo)))
@@ -238,6 +241,7 @@ class KeyStore:
         tmp = self.directory / f".{METADATA}.{secrets.token_hex(4)}"
         _write_private(tmp, body)
         os.replace(tmp, self.directory / METADATA)
+        fsync_directory(self.directory)  # the rename itself must survive a crash
         return record
 
     def _load_signer(self, record: KeyRecord) -> FileSigner:
@@ -276,6 +280,15 @@ class KeyStore:
         return tuple(
             base64.b64encode(c.public_bytes(serialization.Encoding.DER)).decode() for c in certs
         )
+
+
+def fsync_directory(path: Path) -> None:
+    """Make a create or rename in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _write_private(path: Path, data: bytes) -> None:

@@ -94,16 +94,29 @@ def test_key_store_etag_changes_with_contents(store: KeyStore) -> None:
     assert store.jwks(T0).etag == store.jwks(T0).etag
 
 
-def test_key_store_no_instant_without_verifiable_signer(store: KeyStore) -> None:
-    """An AS holding a JWKS fetched up to max-age ago can verify every JWT signed now."""
-    max_age = DELAY
-    store.rotate(T0, delay=DELAY)
-    step = timedelta(seconds=30)
-    t = T0
-    while t < T0 + DELAY + 2 * max_age:
-        signer = store.active_signer(t)
-        fetched = t - max_age
-        if fetched >= T0:
-            cached = {k["kid"] for k in json.loads(store.jwks(fetched).body)["keys"]}
-            assert signer.kid in cached, t
+@pytest.mark.parametrize("skew", [0, 60])
+def test_key_store_no_instant_without_verifiable_signer(store: KeyStore, skew: int) -> None:
+    """An AS holding a JWKS fetched up to max-age ago can verify every JWT signed now,
+    even by a replica whose clock runs ``skew`` seconds ahead (delay = max-age + skew)."""
+    max_age = timedelta(seconds=300)
+    ahead = timedelta(seconds=skew)
+    rotated = T0 + timedelta(days=1)
+    store.rotate(rotated, delay=max_age + ahead)
+    step = timedelta(seconds=15)
+    t = rotated - 2 * max_age  # from well before the rotation, through it, to well after
+    while t < rotated + 4 * max_age:
+        signer = store.active_signer(t + ahead)  # the fast replica signs
+        for age in (timedelta(0), max_age / 2, max_age):  # any JWKS the AS may still hold
+            cached = {k["kid"] for k in json.loads(store.jwks(t - age).body)["keys"]}
+            assert signer.kid in cached, (t, age)
         t += step
+
+
+def test_key_store_delay_shorter_than_max_age_would_break(store: KeyStore) -> None:
+    """The guarantee above is not vacuous: a too-short delay is caught by the same check."""
+    max_age = timedelta(seconds=300)
+    store.rotate(T0, delay=max_age / 2)
+    t = T0 + max_age / 2
+    signer = store.active_signer(t)
+    cached = {k["kid"] for k in json.loads(store.jwks(t - max_age).body)["keys"]}
+    assert signer.kid not in cached

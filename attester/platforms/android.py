@@ -237,6 +237,11 @@ class AndroidPlatform:
         """Re-check revocation of the stored chain and the app's current policy."""
         if app.android is None:
             raise ProblemError("app_not_registered", "the app no longer accepts Android instances")
+        if instance.android_facts.get("root") not in {a.name for a in self.anchors}:
+            # registered under a root this service no longer trusts (e.g. a test setting)
+            raise ProblemError(
+                "chain_untrusted", "the instance was attested under a root no longer trusted"
+            )
         snapshot, max_age = self.revocation(now)
         if snapshot is not None:
             check_revocation(instance.android_serials, snapshot, now=now, max_age=max_age)

@@ -117,7 +117,7 @@ class ClientData:
         raw = decode_base64(text, code="client_data_malformed", what="client_data")
         try:
             document = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_members)
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):
             raise ProblemError("client_data_malformed", "client_data is not UTF-8 JSON") from None
         if not isinstance(document, dict):
             raise ProblemError("client_data_malformed", "client_data must be a JSON object")
@@ -205,9 +205,7 @@ class AppleAppAttest:
         self, evidence: AppleEvidence, *, challenge: Challenge, now: datetime
     ) -> VerifiedInstance:
         """Verify an attestation for a registration whose challenge has been redeemed."""
-        if not hmac.compare_digest(
-            evidence.client_data.challenge.encode(), challenge.text.encode()
-        ):
+        if evidence.client_data.challenge != challenge.text:  # public value: plain comparison
             raise ProblemError(
                 "client_data_challenge_mismatch", "client_data does not hold this challenge"
             )
@@ -310,7 +308,7 @@ class AppleAppAttest:
             )
         client_data = ClientData.decode(client_data_text)
         assertion = decode_base64(assertion_text, code="assertion_malformed", what="assertion")
-        if not hmac.compare_digest(client_data.challenge.encode(), challenge.text.encode()):
+        if client_data.challenge != challenge.text:  # public value: plain comparison
             raise ProblemError(
                 "client_data_challenge_mismatch", "client_data does not hold this challenge"
             )

@@ -1,5 +1,11 @@
 """Storage through SQLAlchemy 2: SQLite by default, PostgreSQL by URL, Alembic migrations."""
 
-from attester.storage.store import AlreadyRegistered, InstanceRecord, Store, create_store
+from attester.storage.store import (
+    AlreadyRegistered,
+    InstanceRecord,
+    InstanceRevoked,
+    Store,
+    create_store,
+)
 
-__all__ = ["AlreadyRegistered", "InstanceRecord", "Store", "create_store"]
+__all__ = ["AlreadyRegistered", "InstanceRecord", "InstanceRevoked", "Store", "create_store"]

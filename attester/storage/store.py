@@ -26,6 +26,10 @@ class AlreadyRegistered(Exception):
     """An App Attest key id or instance key is registered already."""
 
 
+class InstanceRevoked(Exception):
+    """The instance key belongs to an instance an operator revoked."""
+
+
 @dataclass(frozen=True)
 class InstanceRecord:
     id: str
@@ -152,6 +156,9 @@ class Store:
         """
         with self._sessions.begin() as session:
             row = session.scalar(select(Instance).where(Instance.key_thumbprint == key_thumbprint))
+            if row is not None and row.status != "active":
+                # an operator's revocation is not undone by attesting the same key again
+                raise InstanceRevoked("instance is revoked")
             if row is not None and not (replace_same_key and row.platform == platform):
                 raise AlreadyRegistered("instance key already registered")
             if row is None:
@@ -193,6 +200,11 @@ class Store:
                 .values(apple_counter=new_counter, renewed_at=now)
             )
             return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    def set_status(self, instance_id: str, status: str) -> None:
+        """Operator action: e.g. ``revoked``; a revoked instance neither renews nor re-registers."""
+        with self._sessions.begin() as session:
+            session.execute(update(Instance).where(Instance.id == instance_id).values(status=status))
 
     def touch_renewal(self, instance_id: str, *, now: datetime) -> None:
         with self._sessions.begin() as session:

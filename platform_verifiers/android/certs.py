@@ -274,7 +274,8 @@ def decode_certificate(der: bytes, index: int) -> ChainCertificate:
     """Decode one DER certificate; ``certificate_malformed`` if neither reader can."""
     try:
         return _decode_with_pyca(der)
-    except ValueError:
+    except (ValueError, x509.DuplicateExtension, PyAsn1Error, TypeError, KeyError, IndexError):
+        # pyca refuses it, or its extensions need the tolerant reader and that failed too
         pass
     try:
         return _decode_with_pyasn1(der)

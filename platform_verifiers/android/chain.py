@@ -144,6 +144,10 @@ def find_anchor(
     """The anchor that is (by public key) or signed the last certificate."""
     last = certs[-1]
     same_key = [a for a in anchors if _spki(a) == last.spki_der]
+    if same_key and len(certs) == 1:
+        # A lone "leaf" carrying a root's public key is a self-made certificate: the
+        # attested leaf can never be the trust anchor itself.
+        raise _fail("chain_untrusted", "the chain does not end at a trusted root", length=1)
     if same_key:
         # Prefer the anchor certificate the chain itself carries, for a precise name.
         exact = [a for a in same_key if a.certificate.tbs_certificate_bytes == last.tbs]

@@ -54,6 +54,8 @@ def _is_ca(cert: x509.Certificate) -> bool:
         constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
     except x509.ExtensionNotFound:
         return False
+    except (ValueError, x509.DuplicateExtension):
+        return False  # unparsable or duplicated extensions: not a usable CA
     return constraints.ca
 
 

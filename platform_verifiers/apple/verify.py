@@ -111,7 +111,7 @@ def _nonce_from_extension(cert: x509.Certificate) -> bytes:
         raise VerificationError(
             "nonce_extension_missing", "the credential certificate has no nonce extension"
         ) from exc
-    except ValueError as exc:  # duplicate or unparsable extensions
+    except (ValueError, x509.DuplicateExtension) as exc:  # duplicate or unparsable extensions
         raise VerificationError(
             "attestation_malformed", "the credential certificate extensions are malformed"
         ) from exc

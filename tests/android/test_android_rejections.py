@@ -167,8 +167,16 @@ def test_verify_garbage_extension_fails_key_description_malformed() -> None:
 
 def test_verify_leaf_without_extension_fails_key_description_missing() -> None:
     synth = make_chain()
-    # The root alone: a chain whose leaf is the (extension-free) anchor certificate.
-    assert _code([synth.root.der], [synth.anchor]) == "key_description_missing"
+    # Drop the leaf: the first certificate is then an (extension-free) intermediate.
+    assert _code(synth.chain[1:], [synth.anchor]) == "key_description_missing"
+
+
+def test_verify_lone_certificate_with_root_key_fails_chain_untrusted() -> None:
+    """A self-made "leaf" carrying the root's public key must not be trusted by key."""
+    synth = make_chain()
+    assert _code([synth.root.der], [synth.anchor]) == "chain_untrusted"
+    forged = make_chain(leaf_key=synth.root.key, root=synth.root).chain[0]
+    assert _code([forged], [synth.anchor]) == "chain_untrusted"
 
 
 def test_verify_revoked_serial_fails_certificate_revoked() -> None:

@@ -33,7 +33,7 @@ JWKS_PATH = "/.well-known/jwks.json"
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with running_stack(
         tmp_path_factory.mktemp("e2e-rotation"),
-        settings={"jwks_max_age": JWKS_MAX_AGE, "key_prepublish_delay": JWKS_MAX_AGE},
+        settings={"jwks_max_age": JWKS_MAX_AGE, "key_prepublish_delay": JWKS_MAX_AGE, "clock_skew": 0},
         as_options={
             "jwks_cache_max_age_ms": JWKS_MAX_AGE * 1000,  # honours the attester's max-age
             "jwks_cooldown_ms": 3_600_000,  # no refetch for an unknown kid during the test
