@@ -8,7 +8,6 @@ attested leaf key is the instance key: it becomes ``cnf.jwk``.
 from __future__ import annotations
 
 import base64
-import binascii
 import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -23,8 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from attester.android_revocation import RevocationFetcher
 from attester.challenges import Challenge
+from attester.codec import decode_base64
 from attester.errors import ProblemError
 from attester.platforms import VerifiedInstance
+from attester.routes import NO_STORE
 from attester.settings import AndroidAppConfig, AppConfig, ConfigError, Settings
 from attester.storage import InstanceRecord
 from keys.jwks import public_jwk
@@ -51,7 +52,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("attester.android")
 
-NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 LEVELS = {
     "software": SecurityLevel.SOFTWARE,
     "tee": SecurityLevel.TRUSTED_ENVIRONMENT,
@@ -86,19 +86,11 @@ def policy_for(app: AndroidAppConfig) -> AndroidPolicy:
 
 
 def _decode_certificates(items: Sequence[str]) -> list[bytes]:
-    chain = []
-    for item in items:
-        text = "".join(item.split())
-        try:
-            if "-" in text or "_" in text:
-                chain.append(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-            else:
-                chain.append(base64.b64decode(text + "=" * (-len(text) % 4), validate=True))
-        except (binascii.Error, ValueError):
-            raise ProblemError(
-                "malformed_request", "certificate_chain must hold base64 DER certificates"
-            ) from None
-    return chain
+    # line-wrapped base64 (as in PEM bodies) is accepted: whitespace is not data
+    return [
+        decode_base64("".join(item.split()), code="malformed_request", what="certificate_chain")
+        for item in items
+    ]
 
 
 def _load_test_roots(paths: Sequence[Path]) -> list[TrustAnchor]:

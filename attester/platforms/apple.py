@@ -13,12 +13,10 @@ signs, which binds the instance key and the challenge to the App Attest key.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import json
 import logging
-import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
@@ -28,6 +26,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from attester.challenges import Challenge
+from attester.codec import decode_base64
 from attester.errors import ProblemError
 from attester.keyproof import parse_instance_jwk
 from attester.platforms import Platform, VerifiedInstance
@@ -53,7 +52,6 @@ log = logging.getLogger("attester.apple")
 PLATFORM = "apple"
 MAX_CLIENT_DATA_CHARS = 4096
 KEY_ID_BYTES = 32  # SHA-256 of the App Attest public key
-_BASE64 = re.compile(r"[A-Za-z0-9+/\-_]*={0,2}")
 
 
 def _base64_chars(n_bytes: int) -> int:
@@ -72,22 +70,6 @@ class AppleAttestationRequest(BaseModel):
     client_data: Annotated[str, Field(min_length=1, max_length=MAX_CLIENT_DATA_CHARS)]
     key_proof: Annotated[str, Field(max_length=8192)]
     client_id: Annotated[str | None, Field(min_length=1, max_length=255)] = None
-
-
-def decode_base64(text: str, *, code: str, what: str) -> bytes:
-    """Decode base64 in the standard or URL-safe alphabet, padding optional.
-
-    Raises ProblemError ``code`` naming ``what``; the caller's bytes are never echoed.
-    """
-    url = "-" in text or "_" in text
-    std = "+" in text or "/" in text
-    if not text or not _BASE64.fullmatch(text) or (url and std) or len(text.rstrip("=")) % 4 == 1:
-        raise ProblemError(code, f"{what} is not valid base64")
-    body = text.rstrip("=").translate(str.maketrans("-_", "+/"))
-    try:
-        return base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
-    except (binascii.Error, ValueError):
-        raise ProblemError(code, f"{what} is not valid base64") from None
 
 
 def _no_duplicate_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
