@@ -9,7 +9,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -237,8 +237,4 @@ def app_from_environment() -> FastAPI:
     return create_app(settings)
 
 
-def cache_headers(max_age: int, etag: str) -> dict[str, str]:
-    return {"Cache-Control": f"public, max-age={max_age}", "ETag": etag}
-
-
-__all__ = ["Response", "app_from_environment", "cache_headers", "create_app", "problem_response"]
+__all__ = ["app_from_environment", "create_app", "problem_response"]

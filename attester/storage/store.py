@@ -17,7 +17,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, delete, event, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import sessionmaker
 
 from attester.storage.models import Instance, IssuedAttestation, RedeemedChallenge
 
@@ -206,10 +206,6 @@ class Store:
         with self._sessions.begin() as session:
             session.execute(update(Instance).where(Instance.id == instance_id).values(status=status))
 
-    def touch_renewal(self, instance_id: str, *, now: datetime) -> None:
-        with self._sessions.begin() as session:
-            session.execute(update(Instance).where(Instance.id == instance_id).values(renewed_at=now))
-
     # -- issued attestations ---------------------------------------------------------
     def record_issued(
         self, *, jti: str, instance_id: str, kid: str, issued_at: datetime, expires_at: datetime
@@ -233,6 +229,3 @@ class Store:
                 .order_by(IssuedAttestation.issued_at)
             )
             return [(r[0], r[1], r[2]) for r in rows]
-
-    def session(self) -> Session:
-        return self._sessions()
