@@ -30,7 +30,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from attester.keyproof import verify_key_proof
 from attester.service import build_service
 from attester.settings import load_settings
-from tests.support import free_port, make_key_proof, new_instance_key, public_jwk
+from tests.support import (
+    free_port,
+    make_key_proof,
+    new_instance_key,
+    public_jwk,
+    wait_until_healthy,
+)
 
 
 def rate(fn: Callable[[], object], seconds: float) -> float:
@@ -85,14 +91,7 @@ def http_rate(path: str, seconds: float, connections: int) -> float:
         env=env,
     )
     try:
-        import httpx
-
-        for _ in range(200):
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
-                break
-            except httpx.TransportError:
-                time.sleep(0.05)
+        wait_until_healthy(f"http://127.0.0.1:{port}", server)
         queue: multiprocessing.Queue[float] = multiprocessing.Queue()
         proc = multiprocessing.Process(target=_load, args=(port, path, seconds, connections, queue))
         proc.start()

@@ -31,10 +31,10 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from keys.jwks import b64url  # noqa: E402
-from tests.android.status_server import StatusServer  # noqa: E402
-from tests.android.synth import DEFAULT_PACKAGE, DEFAULT_SIGNER, make_chain, make_root  # noqa: E402
-from tests.support import free_port  # noqa: E402
+from keys.jwks import b64url
+from tests.android.status_server import StatusServer
+from tests.android.synth import DEFAULT_PACKAGE, DEFAULT_SIGNER, make_chain, make_root
+from tests.support import free_port, wait_until_healthy
 
 ISSUER = "http://127.0.0.1"
 
@@ -72,13 +72,8 @@ def main() -> None:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy(),
     )
     try:
+        wait_until_healthy(issuer, server)
         with httpx.Client(base_url=issuer, timeout=30) as http:
-            for _ in range(300):
-                try:
-                    if http.get("/healthz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.05)
             started = time.perf_counter()
             bodies = []
             for _ in range(args.count):

@@ -10,13 +10,14 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import uvicorn
 from jwcrypto import jwk, jws
 
@@ -89,6 +90,26 @@ def make_key_proof(
     protected = {"alg": alg, "typ": "key-proof+jwt", **(header or {})}
     token.add_signature(key, alg=alg, protected=json.dumps(protected))
     return str(token.serialize(compact=True))
+
+
+def wait_until_healthy(
+    url: str,
+    process: subprocess.Popen[Any],
+    *,
+    timeout: float = 30.0,
+    output: Callable[[], str] = lambda: "",
+) -> None:
+    """Poll ``url``/healthz until it answers 200; fail if ``process`` exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("attester serve did not become ready:\n" + output())
+        time.sleep(0.05)
 
 
 def free_port() -> int:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support import free_port
+from tests.support import free_port, wait_until_healthy
 
 ATTESTER = [sys.executable, "-m", "attester.cli"]
 
@@ -33,16 +33,7 @@ def serving(data_dir: Path, *extra: str) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError("attester serve did not become ready: " + proc.stderr.read()[-2000:])  # type: ignore[union-attr]
-            time.sleep(0.1)
+        wait_until_healthy(url, proc, output=lambda: proc.stderr.read()[-2000:])  # type: ignore[union-attr]
         yield url
     finally:
         proc.terminate()
@@ -68,13 +59,10 @@ def test_cli_serve_logs_json_lines(tmp_path: Path) -> None:
         [*ATTESTER, "serve", "--port", str(port), "--data-dir", str(tmp_path / "d")],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
     )
+    url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(300):
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/healthz", headers={"X-Request-ID": "cli-7"}, timeout=1)
-                break
-            except httpx.TransportError:
-                time.sleep(0.1)
+        wait_until_healthy(url, proc)
+        httpx.get(url + "/healthz", headers={"X-Request-ID": "cli-7"}, timeout=5)
     finally:
         time.sleep(0.3)
         proc.terminate()

@@ -21,8 +21,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Self
 
-import httpx
 from jwcrypto import jwk, jwt
+
+from tests.support import wait_until_healthy
 
 AS_DIR = Path(__file__).resolve().parent / "as"
 SERVER = AS_DIR / "server.mjs"
@@ -323,16 +324,9 @@ def run_attester(config: Path, data_dir: Path, port: int) -> Iterator[RunningAtt
     reader = threading.Thread(target=read, name="attester-stderr", daemon=True)
     reader.start()
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                if httpx.get(f"{running.url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("attester serve did not start:\n" + "".join(lines[-30:]))
-            time.sleep(0.05)
+        wait_until_healthy(
+            running.url, process, timeout=START_TIMEOUT_S, output=lambda: "".join(lines[-30:])
+        )
         yield running
     finally:
         process.terminate()
