@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -190,17 +193,64 @@ def _install_error_handlers(app: FastAPI) -> None:
         return problem_response(ProblemError("internal_error", "internal error", status=500))
 
 
+def _admin_router(service: AttesterService) -> APIRouter:
+    from attester.admin import Admin
+    from attester.admin_routes import build_admin_router
+
+    return build_admin_router(Admin.of(service), config=type(service.settings).toml_path)
+
+
+def create_admin_app(service: AttesterService) -> FastAPI:
+    """The admin API alone, for its own listen address (``admin.port``)."""
+    app = FastAPI(title="Client Attester admin", version="0.1.0", docs_url=None, redoc_url=None)
+    app.state.service = service
+    app.include_router(_admin_router(service))
+    _install_error_handlers(app)
+    app.add_middleware(RequestContext, max_body=service.settings.max_body_bytes)
+    return app
+
+
+def _lifespan(service: AttesterService) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """Runs the periodic purge (``purge_interval``) while the app serves."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        interval = service.settings.purge_interval
+        task = asyncio.create_task(_purge_periodically(service, interval)) if interval else None
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+
+    return lifespan
+
+
+async def _purge_periodically(service: AttesterService, interval: int) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await run_in_threadpool(service.purge)
+        except Exception:  # noqa: BLE001 - the next round retries; serving goes on
+            log.exception("purge failed")
+
+
 def create_app(
     settings: Settings,
     *,
     clock: Clock = utcnow,
     service: AttesterService | None = None,
 ) -> FastAPI:
-    """Build the service and its HTTP interface from ``settings``."""
+    """Build the service and its HTTP interface from ``settings``.
+
+    The admin API is mounted here only when it is enabled without a port of its own.
+    """
     import importlib
 
     service = service or build_service(settings, clock=clock)
     routers: list[APIRouter] = [build_core_router(service)]
+    if settings.admin.enabled and settings.admin.port is None:
+        routers.append(_admin_router(service))
     for module_name in PLATFORM_MODULES:
         try:
             module = importlib.import_module(module_name)
@@ -217,6 +267,7 @@ def create_app(
         version="0.1.0",
         docs_url=None,
         redoc_url=None,
+        lifespan=_lifespan(service),
     )
     app.state.service = service
     for router in routers:
@@ -237,4 +288,4 @@ def app_from_environment() -> FastAPI:
     return create_app(settings)
 
 
-__all__ = ["app_from_environment", "create_app", "problem_response"]
+__all__ = ["app_from_environment", "create_admin_app", "create_app", "problem_response"]

@@ -1,4 +1,4 @@
-"""``attester`` command line: serve, keys, verify.
+"""``attester`` command line: serve, keys, instances, apps, purge, admin, verify.
 
 Exit status: 0 success, 1 a refused operation or a failed verification, 2 bad usage or
 invalid configuration.
@@ -33,6 +33,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     logs.configure(settings.log_level)
+    if settings.admin.enabled and settings.admin.port is not None:
+        _serve_admin_in_background(settings)
     if args.workers > 1:
         # workers are separate processes: hand them the same configuration by environment
         os.environ["ATTESTER_DATA_DIR"] = str(settings.data_dir.resolve())
@@ -58,6 +60,109 @@ def cmd_serve(args: argparse.Namespace) -> int:
             log_config=None,
             access_log=False,
         )
+    return 0
+
+
+def _serve_admin_in_background(settings: Settings) -> None:
+    """The admin API on its own address, in a thread of this process (see RUNBOOK.md)."""
+    import threading
+
+    import uvicorn
+
+    from attester.app import create_admin_app
+    from attester.service import build_service
+
+    app = create_admin_app(build_service(settings))
+    config = uvicorn.Config(
+        app, host=settings.admin.host, port=settings.admin.port or 0, log_config=None, access_log=False
+    )
+    threading.Thread(target=uvicorn.Server(config).run, name="admin-api", daemon=True).start()
+
+
+def _admin(args: argparse.Namespace) -> Any:
+    from attester.admin import Admin
+    from attester.service import build_service
+
+    return Admin.of(build_service(_settings(args)))
+
+
+def _cli_actor() -> str:
+    import getpass
+
+    try:
+        return "cli:" + getpass.getuser()
+    except (KeyError, OSError):
+        return f"cli:uid{os.getuid()}"
+
+
+def _print_problem(exc: Any) -> int:
+    print(json.dumps(exc.body()), file=sys.stderr)
+    return 1
+
+
+def cmd_instances(args: argparse.Namespace) -> int:
+    from attester.errors import ProblemError
+
+    admin = _admin(args)
+    try:
+        if args.instances_command == "list":
+            result: Any = admin.list_instances(
+                client_id=args.client_id,
+                platform=args.platform,
+                key_thumbprint=args.key_thumbprint,
+                status=args.status,
+                after=args.after,
+                limit=args.limit,
+            )
+            result = {"instances": result}
+        elif args.instances_command == "show":
+            result = admin.show_instance(args.id)
+        else:
+            result = admin.change_status(
+                args.id, args.instances_command, actor=_cli_actor(), reason=args.reason
+            )
+    except ProblemError as exc:
+        return _print_problem(exc)
+    finally:
+        admin.service.store.dispose()
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_apps_list(args: argparse.Namespace) -> int:
+    from attester.admin import Admin
+
+    admin = _admin(args)
+    try:
+        print(json.dumps({"apps": admin.apps()}, indent=2))
+    finally:
+        admin.service.store.dispose()
+    return 0
+
+
+def cmd_apps_check(args: argparse.Namespace) -> int:
+    """Validate a registry/configuration file offline; ConfigError exits 2 with the field."""
+    settings = load_settings(Path(args.file))
+    print(json.dumps({"valid": True, "apps": [a.client_id for a in settings.apps]}))
+    return 0
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    from attester.service import build_service
+
+    service = build_service(_settings(args))
+    try:
+        print(json.dumps({"deleted": service.purge()}))
+    finally:
+        service.store.dispose()
+    return 0
+
+
+def cmd_admin_token(args: argparse.Namespace) -> int:
+    from attester.admin import new_token
+
+    token, digest = new_token()
+    print(json.dumps({"name": args.name, "token": token, "sha256": digest}))
     return 0
 
 
@@ -108,17 +213,9 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     except KeyStoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    rows = [
-        {
-            "kid": s.record.kid,
-            "state": s.state.value,
-            "alg": s.record.alg,
-            "created_at": s.record.created_at.isoformat(),
-            "activates_at": s.record.activates_at.isoformat(),
-            "published_until": s.published_until.isoformat() if s.published_until else None,
-        }
-        for s in store.statuses(now)
-    ]
+    from attester.admin import key_statuses_json
+
+    rows = key_statuses_json(store.statuses(now))
     print(json.dumps({"keys": rows}, indent=2))
     return 0
 
@@ -147,6 +244,47 @@ def build_parser() -> argparse.ArgumentParser:
     listing = keys_sub.add_parser("list", help="show the keys and their states")
     common(listing)
     listing.set_defaults(func=cmd_keys_list)
+
+    instances = sub.add_parser("instances", help="list, show, revoke, suspend, reinstate instances")
+    inst_sub = instances.add_subparsers(dest="instances_command", required=True)
+    inst_list = inst_sub.add_parser("list", help="instances matching the filters")
+    common(inst_list)
+    inst_list.add_argument("--client-id")
+    inst_list.add_argument("--platform", choices=["android", "apple"])
+    inst_list.add_argument("--key-thumbprint")
+    inst_list.add_argument("--status", choices=["active", "suspended", "revoked"])
+    inst_list.add_argument("--after", help="page: instance ids greater than this")
+    inst_list.add_argument("--limit", type=int, default=100)
+    inst_list.set_defaults(func=cmd_instances)
+    inst_show = inst_sub.add_parser("show", help="one instance and its status-list entries")
+    common(inst_show)
+    inst_show.add_argument("id")
+    inst_show.set_defaults(func=cmd_instances)
+    for action in ("revoke", "suspend", "reinstate"):
+        change = inst_sub.add_parser(action, help=f"{action} an instance (audited)")
+        common(change)
+        change.add_argument("id")
+        change.add_argument("--reason", required=True)
+        change.set_defaults(func=cmd_instances)
+
+    apps = sub.add_parser("apps", help="the app registry")
+    apps_sub = apps.add_subparsers(dest="apps_command", required=True)
+    apps_list = apps_sub.add_parser("list", help="apps with their effective policy")
+    common(apps_list)
+    apps_list.set_defaults(func=cmd_apps_list)
+    apps_check = apps_sub.add_parser("check", help="validate a configuration file offline")
+    apps_check.add_argument("file")
+    apps_check.set_defaults(func=cmd_apps_check)
+
+    purge = sub.add_parser("purge", help="delete expired challenges, attestation rows, old audit")
+    common(purge)
+    purge.set_defaults(func=cmd_purge)
+
+    admin = sub.add_parser("admin", help="admin API helpers")
+    admin_sub = admin.add_subparsers(dest="admin_command", required=True)
+    token = admin_sub.add_parser("token", help="make an admin bearer token and its SHA-256")
+    token.add_argument("--name", default="operator")
+    token.set_defaults(func=cmd_admin_token)
 
     verify = sub.add_parser("verify", help="verify platform evidence offline (debugging)")
     verify_sub = verify.add_subparsers(dest="platform", required=True)

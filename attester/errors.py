@@ -38,6 +38,12 @@ STATUS: dict[str, int] = {
     "instance_not_found": 404,
     "instance_already_registered": 409,
     "instance_revoked": 403,
+    "instance_suspended": 403,
+    "instance_status_conflict": 409,
+    "status_list_full": 503,
+    # admin API
+    "admin_unauthorized": 401,
+    "registry_invalid": 422,
     "registration_too_old": 403,
     # platform verdicts
     "policy_violation": 403,

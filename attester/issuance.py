@@ -3,7 +3,9 @@
 Header: ``typ`` oauth-client-attestation+jwt, ``alg`` ES256, ``kid`` (and ``x5c`` when the
 publisher configured a chain for the key). Claims: ``iss`` (on by default for draft-07
 receivers), ``sub`` = the app's client_id, ``iat``, ``exp``, ``cnf.jwk`` (public members
-only) and the app's static claims. No per-instance identifier beyond ``cnf``.
+only), the app's static claims and, when the app uses it, the Token Status List reference
+``status`` (allocated by :mod:`attester.status_list`). No per-instance identifier beyond ``cnf``
+(the status index is random per JWT).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 from attester.settings import MAX_ATTESTATION_LIFETIME, AppConfig
 from keys.jwks import b64url
+from keys.signer import Signer
 from keys.store import KeyStore
 
 TYP = "oauth-client-attestation+jwt"
@@ -48,8 +51,19 @@ class AttestationIssuer:
         self._default_lifetime = default_lifetime
         self._granularity = iat_granularity
 
-    def claims(self, *, app: AppConfig, instance_jwk: dict[str, Any], now: datetime) -> dict[str, Any]:
-        lifetime = min(app.attestation_lifetime or self._default_lifetime, MAX_ATTESTATION_LIFETIME)
+    def lifetime(self, app: AppConfig) -> int:
+        """Seconds from ``iat`` to ``exp`` for ``app``'s JWTs."""
+        return min(app.attestation_lifetime or self._default_lifetime, MAX_ATTESTATION_LIFETIME)
+
+    def claims(
+        self,
+        *,
+        app: AppConfig,
+        instance_jwk: dict[str, Any],
+        now: datetime,
+        status: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        lifetime = self.lifetime(app)
         iat = int(now.timestamp())
         if self._granularity:
             iat -= iat % self._granularity
@@ -62,18 +76,26 @@ class AttestationIssuer:
             exp=iat + lifetime,
             cnf={"jwk": {m: instance_jwk[m] for m in _PUBLIC_EC_MEMBERS}},
         )
+        if status is not None:
+            claims["status"] = status  # {"status_list": {"idx", "uri"}}
         return claims
 
-    def issue(self, *, app: AppConfig, instance_jwk: dict[str, Any], now: datetime) -> IssuedAttestation:
-        claims = self.claims(app=app, instance_jwk=instance_jwk, now=now)
+    def issue(
+        self,
+        *,
+        app: AppConfig,
+        instance_jwk: dict[str, Any],
+        now: datetime,
+        status: dict[str, Any] | None = None,
+    ) -> IssuedAttestation:
+        claims = self.claims(app=app, instance_jwk=instance_jwk, now=now, status=status)
         self._keys.reload()
         signer = self._keys.active_signer(now)
         header: dict[str, Any] = {"alg": signer.alg, "typ": TYP, "kid": signer.kid}
         chain = self._keys.x5c(signer.kid)
         if chain:
             header["x5c"] = list(chain)
-        signing_input = _segment(header) + "." + _segment(claims)
-        jwt = signing_input + "." + b64url(signer.sign(signing_input.encode("ascii")))
+        jwt = sign_compact(signer, header, claims)
         return IssuedAttestation(
             jwt=jwt,
             reference=b64url(hashlib.sha256(jwt.encode()).digest()),
@@ -81,6 +103,12 @@ class AttestationIssuer:
             issued_at=datetime.fromtimestamp(claims["iat"], UTC),
             expires_at=datetime.fromtimestamp(claims["exp"], UTC),
         )
+
+
+def sign_compact(signer: Signer, header: dict[str, Any], claims: dict[str, Any]) -> str:
+    """A compact JWS over ``header`` (which names ``signer``'s alg and kid) and ``claims``."""
+    signing_input = _segment(header) + "." + _segment(claims)
+    return signing_input + "." + b64url(signer.sign(signing_input.encode("ascii")))
 
 
 def _segment(obj: dict[str, Any]) -> str:

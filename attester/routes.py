@@ -1,15 +1,17 @@
-"""Core routes: health, JWKS, metadata, challenge, renewal. Each decodes, calls, responds."""
+"""Core routes: health, JWKS, status lists, metadata, challenge, renewal. Each decodes, calls, responds."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from attester.errors import ProblemError
 from attester.service import AttesterService
+from attester.status_list import MEDIA_TYPE as STATUS_LIST_MEDIA_TYPE
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
@@ -26,6 +28,10 @@ class RenewRequest(BaseModel):
     key_proof: Annotated[str, Field(max_length=8192)]
     assertion: Annotated[str | None, Field(max_length=16384)] = None
     client_data: Annotated[str | None, Field(max_length=16384)] = None
+
+
+def _etag_matches(if_none_match: str | None, etag: str) -> bool:
+    return if_none_match is not None and etag in {tag.strip() for tag in if_none_match.split(",")}
 
 
 def build_core_router(service: AttesterService) -> APIRouter:
@@ -46,11 +52,28 @@ def build_core_router(service: AttesterService) -> APIRouter:
             "Cache-Control": f"public, max-age={service.settings.jwks_max_age}",
             "ETag": document.etag,
         }
-        if if_none_match is not None and document.etag in {
-            tag.strip() for tag in if_none_match.split(",")
-        }:
+        if _etag_matches(if_none_match, document.etag):
             return Response(status_code=304, headers=headers)
         return Response(document.body, media_type="application/jwk-set+json", headers=headers)
+
+    @router.get("/statuslists/{list_id}")
+    async def status_list(
+        list_id: int, if_none_match: Annotated[str | None, Header()] = None
+    ) -> Response:
+        """The Status List Token (draft-ietf-oauth-status-list): cached signed bytes, served
+        from the event loop; only a version check or a re-signing goes to a worker thread."""
+        signed = service.status_lists.fresh(list_id) or await run_in_threadpool(
+            service.status_lists.token, list_id
+        )
+        if signed is None:
+            raise ProblemError("not_found", "no such status list")
+        headers = {
+            "Cache-Control": f"public, max-age={service.settings.status_list.ttl}",
+            "ETag": signed.etag,
+        }
+        if _etag_matches(if_none_match, signed.etag):
+            return Response(status_code=304, headers=headers)
+        return Response(signed.token, media_type=STATUS_LIST_MEDIA_TYPE, headers=headers)
 
     @router.get("/.well-known/client-attester")
     async def metadata() -> JSONResponse:

@@ -21,6 +21,7 @@ from attester.issuance import AttestationIssuer, IssuedAttestation
 from attester.keyproof import parse_instance_jwk, verify_key_proof
 from attester.platforms import Platform, VerifiedInstance
 from attester.settings import MAX_ATTESTATION_LIFETIME, AppConfig, Settings
+from attester.status_list import StatusLists
 from attester.storage import (
     AlreadyRegistered,
     InstanceRecord,
@@ -28,6 +29,8 @@ from attester.storage import (
     Store,
     create_store,
 )
+from attester.storage.purge import PurgeCutoffs, purge
+from attester.storage.status_entries import InstanceNotActive, StatusEntries, StatusListFull
 from keys.jwks import JwksDocument, thumbprint
 from keys.store import KeyStore, fsync_directory
 
@@ -49,6 +52,7 @@ class AttesterService:
     issuer: AttestationIssuer
     clock: Clock
     platforms: dict[str, Platform]
+    status_lists: StatusLists
 
     # -- challenge -------------------------------------------------------------------
     def new_challenge(self) -> dict[str, Any]:
@@ -110,6 +114,8 @@ class AttesterService:
         )
         if instance is None:
             raise ProblemError("instance_not_found", "no instance is registered with this key")
+        if instance.status == "suspended":
+            raise ProblemError("instance_suspended", "this instance is suspended")
         if instance.status != "active":
             raise ProblemError("instance_revoked", "this instance is no longer allowed to renew")
         app = self.settings.app(instance.client_id)
@@ -145,8 +151,9 @@ class AttesterService:
         )
 
     def _issue(self, instance: InstanceRecord, app: AppConfig, now: datetime) -> dict[str, Any]:
+        status = self._status_claim(instance, app, now) if app.status_list else None
         issued: IssuedAttestation = self.issuer.issue(
-            app=app, instance_jwk=instance.instance_jwk, now=now
+            app=app, instance_jwk=instance.instance_jwk, now=now, status=status
         )
         # recorded before we answer: nothing we hand out is unaccounted for after a crash
         self.store.record_issued(
@@ -163,6 +170,36 @@ class AttesterService:
             "expires_in": int((issued.expires_at - now).total_seconds()),
             "key_thumbprint": instance.key_thumbprint,
         }
+
+    def _status_claim(self, instance: InstanceRecord, app: AppConfig, now: datetime) -> dict[str, Any]:
+        """Allocate the JWT's status-list index; the last check that the instance is active."""
+        # exp is at most now + lifetime (iat may be rounded down, never up)
+        expires_at = now + timedelta(seconds=self.issuer.lifetime(app))
+        try:
+            return self.status_lists.allocate(instance.id, expires_at=expires_at)
+        except InstanceNotActive:
+            raise ProblemError("instance_revoked", "this instance is no longer allowed to renew") from None
+        except StatusListFull:
+            log.error("status lists full: raise status_list.size or status_list.count")
+            raise ProblemError("status_list_full", "no status list index is free", status=503) from None
+
+    # -- data lifecycle ----------------------------------------------------------------
+    def purge(self) -> dict[str, int]:
+        """Delete expired challenges, expired issued-attestation rows and their status
+        indexes, and audit records past ``audit_retention_days`` (see storage/purge.py)."""
+        now = self.clock()
+        skew = timedelta(seconds=self.settings.clock_skew)
+        # an index is freed only when no AS can still accept the JWT (exp + skew) nor hold
+        # a cached list from the time the index was in use (+ ttl)
+        margin = skew + timedelta(seconds=self.settings.status_list.ttl)
+        cutoffs = PurgeCutoffs(
+            challenges=now - skew,
+            attestations=now - margin,
+            audit=now - timedelta(days=self.settings.audit_retention_days),
+        )
+        counts = purge(self.store.engine, cutoffs)
+        log.info("purge", extra={"fields": counts})
+        return counts
 
     # -- publication -----------------------------------------------------------------
     def jwks(self) -> JwksDocument:
@@ -245,6 +282,14 @@ def build_service(
         default_lifetime=settings.attestation_lifetime,
         iat_granularity=settings.iat_granularity,
     )
+    status_lists = StatusLists(
+        entries=StatusEntries(store.engine),
+        key_store=key_store,
+        issuer=settings.issuer,
+        settings=settings.status_list,
+        clock=clock,
+    )
+    status_lists.ensure_lists()
     return AttesterService(
         settings=settings,
         store=store,
@@ -253,4 +298,5 @@ def build_service(
         issuer=issuer,
         clock=clock,
         platforms=dict(platforms or {}),
+        status_lists=status_lists,
     )

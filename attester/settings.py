@@ -83,6 +83,8 @@ class AppConfig(_Strict):
     attestation_lifetime: int | None = Field(default=None, ge=60, le=MAX_ATTESTATION_LIFETIME)
     # a renewal is refused once the platform registration is older than this
     max_registration_age: int = Field(default=30 * 86400, ge=3600)
+    # carry a Token Status List reference (``status`` claim) so the JWT can be revoked early
+    status_list: bool = True
 
     @field_validator("claims")
     @classmethod
@@ -116,6 +118,47 @@ class AppleSettings(_Strict):
     # test-only: extra PEM roots trusted instead of nothing; Apple's root is always trusted
     test_root_files: tuple[Path, ...] = ()
     receipt_url: str = "https://data.appattest.apple.com/v1/attestationData"
+
+
+class StatusListSettings(_Strict):
+    """Token Status List (draft-ietf-oauth-status-list) publication of issued JWTs' status."""
+
+    # entries per list: the EU profile asks for at least 10,000 so an index is no identifier
+    size: int = Field(default=131072, ge=10000, le=8 * 1024 * 1024)
+    # several lists when one is not enough (each has its own uri)
+    count: int = Field(default=1, ge=1, le=64)
+    # seconds: the token's ttl claim and Cache-Control max-age (how fast a revocation spreads)
+    ttl: int = Field(default=300, ge=1, le=86400)
+    # seconds: the token's exp - iat; it is re-signed when half of it has passed
+    lifetime: int = Field(default=86400, ge=60, le=7 * 86400)
+    # seconds between two checks of the database for changes made by other replicas
+    check_interval: float = Field(default=1.0, ge=0, le=60)
+
+
+class AdminToken(_Strict):
+    """One admin bearer token: a name for the audit trail and the SHA-256 (hex) of the token."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._@\-]+$")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class AdminSettings(_Strict):
+    """The operator API under /admin/v1/ (off by default)."""
+
+    enabled: bool = False
+    tokens: tuple[AdminToken, ...] = ()
+    # when set, the admin API is served only on this separate address (not on the public port)
+    port: int | None = Field(default=None, ge=1, le=65535)
+    host: str = "127.0.0.1"
+
+    @model_validator(mode="after")
+    def _tokens_when_enabled(self) -> AdminSettings:
+        if self.enabled and not self.tokens:
+            raise ValueError("admin.enabled needs at least one entry in admin.tokens")
+        names = [t.name for t in self.tokens]
+        if len(set(names)) != len(names):
+            raise ValueError("admin.tokens: names must be unique")
+        return self
 
 
 class Settings(BaseSettings):
@@ -152,6 +195,12 @@ class Settings(BaseSettings):
     apps: tuple[AppConfig, ...] = ()
     android: AndroidSettings = AndroidSettings()
     apple: AppleSettings = AppleSettings()
+    status_list: StatusListSettings = StatusListSettings()
+    admin: AdminSettings = AdminSettings()
+    # data lifecycle: seconds between purges inside ``serve`` (0 = only ``attester purge``)
+    purge_interval: int = Field(default=3600, ge=0)
+    # days an audit record is kept
+    audit_retention_days: int = Field(default=400, ge=1)
 
     @field_validator("issuer")
     @classmethod

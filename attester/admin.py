@@ -1,0 +1,157 @@
+"""Operator use cases, shared by the admin HTTP API and the ``attester`` CLI.
+
+Every action that changes something writes an audit record (who, what, when, before/after)
+in the database, in the same transaction as the change where the change is in the database.
+Bearer tokens are configured as SHA-256 digests of high-entropy secrets; a presented token
+is hashed and compared with every configured digest in constant time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from attester.errors import ProblemError
+from attester.service import AttesterService
+from attester.settings import AdminToken, ConfigError, Settings, load_settings
+from attester.storage import InstanceRecord
+from attester.storage.admin import AdminStore, InstanceMissing, TransitionRefused
+from attester.storage.status_entries import StatusEntries
+from keys.store import KeyStatus
+
+ACTIONS = ("revoke", "suspend", "reinstate")
+
+
+def new_token() -> tuple[str, str]:
+    """A fresh admin token (256 random bits) and the SHA-256 hex to put in the settings."""
+    token = secrets.token_urlsafe(32)
+    return token, hashlib.sha256(token.encode()).hexdigest()
+
+
+def authenticate(tokens: tuple[AdminToken, ...], presented: str) -> str | None:
+    """The name of the token that matches ``presented``, else None (constant time per token)."""
+    digest = hashlib.sha256(presented.encode("utf-8", "replace")).hexdigest()
+    found = None
+    for token in tokens:  # no early exit: the time does not tell which entry matched
+        if hmac.compare_digest(digest, token.sha256):
+            found = token.name
+    return found
+
+
+def instance_json(record: InstanceRecord, entries: list[tuple[int, int, int]] | None = None) -> dict[str, Any]:
+    """What an operator sees of an instance (no App Attest receipt or public key bytes)."""
+    body: dict[str, Any] = {
+        "id": record.id,
+        "platform": record.platform,
+        "client_id": record.client_id,
+        "key_thumbprint": record.key_thumbprint,
+        "status": record.status,
+        "registered_at": record.registered_at.isoformat(),
+        "apple_key_id": record.apple_key_id,
+        "apple_environment": record.apple_environment,
+        "android_serials": list(record.android_serials),
+    }
+    if entries is not None:
+        body["status_entries"] = [{"list": e[0], "idx": e[1], "status": e[2]} for e in entries]
+    return body
+
+
+def app_json(service: AttesterService, client_id: str) -> dict[str, Any]:
+    """An app with its effective policy: every default filled in."""
+    app = service.settings.app(client_id)
+    assert app is not None
+    body = app.model_dump(mode="json")
+    body["effective_attestation_lifetime"] = service.issuer.lifetime(app)
+    return body
+
+
+@dataclass
+class Admin:
+    service: AttesterService
+    store: AdminStore
+
+    @classmethod
+    def of(cls, service: AttesterService) -> Admin:
+        return cls(service, AdminStore(service.store.engine))
+
+    def list_instances(self, **filters: Any) -> list[dict[str, Any]]:
+        return [instance_json(r) for r in self.store.instances(**filters)]
+
+    def show_instance(self, instance_id: str) -> dict[str, Any]:
+        record = self.store.instance(instance_id)
+        if record is None:
+            raise ProblemError("instance_not_found", "no instance has this id")
+        entries = StatusEntries(self.service.store.engine).entries_for(instance_id)
+        return instance_json(record, entries)
+
+    def change_status(self, instance_id: str, action: str, *, actor: str, reason: str) -> dict[str, Any]:
+        """Revoke, suspend or reinstate an instance and flip its JWTs' status-list entries."""
+        if action not in ACTIONS:
+            raise ProblemError("invalid_request", "unknown action")
+        try:
+            record, lists = self.store.change_status(
+                instance_id, action, actor=actor, reason=reason, now=self.service.clock()
+            )
+        except InstanceMissing:
+            raise ProblemError("instance_not_found", "no instance has this id") from None
+        except TransitionRefused as exc:
+            raise ProblemError(
+                "instance_status_conflict",
+                "the action does not apply to the instance's status",
+                instance_status=exc.status,
+            ) from None
+        self.service.status_lists.invalidate(lists)
+        return instance_json(record)
+
+    def apps(self) -> list[dict[str, Any]]:
+        return [app_json(self.service, a.client_id) for a in self.service.settings.apps]
+
+    def reload_apps(self, *, actor: str, config: Path | None) -> dict[str, Any]:
+        """Re-read the app registry from the configuration file (this replica only)."""
+        before = sorted(a.client_id for a in self.service.settings.apps)
+        try:
+            fresh = load_settings(config)
+        except ConfigError as exc:
+            # the message names the field; it is the operator's own file
+            raise ProblemError("registry_invalid", "the app registry is invalid", errors=str(exc).splitlines()) from None
+        self.service.settings = reload_registry(self.service.settings, fresh)
+        after = sorted(a.client_id for a in self.service.settings.apps)
+        self.store.audit(
+            actor=actor,
+            action="apps.reload",
+            now=self.service.clock(),
+            before={"apps": before},
+            after={"apps": after},
+        )
+        return {"apps": after}
+
+    def keys(self) -> list[dict[str, Any]]:
+        self.service.key_store.reload()
+        return key_statuses_json(self.service.key_store.statuses(self.service.clock()))
+
+    def audit(self, *, target: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        return [r.to_json() for r in self.store.audit_records(target=target, limit=limit)]
+
+
+def key_statuses_json(statuses: list[KeyStatus]) -> list[dict[str, Any]]:
+    """Signing keys and their rotation states, as ``attester keys list`` and the API show them."""
+    return [
+        {
+            "kid": s.record.kid,
+            "state": s.state.value,
+            "alg": s.record.alg,
+            "created_at": s.record.created_at.isoformat(),
+            "activates_at": s.record.activates_at.isoformat(),
+            "published_until": s.published_until.isoformat() if s.published_until else None,
+        }
+        for s in statuses
+    ]
+
+
+def reload_registry(current: Settings, fresh: Settings) -> Settings:
+    """``current`` with the app registry of ``fresh``; nothing else changes without a restart."""
+    return current.model_copy(update={"apps": fresh.apps})

@@ -1,0 +1,111 @@
+"""Token Status List entries: random, replica-safe index allocation and status reads.
+
+An index is unique because ``(list_id, idx)`` is the primary key: the insert uses
+``ON CONFLICT DO NOTHING`` (SQLite and PostgreSQL), and a conflict means another JWT holds
+that index, so a new random one is drawn. Allocation first takes the instance's row lock
+(a no-op ``UPDATE ... WHERE status = 'active'``), as a status change does, so an allocation
+and a revocation of the same instance are serialised: either the revocation sees the new
+entry and flips it, or the allocation sees the revoked instance and is refused.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime
+
+from sqlalchemy import Engine, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, sessionmaker
+
+from attester.storage.models import Instance, StatusEntry, StatusListVersion
+
+ALLOCATION_TRIES = 32
+
+
+class InstanceNotActive(Exception):
+    """The instance is revoked or suspended (or gone): no new JWT may carry a status index."""
+
+
+class StatusListFull(Exception):
+    """No free index was found: the lists are too small for the JWTs alive at once."""
+
+
+def lock_instance(session: Session, instance_id: str, *, only_active: bool) -> bool:
+    """Take the instance's row lock (PostgreSQL) or the database write lock (SQLite).
+
+    A write first, so SQLite's transaction holds the write lock from its first statement.
+    """
+    statement = update(Instance).where(Instance.id == instance_id)
+    if only_active:
+        statement = statement.where(Instance.status == "active")
+    result = session.execute(statement.values(status=Instance.status))
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+class StatusEntries:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+        dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+        self._insert = dialect.insert
+
+    def ensure_lists(self, count: int) -> None:
+        """Create the version rows of lists ``0 .. count-1`` (idempotent, replica-safe)."""
+        with self._sessions.begin() as session:
+            for list_id in range(count):
+                session.execute(
+                    self._insert(StatusListVersion)
+                    .values(list_id=list_id, version=0)
+                    .on_conflict_do_nothing()
+                )
+
+    def allocate(
+        self, instance_id: str, *, expires_at: datetime, lists: int, size: int
+    ) -> tuple[int, int]:
+        """Reserve a random free ``(list_id, idx)`` for a JWT of an active instance."""
+        with self._sessions.begin() as session:
+            if not lock_instance(session, instance_id, only_active=True):
+                raise InstanceNotActive(instance_id)
+            for _ in range(ALLOCATION_TRIES):
+                list_id, idx = secrets.randbelow(lists), secrets.randbelow(size)
+                result = session.execute(
+                    self._insert(StatusEntry)
+                    .values(
+                        list_id=list_id,
+                        idx=idx,
+                        instance_id=instance_id,
+                        status=0,
+                        expires_at=expires_at,
+                    )
+                    .on_conflict_do_nothing()
+                )
+                if result.rowcount == 1:
+                    return list_id, idx
+        raise StatusListFull(f"no free index after {ALLOCATION_TRIES} tries")
+
+    def statuses(self, list_id: int) -> dict[int, int]:
+        """The non-zero statuses of one list (every other index is 0, valid)."""
+        with self._sessions() as session:
+            rows = session.execute(
+                select(StatusEntry.idx, StatusEntry.status).where(
+                    StatusEntry.list_id == list_id, StatusEntry.status != 0
+                )
+            )
+            return {int(r[0]): int(r[1]) for r in rows}
+
+    def version(self, list_id: int) -> int:
+        with self._sessions() as session:
+            found = session.scalar(
+                select(StatusListVersion.version).where(StatusListVersion.list_id == list_id)
+            )
+            return int(found or 0)
+
+    def entries_for(self, instance_id: str) -> list[tuple[int, int, int]]:
+        """``(list_id, idx, status)`` of every entry an instance holds."""
+        with self._sessions() as session:
+            rows = session.execute(
+                select(StatusEntry.list_id, StatusEntry.idx, StatusEntry.status)
+                .where(StatusEntry.instance_id == instance_id)
+                .order_by(StatusEntry.list_id, StatusEntry.idx)
+            )
+            return [(int(r[0]), int(r[1]), int(r[2])) for r in rows]
