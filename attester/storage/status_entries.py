@@ -78,8 +78,9 @@ class StatusEntries:
                         expires_at=expires_at,
                     )
                     .on_conflict_do_nothing()
+                    .returning(StatusEntry.idx)  # a row back means the index was free
                 )
-                if result.rowcount == 1:
+                if result.first() is not None:
                     return list_id, idx
         raise StatusListFull(f"no free index after {ALLOCATION_TRIES} tries")
 
