@@ -114,11 +114,21 @@ class Admin:
         """Re-read the app registry from the configuration file (this replica only)."""
         before = sorted(a.client_id for a in self.service.settings.apps)
         try:
-            fresh = load_settings(config)
+            updated = reload_registry(self.service.settings, load_settings(config))
+            for platform in self.service.platforms.values():
+                validate = getattr(platform, "validate_settings", None)
+                if validate is not None:
+                    validate(updated)
         except ConfigError as exc:
             # the message names the field; it is the operator's own file
-            raise ProblemError("registry_invalid", "the app registry is invalid", errors=str(exc).splitlines()) from None
-        self.service.settings = reload_registry(self.service.settings, fresh)
+            raise ProblemError(
+                "registry_invalid", "the app registry is invalid", errors=str(exc).splitlines()
+            ) from None
+        # platforms read the registry from their settings too: swap them all together
+        self.service.settings = updated
+        for platform in self.service.platforms.values():
+            if hasattr(platform, "settings"):
+                platform.settings = updated
         after = sorted(a.client_id for a in self.service.settings.apps)
         self.store.audit(
             actor=actor,

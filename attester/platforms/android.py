@@ -108,15 +108,20 @@ class AndroidPlatform:
 
     name = "android"
 
-    def __init__(self, settings: Settings, *, fetcher: RevocationFetcher | None = None) -> None:
-        self.settings = settings
-        android = settings.android
+    @staticmethod
+    def validate_settings(settings: Settings) -> None:
+        """Registry rules only this platform knows (also run when the registry is reloaded)."""
         for app in settings.apps:
-            if app.android and app.android.min_security_level == "software" and not android.allow_software_level:
+            if app.android and app.android.min_security_level == "software" and not settings.android.allow_software_level:
                 raise ConfigError(
                     f"invalid configuration: apps.{app.client_id}.android.min_security_level: "
                     "'software' needs the test-only setting android.allow_software_level"
                 )
+
+    def __init__(self, settings: Settings, *, fetcher: RevocationFetcher | None = None) -> None:
+        self.validate_settings(settings)
+        self.settings = settings
+        android = settings.android
         anchors: list[TrustAnchor] = list(google_hardware_roots())
         if android.allow_software_root:
             log.warning("TEST SETTING: the AOSP software attestation roots are trusted")
