@@ -30,18 +30,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from attester import logs
     from attester.app import create_app
+    from attester.service import build_service
 
     settings = _settings(args)
     logs.configure(settings.log_level)
+    # one worker: the admin API shares the service (and its status-list cache) in-process
+    service = build_service(settings) if args.workers == 1 else None
     if settings.admin.enabled and settings.admin.port is not None:
-        _serve_admin_in_background(settings)
+        _serve_admin_in_background(service or build_service(settings))
     if args.workers > 1:
         # workers are separate processes: hand them the same configuration by environment
         os.environ["ATTESTER_DATA_DIR"] = str(settings.data_dir.resolve())
         if args.config:
             os.environ["ATTESTER_CONFIG"] = str(Path(args.config).resolve())
-        from attester.service import build_service
-
         build_service(settings).store.dispose()  # migrate and create keys once, up front
         uvicorn.run(
             "attester.app:app_from_environment",
@@ -54,7 +55,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     else:
         uvicorn.run(
-            create_app(settings),
+            create_app(settings, service=service),
             host=args.host,
             port=args.port,
             log_config=None,
@@ -63,16 +64,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve_admin_in_background(settings: Settings) -> None:
+def _serve_admin_in_background(service: Any) -> None:
     """The admin API on its own address, in a thread of this process (see RUNBOOK.md)."""
     import threading
 
     import uvicorn
 
     from attester.app import create_admin_app
-    from attester.service import build_service
 
-    app = create_admin_app(build_service(settings))
+    settings = service.settings
+    app = create_admin_app(service)
     config = uvicorn.Config(
         app, host=settings.admin.host, port=settings.admin.port or 0, log_config=None, access_log=False
     )
