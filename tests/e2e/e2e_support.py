@@ -215,7 +215,7 @@ ATTESTER_CLI = [sys.executable, "-m", "attester.cli"]
 
 
 def toml_value(value: Any) -> str:
-    """A TOML value for str, bool, int, float, Path and lists of them (enough for our config)."""
+    """A TOML value for str, bool, int, float, Path, lists and inline tables (enough for our config)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
@@ -224,6 +224,8 @@ def toml_value(value: Any) -> str:
         return json.dumps(str(value))  # a JSON string is a valid TOML basic string here
     if isinstance(value, list | tuple):
         return "[" + ", ".join(toml_value(item) for item in value) + "]"
+    if isinstance(value, Mapping):  # an inline table, e.g. an entry of admin.tokens
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
     raise TypeError(f"cannot write {type(value).__name__} as TOML")
 
 

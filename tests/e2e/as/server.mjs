@@ -4,9 +4,10 @@
 // (see README.md); nothing is fetched at start-up, so the attester may start later.
 import { randomBytes } from 'node:crypto';
 import { createServer } from 'node:http';
+import { inflateSync } from 'node:zlib';
 
 import * as jose from 'jose';
-import Provider from 'oidc-provider';
+import Provider, { errors } from 'oidc-provider';
 
 function env(name, fallback) {
   const value = process.env[name];
@@ -45,6 +46,84 @@ const attesterJwks = jose.createRemoteJWKSet(jwksUri, {
   cacheMaxAge: Number(env('AS_JWKS_CACHE_MAX_AGE_MS', '600000')),
   timeoutDuration: Number(env('AS_JWKS_TIMEOUT_MS', '5000')),
 });
+
+// Token Status List (draft-ietf-oauth-status-list-20) reader, written here from the draft, not
+// from the attester's code. A Client Attestation JWT that carries
+// `status: {status_list: {idx, uri}}` is accepted only if the status at idx is 0 (VALID).
+// The list is fetched only from the trusted attester's origin (no fetching of arbitrary
+// URLs named by a token), verified with the attester's JWKS (typ statuslist+jwt, exp), its
+// `sub` must equal the uri, and it is cached for its `ttl` (at most AS_STATUS_MAX_CACHE_MS).
+const requireStatus = env('AS_REQUIRE_STATUS', '0') === '1';
+const statusMaxCacheMs = Number(env('AS_STATUS_MAX_CACHE_MS', '300000'));
+const statusLists = new Map();
+
+async function fetchStatusList(uri) {
+  const cached = statusLists.get(uri);
+  if (cached && Date.now() < cached.expiresAt) {
+    return cached;
+  }
+  if (new URL(uri).origin !== jwksUri.origin) {
+    throw new Error('status list uri is not at the trusted attester');
+  }
+  const response = await fetch(uri, {
+    headers: { accept: 'application/statuslist+jwt' },
+    signal: AbortSignal.timeout(5000),
+  });
+  if (response.status !== 200) {
+    throw new Error(`status list fetch answered ${response.status}`);
+  }
+  const { payload } = await jose.jwtVerify(await response.text(), attesterJwks, {
+    typ: 'statuslist+jwt',
+    requiredClaims: ['sub', 'iat'],
+  });
+  if (payload.sub !== uri) {
+    throw new Error('status list sub is not its uri');
+  }
+  const { bits, lst } = payload.status_list ?? {};
+  if (![1, 2, 4, 8].includes(bits) || typeof lst !== 'string') {
+    throw new Error('status list is malformed');
+  }
+  // section 4.1: lst is base64url of the ZLIB (RFC 1950) DEFLATE-compressed byte array
+  const list = { bits, bytes: inflateSync(Buffer.from(lst, 'base64url')) };
+  const ttlMs = typeof payload.ttl === 'number' ? payload.ttl * 1000 : 0;
+  list.expiresAt = Date.now() + Math.min(ttlMs, statusMaxCacheMs);
+  statusLists.set(uri, list);
+  return list;
+}
+
+// Section 4.1: the status of index idx takes `bits` bits starting at bit idx * bits, counting
+// from the least significant bit of byte 0 (so byte floor(idx * bits / 8), shifted right).
+function statusAt(list, idx) {
+  const position = idx * list.bits;
+  const byte = list.bytes[Math.floor(position / 8)];
+  if (byte === undefined) {
+    throw new Error('status index outside the list');
+  }
+  return (byte >> (position % 8)) & ((1 << list.bits) - 1);
+}
+
+async function checkStatus(payload) {
+  const ref = payload.status?.status_list;
+  if (ref === undefined) {
+    if (requireStatus) {
+      throw new errors.InvalidClientAuth('Client Attestation has no status');
+    }
+    return;
+  }
+  if (!Number.isInteger(ref.idx) || ref.idx < 0 || typeof ref.uri !== 'string') {
+    throw new errors.InvalidClientAuth('Client Attestation status is malformed');
+  }
+  let value;
+  try {
+    value = statusAt(await fetchStatusList(ref.uri), ref.idx);
+  } catch (cause) {
+    throw new errors.InvalidClientAuth(`status list unusable: ${cause.message}`);
+  }
+  if (value !== 0) {
+    const names = { 1: 'invalid', 2: 'suspended' };
+    throw new errors.InvalidClientAuth(`Client Attestation status is ${names[value] ?? value}`);
+  }
+}
 
 // The AS's own signing key (ID tokens, JWT responses): not used by client_credentials with
 // opaque tokens, but oidc-provider wants one; a fresh one per process.
@@ -93,8 +172,10 @@ function buildProvider(issuer) {
           }
           return attesterJwks(header);
         },
-        // Everything verified by now; this is the place for extra policy.
-        async assertAttestationJwtAndPop() {},
+        // Everything verified by now; this is the place for extra policy: the status list.
+        async assertAttestationJwtAndPop(ctx, attestation) {
+          await checkStatus(attestation.payload);
+        },
       },
     },
     async findAccount() {
