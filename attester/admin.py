@@ -42,7 +42,9 @@ def authenticate(tokens: tuple[AdminToken, ...], presented: str) -> str | None:
     return found
 
 
-def instance_json(record: InstanceRecord, entries: list[tuple[int, int, int]] | None = None) -> dict[str, Any]:
+def instance_json(
+    record: InstanceRecord, entries: list[tuple[int, int, int]] | None = None
+) -> dict[str, Any]:
     """What an operator sees of an instance (no App Attest receipt or public key bytes)."""
     body: dict[str, Any] = {
         "id": record.id,
@@ -88,7 +90,9 @@ class Admin:
         entries = StatusEntries(self.service.store.engine).entries_for(instance_id)
         return instance_json(record, entries)
 
-    def change_status(self, instance_id: str, action: str, *, actor: str, reason: str) -> dict[str, Any]:
+    def change_status(
+        self, instance_id: str, action: str, *, actor: str, reason: str
+    ) -> dict[str, Any]:
         """Revoke, suspend or reinstate an instance and flip its JWTs' status-list entries."""
         if action not in ACTIONS:
             raise ProblemError("invalid_request", "unknown action")

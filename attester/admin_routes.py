@@ -21,15 +21,16 @@ from attester.routes import NO_STORE
 PREFIX = "/admin/v1"
 
 # documented problem codes per route (OpenAPI ``responses``)
-_PROBLEM = {"content": {"application/problem+json": {}}}
-AUTH = {401: {"description": "admin_unauthorized", **_PROBLEM}}
-FOUND = {**AUTH, 404: {"description": "instance_not_found", **_PROBLEM}}
-CHANGE = {
+Responses = dict[int | str, dict[str, Any]]
+_PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
+AUTH: Responses = {401: {"description": "admin_unauthorized", **_PROBLEM}}
+FOUND: Responses = {**AUTH, 404: {"description": "instance_not_found", **_PROBLEM}}
+CHANGE: Responses = {
     **FOUND,
     409: {"description": "instance_status_conflict", **_PROBLEM},
     422: {"description": "invalid_request", **_PROBLEM},
 }
-RELOAD = {**AUTH, 422: {"description": "registry_invalid", **_PROBLEM}}
+RELOAD: Responses = {**AUTH, 422: {"description": "registry_invalid", **_PROBLEM}}
 
 
 class StatusChange(BaseModel):
@@ -78,7 +79,9 @@ def build_admin_router(admin: Admin, *, config: Path | None) -> APIRouter:
         )
 
     @router.get("/instances/{instance_id}", responses=FOUND)
-    def show_instance(_: Actor, instance_id: Annotated[str, PathParam(max_length=36)]) -> JSONResponse:
+    def show_instance(
+        _: Actor, instance_id: Annotated[str, PathParam(max_length=36)]
+    ) -> JSONResponse:
         return ok(admin.show_instance(instance_id))
 
     @router.post("/instances/{instance_id}/{action}", responses=CHANGE)

@@ -231,7 +231,7 @@ async def _purge_periodically(service: AttesterService, interval: int) -> None:
         await asyncio.sleep(interval)
         try:
             await run_in_threadpool(service.purge)
-        except Exception:  # noqa: BLE001 - the next round retries; serving goes on
+        except Exception:  # the next round retries; serving goes on
             log.exception("purge failed")
 
 

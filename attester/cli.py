@@ -131,7 +131,6 @@ def cmd_instances(args: argparse.Namespace) -> int:
 
 
 def cmd_apps_list(args: argparse.Namespace) -> int:
-    from attester.admin import Admin
 
     admin = _admin(args)
     try:

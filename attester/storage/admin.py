@@ -25,7 +25,12 @@ VALID, INVALID, SUSPENDED = 0, 1, 2
 # action -> (instance states it applies to, new instance state, entry values it flips, new value)
 TRANSITIONS: dict[str, tuple[frozenset[str], str, frozenset[int], int]] = {
     # revocation is final: INVALID entries never become valid again
-    "revoke": (frozenset({"active", "suspended"}), "revoked", frozenset({VALID, SUSPENDED}), INVALID),
+    "revoke": (
+        frozenset({"active", "suspended"}),
+        "revoked",
+        frozenset({VALID, SUSPENDED}),
+        INVALID,
+    ),
     "suspend": (frozenset({"active"}), "suspended", frozenset({VALID}), SUSPENDED),
     "reinstate": (frozenset({"suspended"}), "active", frozenset({SUSPENDED}), VALID),
 }

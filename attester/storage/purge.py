@@ -39,20 +39,20 @@ def purge(engine: Engine, cutoffs: PurgeCutoffs, *, batch: int = DEFAULT_BATCH) 
     targets: list[tuple[str, tuple[InstrumentedAttribute[object], ...], ColumnElement[bool]]] = [
         (
             "challenges",
-            (RedeemedChallenge.digest,),  # type: ignore[list-item]
+            (RedeemedChallenge.digest,),
             RedeemedChallenge.expires_at < cutoffs.challenges,
         ),
         (
             "status_entries",
-            (StatusEntry.list_id, StatusEntry.idx),  # type: ignore[list-item]
+            (StatusEntry.list_id, StatusEntry.idx),
             StatusEntry.expires_at < cutoffs.attestations,
         ),
         (
             "issued_attestations",
-            (IssuedAttestation.jti,),  # type: ignore[list-item]
+            (IssuedAttestation.jti,),
             IssuedAttestation.expires_at < cutoffs.attestations,
         ),
-        ("audit", (AuditRecord.id,), AuditRecord.at < cutoffs.audit),  # type: ignore[list-item]
+        ("audit", (AuditRecord.id,), AuditRecord.at < cutoffs.audit),
     ]
     sessions = sessionmaker(engine)
     counts: dict[str, int] = {}
