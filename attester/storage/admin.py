@@ -76,6 +76,26 @@ def _dump(value: Any) -> str | None:
     return None if value is None else json.dumps(value, sort_keys=True)
 
 
+def _audit_row(
+    now: datetime,
+    actor: str,
+    action: str,
+    target: str | None,
+    reason: str | None,
+    before: Any,
+    after: Any,
+) -> AuditRecord:
+    return AuditRecord(
+        at=now,
+        actor=actor,
+        action=action,
+        target=target,
+        reason=reason,
+        before=_dump(before),
+        after=_dump(after),
+    )
+
+
 class AdminStore:
     def __init__(self, engine: Engine) -> None:
         self._sessions = sessionmaker(engine, expire_on_commit=False)
@@ -144,15 +164,7 @@ class AdminStore:
                 )
             after = {"status": new_status, "status_entries_changed": int(flipped.rowcount or 0)}  # type: ignore[attr-defined]
             session.add(
-                AuditRecord(
-                    at=now,
-                    actor=actor,
-                    action=f"instance.{action}",
-                    target=instance_id,
-                    reason=reason,
-                    before=_dump(before),
-                    after=_dump(after),
-                )
+                _audit_row(now, actor, f"instance.{action}", instance_id, reason, before, after)
             )
             session.flush()
             return InstanceRecord.of(row), lists
@@ -170,17 +182,7 @@ class AdminStore:
         after: Any = None,
     ) -> None:
         with self._sessions.begin() as session:
-            session.add(
-                AuditRecord(
-                    at=now,
-                    actor=actor,
-                    action=action,
-                    target=target,
-                    reason=reason,
-                    before=_dump(before),
-                    after=_dump(after),
-                )
-            )
+            session.add(_audit_row(now, actor, action, target, reason, before, after))
 
     def audit_records(self, *, target: str | None = None, limit: int = 100) -> list[AuditEntry]:
         """The newest audit records first."""
