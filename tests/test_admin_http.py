@@ -238,3 +238,11 @@ def test_admin_http_own_port_only(make_settings: Any, clock: MutableClock) -> No
         assert httpx.get(side.url + "/admin/v1/keys", headers=headers).status_code == 200
         _problem(httpx.get(side.url + "/v1/challenge"), 404, "not_found")
     public.state.service.store.dispose()
+
+
+def test_admin_http_reload_platform_rule_violation_refused(stack: Admin) -> None:
+    text = stack.config.read_text().replace("[apps.android]", '[apps.android]\nmin_security_level = "software"')
+    stack.config.write_text(text)
+    response = stack.admin.post("/apps/reload")
+    _problem(response, 422, "registry_invalid")
+    assert stack.admin.get("/apps").json()["apps"][0]["android"]["min_security_level"] == "tee"
