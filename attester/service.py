@@ -29,6 +29,7 @@ from attester.storage import (
     create_store,
 )
 from keys.jwks import JwksDocument, thumbprint
+from keys.pkcs11 import Pkcs11Config, Pkcs11Token
 from keys.store import KeyStore, fsync_directory
 
 log = logging.getLogger("attester")
@@ -178,7 +179,7 @@ class AttesterService:
         }
         return {
             "issuer": base,
-            "jwks_uri": f"{base}/.well-known/jwks.json",
+            "jwks_uri": self.settings.jwks_uri,
             "challenge_endpoint": f"{base}/v1/challenge",
             "attestation_endpoints": {p: endpoints[p] for p in platforms if p in endpoints},
             "renewal_endpoint": f"{base}/v1/attestations/renew",
@@ -217,6 +218,31 @@ def load_secret(path: Path) -> bytes:
     return secret
 
 
+def build_key_store(settings: Settings) -> KeyStore:
+    """The key store of ``settings``: the key directory, and the PKCS#11 token if configured.
+
+    Raises :class:`keys.pkcs11.Pkcs11Error` (with a code) when the token is configured but
+    cannot be used: wrong module path, token label or slot, or PIN.
+    """
+    token = None
+    if settings.pkcs11 is not None:
+        p11 = settings.pkcs11
+        token = Pkcs11Token(
+            Pkcs11Config(
+                module=p11.module,
+                pin=p11.user_pin(),
+                token_label=p11.token_label,
+                slot=p11.slot,
+                pool_size=p11.pool_size,
+                pool_timeout=p11.pool_timeout,
+            )
+        )
+        token.check()  # fail at start-up, not at the first registration
+    # a retired key stays published until every JWT it could have signed has expired
+    retention = timedelta(seconds=MAX_ATTESTATION_LIFETIME + settings.clock_skew)
+    return KeyStore(settings.resolved_key_dir, retention=retention, token=token)
+
+
 def build_service(
     settings: Settings,
     *,
@@ -227,9 +253,7 @@ def build_service(
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     now = clock()
     store = create_store(settings.resolved_database_url)
-    # a retired key stays published until every JWT it could have signed has expired
-    retention = timedelta(seconds=MAX_ATTESTATION_LIFETIME + settings.clock_skew)
-    key_store = KeyStore(settings.resolved_key_dir, retention=retention)
+    key_store = build_key_store(settings)
     key_store.ensure_initialised(now)
     secret = load_secret(settings.challenge_secret_file or settings.data_dir / "challenge.key")
     challenges = ChallengeService(
@@ -244,6 +268,9 @@ def build_service(
         include_iss=settings.include_iss,
         default_lifetime=settings.attestation_lifetime,
         iat_granularity=settings.iat_granularity,
+        include_jku=settings.include_jku,
+        include_x5c=settings.include_x5c,
+        jwks_uri=settings.jwks_uri,
     )
     return AttesterService(
         settings=settings,
