@@ -11,7 +11,8 @@ ES256 format, so it is passed through after a length check; X.509/CSR signatures
 are converted by the caller with ``encode_dss_signature`` (see keys/certs.py).
 
 Sessions: a PKCS#11 session may run one operation at a time, so signing borrows a session from
-a small pool (``pool_size``) and returns it. One extra session stays open only to hold the
+a small pool (``pool_size``) and returns it; calls into the module are serialised per process
+(see ``_LIBS`` below for why). One extra session stays open only to hold the
 login (the login state is shared by every session of the process). After ``fork`` the child
 re-initialises the library and opens its own sessions: a PKCS#11 library's state must not be
 used across a fork (PKCS#11 v2.40 section 6.7.7).
@@ -88,28 +89,47 @@ class Pkcs11Config:
 
 # One library object per module path and process: C_Initialize is per process, and a
 # second ``pkcs11.lib`` for the same module would share (and finalise) its state.
-_LIBS: dict[str, tuple[int, Any]] = {}
+# python-pkcs11 initialises the module with C_Initialize(NULL): the module is then told that
+# it will not be called from several threads at once (PKCS#11 v2.40 section 5.4, SoftHSM2
+# then takes no locks and crashes otherwise). So every call into a module is serialised by
+# that module's lock; threads still get a session each, and several worker processes sign
+# in parallel (each has its own library state and sessions).
+_LIBS: dict[str, tuple[int, Any, threading.RLock]] = {}
 _LIBS_LOCK = threading.Lock()
 
 
-def _library(module: Path) -> Any:
+def _after_fork_in_child() -> None:
+    # a lock held by another thread of the parent at fork time would never be released here
+    global _LIBS_LOCK
+    _LIBS_LOCK = threading.Lock()
+    for key, (pid, lib, _lock) in list(_LIBS.items()):
+        _LIBS[key] = (pid, lib, threading.RLock())
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _library(module: Path) -> tuple[Any, threading.RLock]:
+    """The process's library object for ``module`` and the lock serialising calls into it."""
     key = str(module)
     with _LIBS_LOCK:
         cached = _LIBS.get(key)
         if cached is not None:
-            pid, lib = cached
+            pid, lib, lock = cached
             if pid != os.getpid():  # forked: this process must initialise the library itself
-                lib.reinitialize()
-                _LIBS[key] = (os.getpid(), lib)
-            return lib
+                with lock:
+                    lib.reinitialize()
+                _LIBS[key] = (os.getpid(), lib, lock)
+            return lib, lock
         if not module.is_file():
             raise Pkcs11Error("pkcs11_module_unavailable", f"no PKCS#11 module at {module}")
         try:
             lib = pkcs11.lib(key)
         except p11e.PKCS11Error as exc:
             raise Pkcs11Error("pkcs11_module_unavailable", f"cannot load {module}: {exc}") from None
-        _LIBS[key] = (os.getpid(), lib)
-        return lib
+        lock = threading.RLock()
+        _LIBS[key] = (os.getpid(), lib, lock)
+        return lib, lock
 
 
 class _Session:
@@ -155,25 +175,29 @@ class Pkcs11Token:
         """
         key_id = secrets.token_bytes(16)
         label = "client-attester-" + key_id.hex()
-        with self._session("key generation") as pooled:
-            params = pooled.session.create_domain_parameters(
-                KeyType.EC,
-                {Attribute.EC_PARAMS: encode_named_curve_parameters("secp256r1")},
-                local=True,
-            )
-            public, _private = params.generate_keypair(
-                store=True,
-                id=key_id,
-                label=label,
-                public_template={Attribute.VERIFY: True},
-                private_template={
-                    Attribute.SIGN: True,
-                    Attribute.SENSITIVE: True,
-                    Attribute.EXTRACTABLE: False,
-                    Attribute.PRIVATE: True,
-                },
-            )
-            return key_id.hex(), _public_key(public)
+        with self._session("key generation"):  # logged in; pooled sessions are read-only
+            rw = self._token.open(rw=True)
+            try:
+                params = rw.create_domain_parameters(
+                    KeyType.EC,
+                    {Attribute.EC_PARAMS: encode_named_curve_parameters("secp256r1")},
+                    local=True,
+                )
+                public, _private = params.generate_keypair(
+                    store=True,
+                    id=key_id,
+                    label=label,
+                    public_template={Attribute.VERIFY: True},
+                    private_template={
+                        Attribute.SIGN: True,
+                        Attribute.SENSITIVE: True,
+                        Attribute.EXTRACTABLE: False,
+                        Attribute.PRIVATE: True,
+                    },
+                )
+                return key_id.hex(), _public_key(public)
+            finally:
+                _quietly_close(rw)
 
     def signer(self, kid: str, key_ref: str) -> Pkcs11Signer:
         """The signer for a key already in the token; checks it is the key ``kid`` names."""
@@ -205,10 +229,11 @@ class Pkcs11Token:
         """Close every session of this process (the login ends with the last one)."""
         with self._cond:
             if self._pid == os.getpid():
-                for pooled in self._idle:
-                    _quietly_close(pooled.session)
-                if self._login is not None:
-                    _quietly_close(self._login)
+                with self._lock():
+                    for pooled in self._idle:
+                        _quietly_close(pooled.session)
+                    if self._login is not None:
+                        _quietly_close(self._login)
             self._idle, self._login, self._token, self._open, self._pid = [], None, None, 0, -1
             self._generation += 1
 
@@ -221,11 +246,14 @@ class Pkcs11Token:
         """Borrow a session; a PKCS#11 failure inside becomes ``pkcs11_operation_failed``."""
         pooled = self._acquire()
         try:
-            yield pooled
+            with self._lock():
+                yield pooled
         except _LOST as exc:
             self._discard(pooled, reset=True)
             raise Pkcs11Error("pkcs11_operation_failed", f"{doing}: {exc!r}") from None
         except p11e.PKCS11Error as exc:
+            if isinstance(exc, (p11e.KeyHandleInvalid, p11e.ObjectHandleInvalid)):
+                pooled.keys.clear()  # the object went away: look it up again next time
             self._release(pooled)
             raise Pkcs11Error("pkcs11_operation_failed", f"{doing}: {exc!r}") from None
         except BaseException:
@@ -233,6 +261,9 @@ class Pkcs11Token:
             raise
         else:
             self._release(pooled)
+
+    def _lock(self) -> threading.RLock:
+        return _library(self.config.module)[1]
 
     def _acquire(self) -> _Session:
         with self._cond:
@@ -259,7 +290,8 @@ class Pkcs11Token:
             token, generation = self._token, self._generation
         try:
             # opened outside the lock: other threads keep signing on their sessions meanwhile
-            return _Session(token.open(), generation)
+            with self._lock():
+                return _Session(token.open(), generation)
         except p11e.PKCS11Error as exc:
             with self._cond:
                 self._open -= 1
@@ -270,13 +302,14 @@ class Pkcs11Token:
         with self._cond:
             if pooled.generation == self._generation and self._pid == os.getpid():
                 self._idle.append(pooled)
-            else:
-                _quietly_close(pooled.session)
+            elif self._pid == os.getpid():
+                with self._lock():
+                    _quietly_close(pooled.session)
             self._cond.notify()
 
     def _discard(self, pooled: _Session, *, reset: bool) -> None:
-        _quietly_close(pooled.session)
-        with self._cond:
+        with self._cond, self._lock():
+            _quietly_close(pooled.session)
             self._open = max(0, self._open - 1)
             if reset:  # the token went away or logged us out: log in again on next use
                 for other in self._idle:
@@ -289,7 +322,11 @@ class Pkcs11Token:
 
     def _log_in(self) -> None:
         """Find the token and open the session that holds the login (caller holds the lock)."""
-        lib = _library(self.config.module)
+        lib, lock = _library(self.config.module)
+        with lock:
+            self._log_in_locked(lib)
+
+    def _log_in_locked(self, lib: Any) -> None:
         token = self._find_token(lib)
         try:
             self._login = token.open(user_pin=self.config.pin)
