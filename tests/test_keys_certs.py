@@ -23,66 +23,12 @@ from attester.service import build_service
 from attester.settings import AppConfig
 from keys.certs import CertificateError, build_csr, check_chain
 from keys.signer import FileSigner
+from tests.ca import NOW, LocalCa, make_cert as _cert, name as _name
 from tests.e2e.e2e_support import write_config
 from tests.softhsm import SoftHsm
 from tests.support import MutableClock, new_instance_key, public_jwk
 
-NOW = datetime.now(UTC).replace(microsecond=0)
 APP = AppConfig(client_id="client-1")
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-@dataclass
-class LocalCa:
-    """A root and an intermediate CA made in the test; only the root is a trust anchor."""
-
-    root_key: ec.EllipticCurvePrivateKey
-    root: x509.Certificate
-    inter_key: ec.EllipticCurvePrivateKey
-    inter: x509.Certificate
-
-    @classmethod
-    def make(cls) -> LocalCa:
-        root_key = ec.generate_private_key(ec.SECP256R1())
-        root = _cert(_name("test root"), root_key.public_key(), _name("test root"), root_key, ca=True)
-        inter_key = ec.generate_private_key(ec.SECP256R1())
-        inter = _cert(_name("test issuing CA"), inter_key.public_key(), _name("test root"), root_key, ca=True)
-        return cls(root_key, root, inter_key, inter)
-
-    def sign_csr(self, csr: x509.CertificateSigningRequest, *, days: int = 90,
-                 not_before: datetime | None = None) -> x509.Certificate:
-        assert csr.is_signature_valid
-        public = csr.public_key()
-        assert isinstance(public, ec.EllipticCurvePublicKey)
-        return _cert(csr.subject, public, self.inter.subject, self.inter_key, days=days,
-                     not_before=not_before)
-
-    def chain_pem(self, leaf: x509.Certificate, *extra: x509.Certificate) -> bytes:
-        return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (leaf, self.inter, *extra))
-
-
-def _cert(subject: x509.Name, public: ec.EllipticCurvePublicKey, issuer: x509.Name,
-          issuer_key: ec.EllipticCurvePrivateKey, *, ca: bool = False, days: int = 90,
-          not_before: datetime | None = None) -> x509.Certificate:
-    start = not_before or NOW - timedelta(hours=1)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer)
-        .public_key(public)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if ca:
-        builder = builder.add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-        )
-    return builder.sign(issuer_key, hashes.SHA256())
 
 
 def _config(tmp_path: Path, **extra: Any) -> list[str]:
