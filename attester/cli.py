@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from attester.settings import MAX_ATTESTATION_LIFETIME, ConfigError, Settings, load_settings
+from attester.settings import ConfigError, Settings, load_settings
 
 
 def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
@@ -235,13 +235,13 @@ def build_parser() -> argparse.ArgumentParser:
     listing.set_defaults(func=cmd_keys_list)
     csr = keys_sub.add_parser("csr", help="write a PKCS#10 request signed by a key")
     common(csr)
-    csr.add_argument("--kid", required=True)
+    csr.add_argument("--kid", required=True, help="the key; write --kid=K (a kid may start with -)")
     csr.add_argument("--subject", help="RFC 4514 subject (default CN=<issuer host>)")
     csr.add_argument("--out", help="output file (default: standard output)")
     csr.set_defaults(func=cmd_keys_csr)
     imp = keys_sub.add_parser("import-cert", help="store a key's certificate chain (for x5c)")
     common(imp)
-    imp.add_argument("--kid", required=True)
+    imp.add_argument("--kid", required=True, help="the key; write --kid=K (a kid may start with -)")
     imp.add_argument("file", help="PEM chain, leaf first, without the trust anchor")
     imp.set_defaults(func=cmd_keys_import_cert)
 

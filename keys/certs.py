@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from itertools import pairwise
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -90,8 +91,10 @@ def check_chain(
     """
     if not certs:
         raise CertificateError("certificate_chain_malformed", "the chain is empty")
-    leaf_spki = certs[0].public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    leaf_spki = (
+        certs[0]
+        .public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
     own_spki = public_key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -100,7 +103,7 @@ def check_chain(
         raise CertificateError(
             "certificate_key_mismatch", "the first certificate does not certify this key"
         )
-    for index, (cert, issuer) in enumerate(zip(certs, certs[1:], strict=False)):
+    for index, (cert, issuer) in enumerate(pairwise(certs)):
         try:
             cert.verify_directly_issued_by(issuer)
         except (ValueError, TypeError, InvalidSignature):

@@ -83,7 +83,9 @@ class Pkcs11Config:
     pool_timeout: float = 5.0
 
     def __repr__(self) -> str:  # never show the PIN
-        where = f"label={self.token_label!r}" if self.token_label is not None else f"slot={self.slot}"
+        where = (
+            f"label={self.token_label!r}" if self.token_label is not None else f"slot={self.slot}"
+        )
         return f"Pkcs11Config(module={str(self.module)!r}, {where})"
 
 
@@ -274,16 +276,16 @@ class Pkcs11Token:
                 self._generation += 1
             if self._login is None:
                 self._log_in()
-            if not self._idle and self._open >= self.config.pool_size:
-                if not self._cond.wait_for(
-                    lambda: bool(self._idle) or self._open < self.config.pool_size,
-                    timeout=self.config.pool_timeout,
-                ):
-                    raise Pkcs11Error(
-                        "pkcs11_pool_exhausted",
-                        f"all {self.config.pool_size} PKCS#11 sessions stayed busy "
-                        f"for {self.config.pool_timeout} s",
-                    )
+            free = self._cond.wait_for(
+                lambda: bool(self._idle) or self._open < self.config.pool_size,
+                timeout=self.config.pool_timeout,
+            )
+            if not free:
+                raise Pkcs11Error(
+                    "pkcs11_pool_exhausted",
+                    f"all {self.config.pool_size} PKCS#11 sessions stayed busy "
+                    f"for {self.config.pool_timeout} s",
+                )
             if self._idle:
                 return self._idle.pop()
             self._open += 1
@@ -296,7 +298,9 @@ class Pkcs11Token:
             with self._cond:
                 self._open -= 1
                 self._cond.notify()
-            raise Pkcs11Error("pkcs11_operation_failed", f"cannot open a session: {exc!r}") from None
+            raise Pkcs11Error(
+                "pkcs11_operation_failed", f"cannot open a session: {exc!r}"
+            ) from None
 
     def _release(self, pooled: _Session) -> None:
         with self._cond:

@@ -29,26 +29,50 @@ class LocalCa:
     @classmethod
     def make(cls) -> LocalCa:
         root_key = ec.generate_private_key(ec.SECP256R1())
-        root = make_cert(name("test root"), root_key.public_key(), name("test root"), root_key, ca=True)
+        root = make_cert(
+            name("test root"), root_key.public_key(), name("test root"), root_key, ca=True
+        )
         inter_key = ec.generate_private_key(ec.SECP256R1())
-        inter = make_cert(name("test issuing CA"), inter_key.public_key(), name("test root"), root_key, ca=True)
+        inter = make_cert(
+            name("test issuing CA"), inter_key.public_key(), name("test root"), root_key, ca=True
+        )
         return cls(root_key, root, inter_key, inter)
 
-    def sign_csr(self, csr: x509.CertificateSigningRequest, *, days: int = 90,
-                 not_before: datetime | None = None) -> x509.Certificate:
+    def sign_csr(
+        self,
+        csr: x509.CertificateSigningRequest,
+        *,
+        days: int = 90,
+        not_before: datetime | None = None,
+    ) -> x509.Certificate:
         assert csr.is_signature_valid
         public = csr.public_key()
         assert isinstance(public, ec.EllipticCurvePublicKey)
-        return make_cert(csr.subject, public, self.inter.subject, self.inter_key, days=days,
-                     not_before=not_before)
+        return make_cert(
+            csr.subject,
+            public,
+            self.inter.subject,
+            self.inter_key,
+            days=days,
+            not_before=not_before,
+        )
 
     def chain_pem(self, leaf: x509.Certificate, *extra: x509.Certificate) -> bytes:
-        return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (leaf, self.inter, *extra))
+        return b"".join(
+            c.public_bytes(serialization.Encoding.PEM) for c in (leaf, self.inter, *extra)
+        )
 
 
-def make_cert(subject: x509.Name, public: ec.EllipticCurvePublicKey, issuer: x509.Name,
-          issuer_key: ec.EllipticCurvePrivateKey, *, ca: bool = False, days: int = 90,
-          not_before: datetime | None = None) -> x509.Certificate:
+def make_cert(
+    subject: x509.Name,
+    public: ec.EllipticCurvePublicKey,
+    issuer: x509.Name,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    *,
+    ca: bool = False,
+    days: int = 90,
+    not_before: datetime | None = None,
+) -> x509.Certificate:
     start = not_before or NOW - timedelta(hours=1)
     builder = (
         x509.CertificateBuilder()
@@ -62,6 +86,7 @@ def make_cert(subject: x509.Name, public: ec.EllipticCurvePublicKey, issuer: x50
     )
     if ca:
         builder = builder.add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
         )
     return builder.sign(issuer_key, hashes.SHA256())

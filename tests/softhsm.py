@@ -61,13 +61,27 @@ def softhsm(directory: Path) -> Iterator[SoftHsm]:
     tokens = directory / "tokens"
     tokens.mkdir(parents=True)
     conf = directory / "softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {tokens}\nobjectstore.backend = file\nlog.level = ERROR\n")
+    conf.write_text(
+        f"directories.tokendir = {tokens}\nobjectstore.backend = file\nlog.level = ERROR\n"
+    )
     env = {**os.environ, "SOFTHSM2_CONF": str(conf)}
     for label, pin in TOKENS.items():
         subprocess.run(
-            ["softhsm2-util", "--init-token", "--free", "--label", label, "--pin", pin,
-             "--so-pin", SO_PIN],
-            env=env, check=True, capture_output=True, timeout=60,
+            [
+                "softhsm2-util",
+                "--init-token",
+                "--free",
+                "--label",
+                label,
+                "--pin",
+                pin,
+                "--so-pin",
+                SO_PIN,
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=60,
         )
     previous = os.environ.get("SOFTHSM2_CONF")
     os.environ["SOFTHSM2_CONF"] = str(conf)

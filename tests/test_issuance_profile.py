@@ -20,9 +20,13 @@ from attester.settings import AppConfig
 from tests.support import MutableClock, new_instance_key, public_jwk
 
 
-def _issue(svc: AttesterService, clock: MutableClock, **app: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+def _issue(
+    svc: AttesterService, clock: MutableClock, **app: Any
+) -> tuple[dict[str, Any], dict[str, Any]]:
     issued = svc.issuer.issue(
-        app=AppConfig(client_id="client-1", **app), instance_jwk=public_jwk(new_instance_key()), now=clock()
+        app=AppConfig(client_id="client-1", **app),
+        instance_jwk=public_jwk(new_instance_key()),
+        now=clock(),
     )
     parsed = jwt.JWT(jwt=issued.jwt, key=jwk.JWKSet.from_json(svc.jwks().body), check_claims=False)
     return json.loads(parsed.header), json.loads(parsed.claims)
@@ -53,7 +57,9 @@ def svc(make_settings: Any, clock: MutableClock) -> Any:
     service.store.dispose()
 
 
-def test_profile_defaults_iss_on_jku_off_x5c_when_chain(svc: AttesterService, clock: MutableClock) -> None:
+def test_profile_defaults_iss_on_jku_off_x5c_when_chain(
+    svc: AttesterService, clock: MutableClock
+) -> None:
     header, claims = _issue(svc, clock)
     assert claims["iss"] == svc.settings.issuer
     assert "jku" not in header and "x5c" not in header
@@ -82,13 +88,19 @@ def test_profile_jku_is_the_jwks_uri(make_settings: Any, clock: MutableClock) ->
     service = build_service(make_settings(include_jku=True), clock=clock)
     try:
         header, _ = _issue(service, clock)
-        assert header["jku"] == service.metadata()["jwks_uri"] == "https://attester.test/.well-known/jwks.json"
+        assert (
+            header["jku"]
+            == service.metadata()["jwks_uri"]
+            == "https://attester.test/.well-known/jwks.json"
+        )
         assert "jku" not in _issue(service, clock, include_jku=False)[0]
     finally:
         service.store.dispose()
 
 
-def test_profile_x5c_off_per_app_with_chain_present(svc: AttesterService, clock: MutableClock) -> None:
+def test_profile_x5c_off_per_app_with_chain_present(
+    svc: AttesterService, clock: MutableClock
+) -> None:
     _add_chain(svc, clock)
     assert "x5c" not in _issue(svc, clock, include_x5c=False)[0]
     assert "x5c" in _issue(svc, clock)[0]
@@ -114,8 +126,11 @@ def test_compose_header_depends_only_on_key_and_options() -> None:
     first = compose_header(kid="k1", alg="ES256", x5c=chain, options=options)
     assert first == compose_header(kid="k1", alg="ES256", x5c=chain, options=options)
     assert first == {
-        "alg": "ES256", "typ": "oauth-client-attestation+jwt", "kid": "k1",
-        "jku": "https://a.test/.well-known/jwks.json", "x5c": list(chain),
+        "alg": "ES256",
+        "typ": "oauth-client-attestation+jwt",
+        "kid": "k1",
+        "jku": "https://a.test/.well-known/jwks.json",
+        "x5c": list(chain),
     }
     plain = compose_header(kid="k1", alg="ES256", x5c=chain, options=HeaderOptions(False, None))
     assert plain == {"alg": "ES256", "typ": "oauth-client-attestation+jwt", "kid": "k1"}

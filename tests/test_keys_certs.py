@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import base64
 import json
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-from cryptography.x509.verification import ExtensionPolicy, PolicyBuilder, Store
+from cryptography.x509.verification import (
+    ExtensionPolicy,
+    PolicyBuilder,
+    Store,
+    VerificationError,
+)
 from jwcrypto import jwk, jws
 
 from attester.cli import main
@@ -23,7 +26,9 @@ from attester.service import build_service
 from attester.settings import AppConfig
 from keys.certs import CertificateError, build_csr, check_chain
 from keys.signer import FileSigner
-from tests.ca import NOW, LocalCa, make_cert as _cert, name as _name
+from tests.ca import NOW, LocalCa
+from tests.ca import make_cert as _cert
+from tests.ca import name as _name
 from tests.e2e.e2e_support import write_config
 from tests.softhsm import SoftHsm
 from tests.support import MutableClock, new_instance_key, public_jwk
@@ -75,7 +80,10 @@ def test_csr_signature_by_another_key_invalid() -> None:
 
 @pytest.mark.parametrize("backend", ["file", "pkcs11"])
 def test_cli_csr_import_then_receiver_trusting_only_ca_verifies_jwt_by_x5c(
-    backend: str, tmp_path: Path, request: pytest.FixtureRequest, clock: MutableClock,
+    backend: str,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    clock: MutableClock,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     extra: dict[str, Any] = {}
@@ -84,13 +92,26 @@ def test_cli_csr_import_then_receiver_trusting_only_ca_verifies_jwt_by_x5c(
     args = _config(tmp_path, **extra)
     kid = _init_keys(args)
     csr_file = tmp_path / "key.csr"
-    assert main(["keys", "csr", "--kid", kid, "--subject", "CN=attester.test,O=Test", "--out",
-                 str(csr_file), *args]) == 0
+    assert (
+        main(
+            [
+                "keys",
+                "csr",
+                f"--kid={kid}",  # a kid may start with "-"
+                "--subject",
+                "CN=attester.test,O=Test",
+                "--out",
+                str(csr_file),
+                *args,
+            ]
+        )
+        == 0
+    )
     csr = x509.load_pem_x509_csr(csr_file.read_bytes())
     ca = LocalCa.make()
     chain = tmp_path / "chain.pem"
     chain.write_bytes(ca.chain_pem(ca.sign_csr(csr)))
-    assert main(["keys", "import-cert", "--kid", kid, str(chain), *args]) == 0
+    assert main(["keys", "import-cert", f"--kid={kid}", str(chain), *args]) == 0
     assert json.loads(capsys.readouterr().out)["certificates"] == 2
     assert (tmp_path / "data" / "keys" / f"{kid}.x5c.pem").exists()
 
@@ -99,7 +120,9 @@ def test_cli_csr_import_then_receiver_trusting_only_ca_verifies_jwt_by_x5c(
     settings = load_settings(Path(args[1]), data_dir=tmp_path / "data")
     svc = build_service(settings, clock=clock)
     try:
-        token = svc.issuer.issue(app=APP, instance_jwk=public_jwk(new_instance_key()), now=clock()).jwt
+        token = svc.issuer.issue(
+            app=APP, instance_jwk=public_jwk(new_instance_key()), now=clock()
+        ).jwt
     finally:
         svc.store.dispose()
 
@@ -110,8 +133,9 @@ def test_cli_csr_import_then_receiver_trusting_only_ca_verifies_jwt_by_x5c(
         PolicyBuilder()
         .store(Store([ca.root]))
         .time(datetime.now(UTC))
-        .extension_policies(ca_policy=ExtensionPolicy.webpki_defaults_ca(),
-                            ee_policy=ExtensionPolicy.permit_all())
+        .extension_policies(
+            ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=ExtensionPolicy.permit_all()
+        )
         .build_client_verifier()
     )
     verified = verifier.verify(certs[0], certs[1:])
@@ -123,29 +147,39 @@ def test_cli_csr_import_then_receiver_trusting_only_ca_verifies_jwt_by_x5c(
     assert json.loads(checked.payload)["sub"] == "client-1"
 
     other_ca = LocalCa.make()  # a receiver trusting another CA refuses the chain
-    with pytest.raises(Exception):
-        (PolicyBuilder().store(Store([other_ca.root])).time(datetime.now(UTC))
-         .extension_policies(ca_policy=ExtensionPolicy.webpki_defaults_ca(),
-                             ee_policy=ExtensionPolicy.permit_all())
-         .build_client_verifier().verify(certs[0], certs[1:]))
+    with pytest.raises(VerificationError):
+        (
+            PolicyBuilder()
+            .store(Store([other_ca.root]))
+            .time(datetime.now(UTC))
+            .extension_policies(
+                ca_policy=ExtensionPolicy.webpki_defaults_ca(),
+                ee_policy=ExtensionPolicy.permit_all(),
+            )
+            .build_client_verifier()
+            .verify(certs[0], certs[1:])
+        )
 
 
 # -- import checks: one test per code -----------------------------------------------------------
 @pytest.fixture
-def keyed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[list[str], str, x509.CertificateSigningRequest]:
+def keyed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> tuple[list[str], str, x509.CertificateSigningRequest]:
     args = _config(tmp_path)
     kid = _init_keys(args)
-    assert main(["keys", "csr", "--kid", kid, *args]) == 0  # PEM on standard output
+    assert main(["keys", "csr", f"--kid={kid}", *args]) == 0  # PEM on standard output
     csr = x509.load_pem_x509_csr(capsys.readouterr().out.encode())
     return args, kid, csr
 
 
-def _import(tmp_path: Path, args: list[str], kid: str, pem: bytes,
-            capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, Any]]:
+def _import(
+    tmp_path: Path, args: list[str], kid: str, pem: bytes, capsys: pytest.CaptureFixture[str]
+) -> tuple[int, dict[str, Any]]:
     path = tmp_path / "import.pem"
     path.write_bytes(pem)
     capsys.readouterr()
-    status = main(["keys", "import-cert", "--kid", kid, str(path), *args])
+    status = main(["keys", "import-cert", f"--kid={kid}", str(path), *args])
     out = capsys.readouterr().out
     return status, json.loads(out) if out.strip() else {}
 
@@ -155,20 +189,27 @@ def _bad_chains(ca: LocalCa, csr: x509.CertificateSigningRequest) -> dict[str, b
     stranger = ec.generate_private_key(ec.SECP256R1())
     other_ca = LocalCa.make()
     # same name and key as the issuing CA, but its certificate says it is not a CA
-    not_ca_issuer = _cert(ca.inter.subject, ca.inter_key.public_key(), _name("test root"), ca.root_key)
+    not_ca_issuer = _cert(
+        ca.inter.subject, ca.inter_key.public_key(), _name("test root"), ca.root_key
+    )
     return {
         "certificate_chain_malformed": b"-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n",
         "certificate_key_mismatch": ca.chain_pem(
-            _cert(csr.subject, stranger.public_key(), ca.inter.subject, ca.inter_key)),
+            _cert(csr.subject, stranger.public_key(), ca.inter.subject, ca.inter_key)
+        ),
         "certificate_chain_broken": b"".join(
-            c.public_bytes(serialization.Encoding.PEM) for c in (leaf, other_ca.inter)),
+            c.public_bytes(serialization.Encoding.PEM) for c in (leaf, other_ca.inter)
+        ),
         "certificate_issuer_not_ca": b"".join(
-            c.public_bytes(serialization.Encoding.PEM) for c in (leaf, not_ca_issuer)),
+            c.public_bytes(serialization.Encoding.PEM) for c in (leaf, not_ca_issuer)
+        ),
         "certificate_chain_includes_anchor": ca.chain_pem(leaf, ca.root),
         "certificate_expired": ca.chain_pem(
-            ca.sign_csr(csr, days=1, not_before=NOW - timedelta(days=3))),
+            ca.sign_csr(csr, days=1, not_before=NOW - timedelta(days=3))
+        ),
         "certificate_not_yet_valid": ca.chain_pem(
-            ca.sign_csr(csr, days=30, not_before=NOW + timedelta(days=2))),
+            ca.sign_csr(csr, days=30, not_before=NOW + timedelta(days=2))
+        ),
     }
 
 
@@ -185,7 +226,9 @@ def _bad_chains(ca: LocalCa, csr: x509.CertificateSigningRequest) -> dict[str, b
     ],
 )
 def test_import_cert_bad_chain_refused_with_code(
-    code: str, keyed: tuple[list[str], str, x509.CertificateSigningRequest], tmp_path: Path,
+    code: str,
+    keyed: tuple[list[str], str, x509.CertificateSigningRequest],
+    tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     args, kid, csr = keyed
@@ -195,7 +238,8 @@ def test_import_cert_bad_chain_refused_with_code(
 
 
 def test_import_cert_unknown_kid_refused(
-    keyed: tuple[list[str], str, x509.CertificateSigningRequest], tmp_path: Path,
+    keyed: tuple[list[str], str, x509.CertificateSigningRequest],
+    tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     args, _, csr = keyed
@@ -207,8 +251,14 @@ def test_import_cert_unknown_kid_refused(
 def test_check_chain_without_now_ignores_dates() -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     ca = LocalCa.make()
-    leaf = _cert(_name("k"), key.public_key(), ca.inter.subject, ca.inter_key, days=1,
-                 not_before=NOW - timedelta(days=5))
+    leaf = _cert(
+        _name("k"),
+        key.public_key(),
+        ca.inter.subject,
+        ca.inter_key,
+        days=1,
+        not_before=NOW - timedelta(days=5),
+    )
     check_chain([leaf, ca.inter], key.public_key(), now=None)
     with pytest.raises(CertificateError):
         check_chain([leaf, ca.inter], key.public_key(), now=NOW)
@@ -217,8 +267,11 @@ def test_check_chain_without_now_ignores_dates() -> None:
 # -- expiry in keys list ------------------------------------------------------------------------
 @pytest.mark.parametrize(("days", "warned"), [(10, True), (90, False)])
 def test_keys_list_shows_certificate_expiry_and_warns_before(
-    days: int, warned: bool, keyed: tuple[list[str], str, x509.CertificateSigningRequest],
-    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    days: int,
+    warned: bool,
+    keyed: tuple[list[str], str, x509.CertificateSigningRequest],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     args, kid, csr = keyed
     ca = LocalCa.make()
@@ -232,8 +285,10 @@ def test_keys_list_shows_certificate_expiry_and_warns_before(
 
 
 def test_running_service_picks_up_imported_chain(
-    keyed: tuple[list[str], str, x509.CertificateSigningRequest], tmp_path: Path,
-    clock: MutableClock, capsys: pytest.CaptureFixture[str],
+    keyed: tuple[list[str], str, x509.CertificateSigningRequest],
+    tmp_path: Path,
+    clock: MutableClock,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     from attester.settings import load_settings
 
@@ -255,8 +310,9 @@ def test_csr_hsm_key_is_valid_pkcs10(softhsm: SoftHsm, tmp_path: Path) -> None:
     from keys.pkcs11 import Pkcs11Config, Pkcs11Token
     from keys.store import KeyStore
 
-    token = Pkcs11Token(Pkcs11Config(module=softhsm.module, pin=softhsm.settings()["pin"],
-                                     token_label="attester"))
+    token = Pkcs11Token(
+        Pkcs11Config(module=softhsm.module, pin=softhsm.settings()["pin"], token_label="attester")
+    )
     store = KeyStore(tmp_path / "keys", retention=timedelta(days=1), token=token)
     store.ensure_initialised(NOW)
     signer = store.active_signer(NOW)

@@ -12,6 +12,7 @@ from typing import Any
 
 import pkcs11.exceptions as p11e
 import pytest
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
@@ -32,7 +33,11 @@ APP = AppConfig(client_id="client-1")
 
 
 def _token(hsm: SoftHsm, **overrides: Any) -> Pkcs11Token:
-    config: dict[str, Any] = {"module": hsm.module, "pin": TOKENS["attester"], "token_label": "attester"}
+    config: dict[str, Any] = {
+        "module": hsm.module,
+        "pin": TOKENS["attester"],
+        "token_label": "attester",
+    }
     config.update(overrides)
     return Pkcs11Token(Pkcs11Config(**config))
 
@@ -65,7 +70,9 @@ def test_pkcs11_store_first_key_generated_in_token_not_on_disk(hsm_store: KeySto
 
 
 def test_pkcs11_key_is_sensitive_and_never_extractable(hsm_store: KeyStore) -> None:
-    record = KeyRecord.from_json(json.loads((hsm_store.directory / "keys.json").read_text())["keys"][0])
+    record = KeyRecord.from_json(
+        json.loads((hsm_store.directory / "keys.json").read_text())["keys"][0]
+    )
     assert hsm_store.token is not None and record.key_ref is not None
     with hsm_store.token._session("inspect") as pooled:
         private = pooled.session.get_key(
@@ -82,11 +89,13 @@ def test_pkcs11_signature_is_raw_r_s_and_verifies(hsm_store: KeyStore) -> None:
     raw = signer.sign(b"header.payload")
     assert len(raw) == 64
     _verify_raw(signer.public_key(), b"header.payload", raw)
-    with pytest.raises(Exception):
+    with pytest.raises(InvalidSignature):
         _verify_raw(signer.public_key(), b"header.payload!", raw)
 
 
-def test_pkcs11_issued_jwt_verifies_with_jwks(make_settings: Any, softhsm: SoftHsm, clock: MutableClock) -> None:
+def test_pkcs11_issued_jwt_verifies_with_jwks(
+    make_settings: Any, softhsm: SoftHsm, clock: MutableClock
+) -> None:
     svc = build_service(make_settings(pkcs11=softhsm.settings()), clock=clock)
     try:
         issued = svc.issuer.issue(app=APP, instance_jwk=public_jwk(new_instance_key()), now=clock())
@@ -104,7 +113,7 @@ def test_pkcs11_rotation_creates_next_key_in_token(hsm_store: KeyStore) -> None:
     later = T0 + timedelta(seconds=360)
     signer = hsm_store.active_signer(later)
     assert signer.kid == record.kid
-    header = '{"alg":"ES256","kid":"%s"}' % signer.kid
+    header = json.dumps({"alg": "ES256", "kid": signer.kid})
     _verify_raw(signer.public_key(), header.encode(), signer.sign(header.encode()))
     published = {k["kid"] for k in json.loads(hsm_store.jwks(later).body)["keys"]}
     assert published == {old, record.kid}
@@ -123,7 +132,9 @@ def test_pkcs11_cli_rotate_makes_token_key(
     assert rows[-1]["kid"] == rotated["kid"] and rows[-1]["state"] == "next"
 
 
-def test_pkcs11_file_keys_keep_signing_after_token_configured(softhsm: SoftHsm, tmp_path: Path) -> None:
+def test_pkcs11_file_keys_keep_signing_after_token_configured(
+    softhsm: SoftHsm, tmp_path: Path
+) -> None:
     """Migration: the file key stays active; the next key is made in the token."""
     directory = tmp_path / "keys"
     file_store = KeyStore(directory, retention=RETENTION)
@@ -172,7 +183,9 @@ def test_pkcs11_concurrent_signing_threads_all_verify(softhsm: SoftHsm, tmp_path
 def _sign_in_child(store: KeyStore, queue: Any, n: int) -> None:
     try:
         signer = store.active_signer(T0)
-        queue.put([(f"child {n} {i}".encode(), signer.sign(f"child {n} {i}".encode())) for i in range(10)])
+        queue.put(
+            [(f"child {n} {i}".encode(), signer.sign(f"child {n} {i}".encode())) for i in range(10)]
+        )
     except BaseException as exc:  # noqa: BLE001 - the parent asserts on it
         queue.put(repr(exc))
 
@@ -182,7 +195,9 @@ def test_pkcs11_forked_workers_open_their_own_sessions(hsm_store: KeyStore) -> N
     signer.sign(b"parent first")  # the parent holds sessions before forking
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
-    children = [context.Process(target=_sign_in_child, args=(hsm_store, queue, n)) for n in range(2)]
+    children = [
+        context.Process(target=_sign_in_child, args=(hsm_store, queue, n)) for n in range(2)
+    ]
     for child in children:
         child.start()
     outputs = [queue.get(timeout=60) for _ in children]
@@ -283,10 +298,13 @@ def test_pkcs11_extractable_key_refused(softhsm: SoftHsm, hsm_store: KeyStore) -
     with hsm_store.token._session("make exportable key"):
         rw = hsm_store.token._token.open(rw=True)
         params = rw.create_domain_parameters(
-            KeyType.EC, {Attribute.EC_PARAMS: encode_named_curve_parameters("secp256r1")}, local=True
+            KeyType.EC,
+            {Attribute.EC_PARAMS: encode_named_curve_parameters("secp256r1")},
+            local=True,
         )
         params.generate_keypair(
-            store=True, id=b"exportable-key-1",
+            store=True,
+            id=b"exportable-key-1",
             private_template={Attribute.SENSITIVE: False, Attribute.EXTRACTABLE: True},
         )
         rw.close()
@@ -318,7 +336,9 @@ def test_pkcs11_key_destroyed_in_token_issuance_503(
     service = app.state.service
     signer = service.key_store.active_signer(clock())
     signer.sign(b"warm the session cache")
-    record = KeyRecord.from_json(json.loads((service.key_store.directory / "keys.json").read_text())["keys"][0])
+    record = KeyRecord.from_json(
+        json.loads((service.key_store.directory / "keys.json").read_text())["keys"][0]
+    )
     assert record.key_ref is not None
     with service.key_store.token._session("destroy"):
         rw = service.key_store.token._token.open(rw=True)

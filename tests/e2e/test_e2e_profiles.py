@@ -73,11 +73,11 @@ def _certify_active_key(stack: Stack, ca: LocalCa, directory: Any) -> None:
     listed = stack.attester.cli("keys", "list")
     assert listed.returncode == 0, listed.stderr
     (key,) = json.loads(listed.stdout)["keys"]
-    csr = stack.attester.cli("keys", "csr", "--kid", key["kid"])
+    csr = stack.attester.cli("keys", "csr", f"--kid={key['kid']}")
     assert csr.returncode == 0, csr.stderr
     chain = directory / "chain.pem"
     chain.write_bytes(ca.chain_pem(ca.sign_csr(x509.load_pem_x509_csr(csr.stdout.encode()))))
-    imported = stack.attester.cli("keys", "import-cert", "--kid", key["kid"], str(chain))
+    imported = stack.attester.cli("keys", "import-cert", f"--kid={key['kid']}", str(chain))
     assert imported.returncode == 0, imported.stdout + imported.stderr
 
 
