@@ -62,7 +62,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _key_store(args: argparse.Namespace) -> tuple[Settings, Any]:
-    from attester.service import build_key_store
+    from attester.signing_keys import build_key_store
 
     settings = _settings(args)
     return settings, build_key_store(settings)

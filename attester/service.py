@@ -20,7 +20,8 @@ from attester.errors import ProblemError
 from attester.issuance import AttestationIssuer, IssuedAttestation
 from attester.keyproof import parse_instance_jwk, verify_key_proof
 from attester.platforms import Platform, VerifiedInstance
-from attester.settings import MAX_ATTESTATION_LIFETIME, AppConfig, Settings
+from attester.settings import AppConfig, Settings
+from attester.signing_keys import build_key_store
 from attester.storage import (
     AlreadyRegistered,
     InstanceRecord,
@@ -29,7 +30,6 @@ from attester.storage import (
     create_store,
 )
 from keys.jwks import JwksDocument, thumbprint
-from keys.pkcs11 import Pkcs11Config, Pkcs11Token
 from keys.store import KeyStore, fsync_directory
 
 log = logging.getLogger("attester")
@@ -216,31 +216,6 @@ def load_secret(path: Path) -> bytes:
     if len(secret) < 32:
         raise ValueError(f"challenge secret {path} is shorter than 32 bytes")
     return secret
-
-
-def build_key_store(settings: Settings) -> KeyStore:
-    """The key store of ``settings``: the key directory, and the PKCS#11 token if configured.
-
-    Raises :class:`keys.pkcs11.Pkcs11Error` (with a code) when the token is configured but
-    cannot be used: wrong module path, token label or slot, or PIN.
-    """
-    token = None
-    if settings.pkcs11 is not None:
-        p11 = settings.pkcs11
-        token = Pkcs11Token(
-            Pkcs11Config(
-                module=p11.module,
-                pin=p11.user_pin(),
-                token_label=p11.token_label,
-                slot=p11.slot,
-                pool_size=p11.pool_size,
-                pool_timeout=p11.pool_timeout,
-            )
-        )
-        token.check()  # fail at start-up, not at the first registration
-    # a retired key stays published until every JWT it could have signed has expired
-    retention = timedelta(seconds=MAX_ATTESTATION_LIFETIME + settings.clock_skew)
-    return KeyStore(settings.resolved_key_dir, retention=retention, token=token)
 
 
 def build_service(

@@ -46,7 +46,7 @@ def _config(tmp_path: Path, **extra: Any) -> list[str]:
 
 def _init_keys(args: list[str]) -> str:
     """Create the first key as ``attester serve`` does on first start; return its kid."""
-    from attester.service import build_key_store
+    from attester.signing_keys import build_key_store
     from attester.settings import load_settings
 
     store = build_key_store(load_settings(Path(args[1]), data_dir=Path(args[3])))

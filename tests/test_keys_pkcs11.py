@@ -20,8 +20,9 @@ from jwcrypto import jwk, jwt
 from pkcs11 import Attribute, KeyType, ObjectClass
 
 from attester.cli import main
-from attester.service import build_key_store, build_service
+from attester.service import build_service
 from attester.settings import AppConfig, ConfigError
+from attester.signing_keys import build_key_store
 from keys.pkcs11 import Pkcs11Config, Pkcs11Error, Pkcs11Token
 from keys.store import KeyRecord, KeyStore, KeyStoreError
 from tests.softhsm import TOKENS, SoftHsm
