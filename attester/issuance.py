@@ -113,16 +113,16 @@ class AttestationIssuer:
 
     def issue(self, *, app: AppConfig, instance_jwk: dict[str, Any], now: datetime) -> IssuedAttestation:
         claims = self.claims(app=app, instance_jwk=instance_jwk, now=now)
-        self._keys.reload()
-        signer = self._keys.active_signer(now)
-        header = compose_header(
-            kid=signer.kid,
-            alg=signer.alg,
-            x5c=self._keys.x5c(signer.kid),
-            options=self.header_options(app),
-        )
-        signing_input = _segment(header) + "." + _segment(claims)
         try:
+            self._keys.reload()
+            signer = self._keys.active_signer(now)
+            header = compose_header(
+                kid=signer.kid,
+                alg=signer.alg,
+                x5c=self._keys.x5c(signer.kid),
+                options=self.header_options(app),
+            )
+            signing_input = _segment(header) + "." + _segment(claims)
             signature = signer.sign(signing_input.encode("ascii"))
         except Pkcs11Error as exc:  # the HSM is unreachable or refuses: our fault, retryable
             raise ProblemError(

@@ -179,7 +179,9 @@ class KeyStore:
             r.kid: chain for r in records if (chain := self._load_chain(signers[r.kid])) is not None
         }
         x5c = {
-            kid: tuple(base64.b64encode(c.public_bytes(serialization.Encoding.DER)).decode() for c in chain)
+            kid: tuple(
+                base64.b64encode(c.public_bytes(serialization.Encoding.DER)).decode() for c in chain
+            )
             for kid, chain in chains.items()
         }
         self._records, self._signers, self._public = records, signers, public
@@ -249,7 +251,9 @@ class KeyStore:
             raise KeyStoreError(f"no key with kid {kid}")
         return signer
 
-    def import_certificate(self, kid: str, pem: bytes, now: datetime) -> tuple[x509.Certificate, ...]:
+    def import_certificate(
+        self, kid: str, pem: bytes, now: datetime
+    ) -> tuple[x509.Certificate, ...]:
         """Check a PEM chain against key ``kid`` (keys/certs.py) and store it as ``<kid>.x5c.pem``.
 
         Raises :class:`keys.certs.CertificateError` (with a code) when the chain does not fit.
@@ -294,8 +298,12 @@ class KeyStore:
             key_ref, public = self.token.generate_key()
             kid = thumbprint(public_jwk(public))
             record = KeyRecord(
-                kid=kid, alg="ES256", created_at=now, activates_at=activates_at,
-                backend="pkcs11", key_ref=key_ref,
+                kid=kid,
+                alg="ES256",
+                created_at=now,
+                activates_at=activates_at,
+                backend="pkcs11",
+                key_ref=key_ref,
             )
         else:
             private_key = ec.generate_private_key(ec.SECP256R1())
