@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,8 @@ from attester.settings import AdminToken, ConfigError, Settings, load_settings
 from attester.storage import InstanceRecord
 from attester.storage.admin import AdminStore, InstanceMissing, TransitionRefused
 from attester.storage.status_entries import StatusEntries
-from keys.store import KeyStatus
+from keys.certs import chain_expiry
+from keys.store import KeyStore
 
 ACTIONS = ("revoke", "suspend", "reinstate")
 
@@ -145,25 +147,32 @@ class Admin:
 
     def keys(self) -> list[dict[str, Any]]:
         self.service.key_store.reload()
-        return key_statuses_json(self.service.key_store.statuses(self.service.clock()))
+        return key_statuses_json(self.service.key_store, self.service.clock())
 
     def audit(self, *, target: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         return [r.to_json() for r in self.store.audit_records(target=target, limit=limit)]
 
 
-def key_statuses_json(statuses: list[KeyStatus]) -> list[dict[str, Any]]:
-    """Signing keys and their rotation states, as ``attester keys list`` and the API show them."""
-    return [
-        {
-            "kid": s.record.kid,
-            "state": s.state.value,
-            "alg": s.record.alg,
-            "created_at": s.record.created_at.isoformat(),
-            "activates_at": s.record.activates_at.isoformat(),
-            "published_until": s.published_until.isoformat() if s.published_until else None,
-        }
-        for s in statuses
-    ]
+def key_statuses_json(key_store: KeyStore, now: datetime) -> list[dict[str, Any]]:
+    """Signing keys, their rotation states and certificate expiry, as ``attester keys list``
+    and the admin API show them."""
+    rows = []
+    for s in key_store.statuses(now):
+        chain = key_store.chain(s.record.kid)
+        expires = chain_expiry(chain) if chain else None
+        rows.append(
+            {
+                "kid": s.record.kid,
+                "state": s.state.value,
+                "alg": s.record.alg,
+                "backend": s.record.backend,
+                "created_at": s.record.created_at.isoformat(),
+                "activates_at": s.record.activates_at.isoformat(),
+                "published_until": s.published_until.isoformat() if s.published_until else None,
+                "certificate_expires_at": expires.isoformat() if expires else None,
+            }
+        )
+    return rows
 
 
 def reload_registry(current: Settings, fresh: Settings) -> Settings:

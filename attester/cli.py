@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from attester.settings import MAX_ATTESTATION_LIFETIME, ConfigError, Settings, load_settings
+from attester.settings import ConfigError, Settings, load_settings
 
 
 def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
@@ -167,11 +167,10 @@ def cmd_admin_token(args: argparse.Namespace) -> int:
 
 
 def _key_store(args: argparse.Namespace) -> tuple[Settings, Any]:
-    from keys.store import KeyStore
+    from attester.signing_keys import build_key_store
 
     settings = _settings(args)
-    retention = timedelta(seconds=MAX_ATTESTATION_LIFETIME + settings.clock_skew)
-    return settings, KeyStore(settings.resolved_key_dir, retention=retention)
+    return settings, build_key_store(settings)
 
 
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
@@ -197,16 +196,22 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
         return 1
     print(
         json.dumps(
-            {"kid": record.kid, "state": "next", "activates_at": record.activates_at.isoformat()}
+            {
+                "kid": record.kid,
+                "state": "next",
+                "backend": record.backend,
+                "activates_at": record.activates_at.isoformat(),
+            }
         )
     )
     return 0
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
-    from keys.store import KeyStoreError
+    from keys.certs import chain_expiry
+    from keys.store import KeyState, KeyStoreError
 
-    _, store = _key_store(args)
+    settings, store = _key_store(args)
     now = datetime.now(UTC)
     try:
         store.reload(force=True)
@@ -215,8 +220,87 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
         return 1
     from attester.admin import key_statuses_json
 
-    rows = key_statuses_json(store.statuses(now))
+    warn_within = timedelta(days=settings.certificate_expiry_warning_days)
+    rows = key_statuses_json(store, now)
+    for s in store.statuses(now):
+        # only keys that sign now or will: a retired key's certificate no longer matters
+        chain = store.chain(s.record.kid)
+        expires = chain_expiry(chain) if chain else None
+        if expires is not None and s.state in (KeyState.NEXT, KeyState.ACTIVE):
+            if expires <= now:
+                print(f"warning: the certificate of key {s.record.kid} has expired", file=sys.stderr)
+            elif expires - now <= warn_within:
+                days = (expires - now).days
+                print(
+                    f"warning: the certificate of key {s.record.kid} expires in {days} days "
+                    f"({expires.isoformat()}); import a renewed one (attester keys import-cert)",
+                    file=sys.stderr,
+                )
     print(json.dumps({"keys": rows}, indent=2))
+    return 0
+
+
+def cmd_keys_csr(args: argparse.Namespace) -> int:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from keys.certs import build_csr
+    from keys.store import KeyStoreError
+
+    settings, store = _key_store(args)
+    try:
+        subject = x509.Name.from_rfc4514_string(args.subject or _default_subject(settings))
+    except ValueError as exc:
+        print(f"error: --subject is not an RFC 4514 name: {exc}", file=sys.stderr)
+        return 2
+    try:
+        store.reload(force=True)
+        csr = build_csr(store.signer(args.kid), subject)
+    except KeyStoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    pem = csr.public_bytes(serialization.Encoding.PEM)
+    if args.out:
+        Path(args.out).write_bytes(pem)
+    else:
+        sys.stdout.write(pem.decode("ascii"))
+    return 0
+
+
+def _default_subject(settings: Settings) -> str:
+    from urllib.parse import urlsplit
+
+    host = urlsplit(settings.issuer).hostname or "client-attester"
+    return f"CN={host}"
+
+
+def cmd_keys_import_cert(args: argparse.Namespace) -> int:
+    from keys.certs import CertificateError, chain_expiry
+    from keys.store import KeyStoreError
+
+    _, store = _key_store(args)
+    try:
+        pem = Path(args.file).read_bytes()
+    except OSError as exc:
+        print(f"error: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return 2
+    try:
+        certs = store.import_certificate(args.kid, pem, datetime.now(UTC))
+    except CertificateError as exc:
+        print(json.dumps({"error": exc.code, "message": str(exc)}))
+        return 1
+    except KeyStoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(
+        json.dumps(
+            {
+                "kid": args.kid,
+                "certificates": len(certs),
+                "certificate_expires_at": chain_expiry(certs).isoformat(),
+            }
+        )
+    )
     return 0
 
 
@@ -244,6 +328,17 @@ def build_parser() -> argparse.ArgumentParser:
     listing = keys_sub.add_parser("list", help="show the keys and their states")
     common(listing)
     listing.set_defaults(func=cmd_keys_list)
+    csr = keys_sub.add_parser("csr", help="write a PKCS#10 request signed by a key")
+    common(csr)
+    csr.add_argument("--kid", required=True, help="the key; write --kid=K (a kid may start with -)")
+    csr.add_argument("--subject", help="RFC 4514 subject (default CN=<issuer host>)")
+    csr.add_argument("--out", help="output file (default: standard output)")
+    csr.set_defaults(func=cmd_keys_csr)
+    imp = keys_sub.add_parser("import-cert", help="store a key's certificate chain (for x5c)")
+    common(imp)
+    imp.add_argument("--kid", required=True, help="the key; write --kid=K (a kid may start with -)")
+    imp.add_argument("file", help="PEM chain, leaf first, without the trust anchor")
+    imp.set_defaults(func=cmd_keys_import_cert)
 
     instances = sub.add_parser("instances", help="list, show, revoke, suspend, reinstate instances")
     inst_sub = instances.add_subparsers(dest="instances_command", required=True)
@@ -302,10 +397,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from keys.pkcs11 import Pkcs11Error
+
     try:
         return int(args.func(args))
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
+        return 2
+    except Pkcs11Error as exc:  # the token configuration is wrong: module, token, slot, PIN
+        print(f"error: {exc.code}: {exc}", file=sys.stderr)
         return 2
 
 

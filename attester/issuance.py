@@ -1,11 +1,16 @@
 """Issuance of the Client Attestation JWT (draft-ietf-oauth-attestation-based-client-auth).
 
-Header: ``typ`` oauth-client-attestation+jwt, ``alg`` ES256, ``kid`` (and ``x5c`` when the
-publisher configured a chain for the key). Claims: ``iss`` (on by default for draft-07
-receivers), ``sub`` = the app's client_id, ``iat``, ``exp``, ``cnf.jwk`` (public members
-only), the app's static claims and, when the app uses it, the Token Status List reference
-``status`` (allocated by :mod:`attester.status_list`). No per-instance identifier beyond ``cnf``
-(the status index is random per JWT).
+Header: ``typ`` oauth-client-attestation+jwt, ``alg`` ES256, ``kid``; ``x5c`` when the key
+has a certificate chain and the receiver profile wants it; ``jku`` (our jwks_uri) when asked
+for. Claims: ``iss`` (on by default for draft-07 receivers), ``sub`` = the app's client_id,
+``iat``, ``exp``, ``cnf.jwk`` (public members only), the app's static claims and, when the app
+uses it, the Token Status List reference ``status`` (allocated by :mod:`attester.status_list`).
+No per-instance identifier beyond ``cnf`` (the status index is random per JWT).
+
+Receiver profile (README "Compatibility"): ``include_iss``, ``include_jku`` and
+``include_x5c`` are service-wide settings that each app may override. The header is
+:func:`compose_header` of (key, :class:`HeaderOptions`) only, so it can be computed once
+per (kid, app) and cached.
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from attester.errors import ProblemError
 from attester.settings import MAX_ATTESTATION_LIFETIME, AppConfig
 from keys.jwks import b64url
+from keys.pkcs11 import Pkcs11Error
 from keys.signer import Signer
 from keys.store import KeyStore
 
@@ -35,6 +42,30 @@ class IssuedAttestation:
     expires_at: datetime
 
 
+# -- receiver profile: header composition ----------------------------------------------
+@dataclass(frozen=True)
+class HeaderOptions:
+    """What an app's receivers want in the JOSE header beyond alg, typ and kid."""
+
+    include_x5c: bool
+    jku: str | None  # the JWKS URL, or None to leave jku out
+
+
+def compose_header(
+    *, kid: str, alg: str, x5c: tuple[str, ...] | None, options: HeaderOptions
+) -> dict[str, Any]:
+    """The JWT header for key ``kid`` (with its chain ``x5c``, if any) under ``options``.
+
+    A pure function: equal arguments give equal headers (cacheable per kid and app).
+    """
+    header: dict[str, Any] = {"alg": alg, "typ": TYP, "kid": kid}
+    if options.jku is not None:
+        header["jku"] = options.jku
+    if options.include_x5c and x5c:
+        header["x5c"] = list(x5c)
+    return header
+
+
 class AttestationIssuer:
     def __init__(
         self,
@@ -44,12 +75,27 @@ class AttestationIssuer:
         include_iss: bool,
         default_lifetime: int,
         iat_granularity: int = 0,
+        include_jku: bool = False,
+        include_x5c: bool = True,
+        jwks_uri: str | None = None,
     ) -> None:
         self._keys = key_store
         self._issuer = issuer
         self._include_iss = include_iss
         self._default_lifetime = default_lifetime
         self._granularity = iat_granularity
+        self._include_jku = include_jku
+        self._include_x5c = include_x5c
+        self._jwks_uri = jwks_uri or f"{issuer}/.well-known/jwks.json"
+
+    def include_iss(self, app: AppConfig) -> bool:
+        return self._include_iss if app.include_iss is None else app.include_iss
+
+    def header_options(self, app: AppConfig) -> HeaderOptions:
+        """The app's header profile: its overrides, else the service-wide settings."""
+        jku = self._include_jku if app.include_jku is None else app.include_jku
+        x5c = self._include_x5c if app.include_x5c is None else app.include_x5c
+        return HeaderOptions(include_x5c=x5c, jku=self._jwks_uri if jku else None)
 
     def lifetime(self, app: AppConfig) -> int:
         """Seconds from ``iat`` to ``exp`` for ``app``'s JWTs."""
@@ -68,7 +114,7 @@ class AttestationIssuer:
         if self._granularity:
             iat -= iat % self._granularity
         claims: dict[str, Any] = dict(app.claims)
-        if self._include_iss:
+        if self.include_iss(app):
             claims["iss"] = self._issuer
         claims.update(
             sub=app.client_id,
@@ -89,13 +135,20 @@ class AttestationIssuer:
         status: dict[str, Any] | None = None,
     ) -> IssuedAttestation:
         claims = self.claims(app=app, instance_jwk=instance_jwk, now=now, status=status)
-        self._keys.reload()
-        signer = self._keys.active_signer(now)
-        header: dict[str, Any] = {"alg": signer.alg, "typ": TYP, "kid": signer.kid}
-        chain = self._keys.x5c(signer.kid)
-        if chain:
-            header["x5c"] = list(chain)
-        jwt = sign_compact(signer, header, claims)
+        try:
+            self._keys.reload()
+            signer = self._keys.active_signer(now)
+            header = compose_header(
+                kid=signer.kid,
+                alg=signer.alg,
+                x5c=self._keys.x5c(signer.kid),
+                options=self.header_options(app),
+            )
+            jwt = sign_compact(signer, header, claims)
+        except Pkcs11Error as exc:  # the HSM is unreachable or refuses: our fault, retryable
+            raise ProblemError(
+                "signing_key_unavailable", "the signing key is unavailable", status=503
+            ) from exc
         return IssuedAttestation(
             jwt=jwt,
             reference=b64url(hashlib.sha256(jwt.encode()).digest()),

@@ -20,7 +20,8 @@ from attester.errors import ProblemError
 from attester.issuance import AttestationIssuer, IssuedAttestation
 from attester.keyproof import parse_instance_jwk, verify_key_proof
 from attester.platforms import Platform, VerifiedInstance
-from attester.settings import MAX_ATTESTATION_LIFETIME, AppConfig, Settings
+from attester.settings import AppConfig, Settings
+from attester.signing_keys import build_key_store
 from attester.status_list import StatusLists
 from attester.storage import (
     AlreadyRegistered,
@@ -215,7 +216,7 @@ class AttesterService:
         }
         return {
             "issuer": base,
-            "jwks_uri": f"{base}/.well-known/jwks.json",
+            "jwks_uri": self.settings.jwks_uri,
             "challenge_endpoint": f"{base}/v1/challenge",
             "attestation_endpoints": {p: endpoints[p] for p in platforms if p in endpoints},
             "renewal_endpoint": f"{base}/v1/attestations/renew",
@@ -264,9 +265,7 @@ def build_service(
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     now = clock()
     store = create_store(settings.resolved_database_url)
-    # a retired key stays published until every JWT it could have signed has expired
-    retention = timedelta(seconds=MAX_ATTESTATION_LIFETIME + settings.clock_skew)
-    key_store = KeyStore(settings.resolved_key_dir, retention=retention)
+    key_store = build_key_store(settings)
     key_store.ensure_initialised(now)
     secret = load_secret(settings.challenge_secret_file or settings.data_dir / "challenge.key")
     challenges = ChallengeService(
@@ -281,6 +280,9 @@ def build_service(
         include_iss=settings.include_iss,
         default_lifetime=settings.attestation_lifetime,
         iat_granularity=settings.iat_granularity,
+        include_jku=settings.include_jku,
+        include_x5c=settings.include_x5c,
+        jwks_uri=settings.jwks_uri,
     )
     status_lists = StatusLists(
         entries=StatusEntries(store.engine),

@@ -12,7 +12,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -85,6 +93,10 @@ class AppConfig(_Strict):
     max_registration_age: int = Field(default=30 * 86400, ge=3600)
     # carry a Token Status List reference (``status`` claim) so the JWT can be revoked early
     status_list: bool = True
+    # per-receiver profile (None = the service-wide setting): see README "Compatibility"
+    include_iss: bool | None = None
+    include_jku: bool | None = None
+    include_x5c: bool | None = None
 
     @field_validator("claims")
     @classmethod
@@ -110,6 +122,46 @@ class AndroidSettings(_Strict):
     allow_software_root: bool = False
     allow_software_level: bool = False
     play_integrity_url: str = "https://playintegrity.googleapis.com"
+
+
+class Pkcs11Settings(_Strict):
+    """Signing keys in a PKCS#11 token (keys/pkcs11.py). New keys are generated there."""
+
+    # path of the vendor's PKCS#11 module (.so), e.g. /usr/lib/softhsm/libsofthsm2.so
+    module: Path
+    # the token, by exactly one of label or slot id
+    token_label: str | None = Field(default=None, min_length=1, max_length=32)
+    slot: int | None = Field(default=None, ge=0)
+    # the user PIN: inline (better from ATTESTER_PKCS11__PIN) or in a file readable by the owner only
+    pin: SecretStr | None = None
+    pin_file: Path | None = None
+    # sessions per process; signing borrows one (a session runs one operation at a time)
+    pool_size: int = Field(default=4, ge=1, le=64)
+    pool_timeout: float = Field(default=5.0, gt=0, le=60)
+
+    @model_validator(mode="after")
+    def _one_of_each(self) -> Pkcs11Settings:
+        if (self.token_label is None) == (self.slot is None):
+            raise ValueError("set exactly one of token_label or slot")
+        if (self.pin is None) == (self.pin_file is None):
+            raise ValueError("set exactly one of pin or pin_file")
+        return self
+
+    def user_pin(self) -> str:
+        """The PIN, read from ``pin_file`` (refused when others can read it) or ``pin``."""
+        if self.pin is not None:
+            return self.pin.get_secret_value()
+        assert self.pin_file is not None
+        try:
+            mode = self.pin_file.stat().st_mode & 0o777
+            text = self.pin_file.read_text()
+        except OSError as exc:
+            raise ConfigError(f"invalid configuration: pkcs11.pin_file: {exc.strerror}") from None
+        if mode & 0o077:
+            raise ConfigError(
+                f"invalid configuration: pkcs11.pin_file is readable by others (mode {mode:o})"
+            )
+        return text.strip()
 
 
 class AppleSettings(_Strict):
@@ -180,7 +232,15 @@ class Settings(BaseSettings):
     challenge_secret_file: Path | None = None
     challenge_lifetime: int = Field(default=300, ge=10, le=3600)
     attestation_lifetime: int = Field(default=3600, ge=60, le=MAX_ATTESTATION_LIFETIME)
+    # draft-07 receivers (OpenID4VCI 1.0, HAIP 1.0, Keycloak) require iss; -08+ ignore it
     include_iss: bool = True
+    # send jku (= our jwks_uri) in the header (draft -09 section on key resolution)
+    include_jku: bool = False
+    # send x5c when the signing key has a certificate chain (<kid>.x5c.pem)
+    include_x5c: bool = True
+    # `attester keys list` warns when a key's certificate expires within this many days
+    certificate_expiry_warning_days: int = Field(default=30, ge=0, le=365)
+    pkcs11: Pkcs11Settings | None = None
     # privacy option: round iat down to this many seconds (0 = exact)
     iat_granularity: int = Field(default=0, ge=0, le=3600)
     jwks_max_age: int = Field(default=300, ge=0, le=86400)
@@ -189,8 +249,6 @@ class Settings(BaseSettings):
     key_proof_max_age: int = Field(default=300, ge=10, le=3600)
     clock_skew: int = Field(default=60, ge=0, le=600)
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
-    # optional PEM chain for the signing key, sent as the x5c header
-    x5c_chain_file: Path | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     apps: tuple[AppConfig, ...] = ()
     android: AndroidSettings = AndroidSettings()
@@ -240,6 +298,10 @@ class Settings(BaseSettings):
     @property
     def resolved_key_dir(self) -> Path:
         return self.key_dir or self.data_dir / "keys"
+
+    @property
+    def jwks_uri(self) -> str:
+        return f"{self.issuer}/.well-known/jwks.json"
 
     @property
     def min_prepublish_delay(self) -> int:

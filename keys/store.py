@@ -2,8 +2,13 @@
 
 Layout of the key directory (0700)::
 
-    keys.json        metadata: one record per key (kid, alg, created_at, activates_at)
-    <kid>.pem        the private key, PKCS#8, mode 0600
+    keys.json        metadata: one record per key (kid, alg, created_at, activates_at,
+                     and for a key held in a PKCS#11 token: backend "pkcs11", its token key id)
+    <kid>.pem        the private key of a file key, PKCS#8, mode 0600
+    <kid>.x5c.pem    optional certificate chain of the key (leaf first, no trust anchor)
+
+With a PKCS#11 token configured, new keys are generated in the token (keys/pkcs11.py) and
+only their metadata is here; file keys made before keep working until they expire.
 
 A key's state is a function of time, so every replica sharing the directory agrees:
 
@@ -36,8 +41,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from keys.certs import CertificateError, check_chain, load_pem_chain
 from keys.jwks import JwksDocument, public_jwk, thumbprint
-from keys.signer import FileSigner
+from keys.pkcs11 import Pkcs11Error, Pkcs11Token
+from keys.signer import FileSigner, Signer
 
 METADATA = "keys.json"
 LOCK = ".lock"
@@ -54,28 +61,43 @@ class KeyState(enum.StrEnum):
     EXPIRED = "expired"
 
 
+BACKENDS = ("file", "pkcs11")
+
+
 @dataclass(frozen=True)
 class KeyRecord:
     kid: str
     alg: str
     created_at: datetime
     activates_at: datetime
+    # where the private key is: "file" (<kid>.pem) or "pkcs11" (token object with CKA_ID key_ref)
+    backend: str = "file"
+    key_ref: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "kid": self.kid,
             "alg": self.alg,
             "created_at": self.created_at.isoformat(),
             "activates_at": self.activates_at.isoformat(),
         }
+        if self.backend != "file":  # file records keep the round-1 format
+            data.update(backend=self.backend, key_ref=self.key_ref)
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> KeyRecord:
+        backend = str(data.get("backend", "file"))
+        if backend not in BACKENDS:  # fail closed on a store written by a newer version
+            raise ValueError(f"unknown key backend {backend!r}")
+        key_ref = data.get("key_ref")
         return cls(
             kid=str(data["kid"]),
             alg=str(data["alg"]),
             created_at=datetime.fromisoformat(data["created_at"]),
             activates_at=datetime.fromisoformat(data["activates_at"]),
+            backend=backend,
+            key_ref=None if key_ref is None else str(key_ref),
         )
 
 
@@ -92,13 +114,18 @@ class KeyStatus:
 class KeyStore:
     """Signing keys in a directory; reloads when another process rotates them."""
 
-    def __init__(self, directory: Path, *, retention: timedelta) -> None:
+    def __init__(
+        self, directory: Path, *, retention: timedelta, token: Pkcs11Token | None = None
+    ) -> None:
         self.directory = directory
         self.retention = retention
+        # with a token, new keys are generated in it; without, as 0600 files
+        self.token = token
         self._records: tuple[KeyRecord, ...] = ()
-        self._signers: dict[str, FileSigner] = {}
+        self._signers: dict[str, Signer] = {}
         self._public: dict[str, dict[str, str]] = {}
         self._x5c: dict[str, tuple[str, ...]] = {}
+        self._chains: dict[str, tuple[x509.Certificate, ...]] = {}
         self._mtime_ns: int | None = None
         self._jwks_cache: tuple[JwksDocument, datetime, datetime] | None = None
 
@@ -137,7 +164,7 @@ class KeyStore:
         if not force and mtime == self._mtime_ns:
             return
         records = self._read_records()
-        signers: dict[str, FileSigner] = {}
+        signers: dict[str, Signer] = {}
         public: dict[str, dict[str, str]] = {}
         for record in records:
             signer = self._signers.get(record.kid) or self._load_signer(record)
@@ -148,8 +175,17 @@ class KeyStore:
                 "alg": record.alg,
                 "use": "sig",
             }
-        x5c = {r.kid: chain for r in records if (chain := self._load_x5c(signers[r.kid])) is not None}
-        self._records, self._signers, self._public, self._x5c = records, signers, public, x5c
+        chains = {
+            r.kid: chain for r in records if (chain := self._load_chain(signers[r.kid])) is not None
+        }
+        x5c = {
+            kid: tuple(
+                base64.b64encode(c.public_bytes(serialization.Encoding.DER)).decode() for c in chain
+            )
+            for kid, chain in chains.items()
+        }
+        self._records, self._signers, self._public = records, signers, public
+        self._chains, self._x5c = chains, x5c
         self._jwks_cache = None
         self._mtime_ns = mtime
 
@@ -173,7 +209,7 @@ class KeyStore:
                 out.append(KeyStatus(record, state, superseded_at, until))
         return out
 
-    def active_signer(self, now: datetime) -> FileSigner:
+    def active_signer(self, now: datetime) -> Signer:
         for status in self.statuses(now):
             if status.state is KeyState.ACTIVE:
                 return self._signers[status.record.kid]
@@ -204,6 +240,37 @@ class KeyStore:
         """The certificate chain configured for a key (``<kid>.x5c.pem``), base64 DER."""
         return self._x5c.get(kid)
 
+    def chain(self, kid: str) -> tuple[x509.Certificate, ...] | None:
+        """The parsed certificate chain of a key, leaf first (for expiry reports)."""
+        return self._chains.get(kid)
+
+    def signer(self, kid: str) -> Signer:
+        """The signer of any published key (e.g. to sign its CSR before it is active)."""
+        signer = self._signers.get(kid)
+        if signer is None:
+            raise KeyStoreError(f"no key with kid {kid}")
+        return signer
+
+    def import_certificate(
+        self, kid: str, pem: bytes, now: datetime
+    ) -> tuple[x509.Certificate, ...]:
+        """Check a PEM chain against key ``kid`` (keys/certs.py) and store it as ``<kid>.x5c.pem``.
+
+        Raises :class:`keys.certs.CertificateError` (with a code) when the chain does not fit.
+        """
+        self.reload(force=True)
+        certs = load_pem_chain(pem)
+        check_chain(certs, self.signer(kid).public_key(), now=now)
+        body = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+        with self._locked():
+            tmp = self.directory / f".{kid}.x5c.{secrets.token_hex(4)}"
+            _write_private(tmp, body)
+            os.replace(tmp, self.directory / f"{kid}.x5c.pem")
+            # rewrite keys.json unchanged: its new mtime makes running services reload
+            self._write_records(self._read_records())
+        self.reload(force=True)
+        return certs
+
     # -- internals -------------------------------------------------------------------
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -227,24 +294,41 @@ class KeyStore:
             raise KeyStoreError(f"{path} is not valid key metadata: {exc}") from exc
 
     def _add_key(self, now: datetime, *, activates_at: datetime) -> KeyRecord:
-        private_key = ec.generate_private_key(ec.SECP256R1())
-        kid = thumbprint(public_jwk(private_key.public_key()))
-        pem = private_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        _write_private(self.directory / f"{kid}.pem", pem)
-        record = KeyRecord(kid=kid, alg="ES256", created_at=now, activates_at=activates_at)
-        records = (*self._read_records(), record)
+        if self.token is not None:
+            key_ref, public = self.token.generate_key()
+            kid = thumbprint(public_jwk(public))
+            record = KeyRecord(
+                kid=kid,
+                alg="ES256",
+                created_at=now,
+                activates_at=activates_at,
+                backend="pkcs11",
+                key_ref=key_ref,
+            )
+        else:
+            private_key = ec.generate_private_key(ec.SECP256R1())
+            kid = thumbprint(public_jwk(private_key.public_key()))
+            pem = private_key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+            _write_private(self.directory / f"{kid}.pem", pem)
+            record = KeyRecord(kid=kid, alg="ES256", created_at=now, activates_at=activates_at)
+        self._write_records((*self._read_records(), record))
+        return record
+
+    def _write_records(self, records: tuple[KeyRecord, ...]) -> None:
+        """Replace keys.json atomically (its new mtime makes every process reload)."""
         body = json.dumps({"keys": [r.to_json() for r in records]}, indent=2).encode()
         tmp = self.directory / f".{METADATA}.{secrets.token_hex(4)}"
         _write_private(tmp, body)
         os.replace(tmp, self.directory / METADATA)
         fsync_directory(self.directory)  # the rename itself must survive a crash
-        return record
 
-    def _load_signer(self, record: KeyRecord) -> FileSigner:
+    def _load_signer(self, record: KeyRecord) -> Signer:
+        if record.backend == "pkcs11":
+            return self._load_token_signer(record)
         path = self.directory / f"{record.kid}.pem"
         try:
             mode = path.stat().st_mode & 0o777
@@ -259,27 +343,33 @@ class KeyStore:
             raise KeyStoreError(f"signing key file {path.name} does not match its kid")
         return FileSigner(record.kid, key)
 
+    def _load_token_signer(self, record: KeyRecord) -> Signer:
+        if self.token is None or record.key_ref is None:
+            raise KeyStoreError(
+                f"key {record.kid} is in a PKCS#11 token, but no [pkcs11] token is configured"
+            )
+        signer = self.token.signer(record.kid, record.key_ref)  # raises Pkcs11Error with a code
+        if thumbprint(public_jwk(signer.public_key())) != record.kid:
+            raise Pkcs11Error(
+                "pkcs11_key_mismatch", f"the token key {record.key_ref} does not match kid {record.kid}"
+            )
+        return signer
 
-    def _load_x5c(self, signer: FileSigner) -> tuple[str, ...] | None:
-        """Load ``<kid>.x5c.pem`` (leaf first, without the trust anchor) when present."""
+    def _load_chain(self, signer: Signer) -> tuple[x509.Certificate, ...] | None:
+        """Load ``<kid>.x5c.pem`` (leaf first, without the trust anchor) when present.
+
+        The links are checked as at import (keys/certs.py), but not the validity dates: an
+        expiring chain is reported by ``attester keys list``, it does not stop the service.
+        """
         path = self.directory / f"{signer.kid}.x5c.pem"
         if not path.exists():
             return None
         try:
-            certs = x509.load_pem_x509_certificates(path.read_bytes())
-        except ValueError as exc:
-            raise KeyStoreError(f"{path.name} is not a PEM certificate chain: {exc}") from exc
-        leaf_spki = certs[0].public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        own_spki = signer.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        if leaf_spki != own_spki:
-            raise KeyStoreError(f"{path.name}: the first certificate is not for key {signer.kid}")
-        return tuple(
-            base64.b64encode(c.public_bytes(serialization.Encoding.DER)).decode() for c in certs
-        )
+            certs = load_pem_chain(path.read_bytes())
+            check_chain(certs, signer.public_key(), now=None)
+        except CertificateError as exc:
+            raise KeyStoreError(f"{path.name}: {exc} [{exc.code}]") from exc
+        return certs
 
 
 def fsync_directory(path: Path) -> None:

@@ -10,6 +10,10 @@ export DEBIAN_FRONTEND=noninteractive
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v apt-get >/dev/null; then
     apt-get update -qq && apt-get install -y -qq postgresql >/dev/null
 fi
+# SoftHSM2, the PKCS#11 token of the HSM signer tests (they create their own tokens in a temp dir)
+if ! command -v softhsm2-util >/dev/null && command -v apt-get >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq softhsm2 >/dev/null
+fi
 # node-oidc-provider, the real authorization server of the end-to-end tests
 if [ -f tests/e2e/as/package-lock.json ] && [ ! -d tests/e2e/as/node_modules ]; then
     npm ci --prefix tests/e2e/as --no-audit --no-fund --loglevel=error

@@ -12,6 +12,7 @@ import pytest
 from attester.app import create_app
 from attester.service import AttesterService, build_service
 from attester.settings import Settings, load_settings
+from tests import softhsm as softhsm_support
 from tests.support import LiveServer, MutableClock, live_server, postgres_server
 
 ISSUER = "https://attester.test"
@@ -76,3 +77,13 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     with psycopg.connect(base, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
     return str(base.rsplit("/", 1)[0] + "/" + name)
+
+
+@pytest.fixture(scope="session")
+def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[softhsm_support.SoftHsm]:
+    """SoftHSM2 tokens for the PKCS#11 tests, one set per session (see tests/softhsm.py)."""
+    reason = softhsm_support.skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    with softhsm_support.softhsm(tmp_path_factory.mktemp("softhsm")) as hsm:
+        yield hsm

@@ -291,9 +291,11 @@ class RunningAttester:
 
 
 @contextmanager
-def run_attester(config: Path, data_dir: Path, port: int) -> Iterator[RunningAttester]:
+def run_attester(
+    config: Path, data_dir: Path, port: int, *, extra_args: tuple[str, ...] = ()
+) -> Iterator[RunningAttester]:
     """Start ``attester serve`` on ``port`` (the issuer in ``config`` names it) and wait for
-    ``/healthz``; stop it at the end."""
+    ``/healthz``; stop it at the end. ``extra_args`` go to ``serve`` (e.g. ``--workers 2``)."""
     process = subprocess.Popen(
         [
             *ATTESTER_CLI,
@@ -304,6 +306,7 @@ def run_attester(config: Path, data_dir: Path, port: int) -> Iterator[RunningAtt
             str(data_dir),
             "--port",
             str(port),
+            *extra_args,
         ],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,

@@ -211,8 +211,13 @@ def running_stack(
     *,
     settings: Mapping[str, Any] | None = None,
     as_options: Mapping[str, Any] | None = None,
+    serve_args: tuple[str, ...] = (),
 ) -> Iterator[Stack]:
-    """Start the attester (``attester serve`` subprocess) and the AS trusting it."""
+    """Start the attester (``attester serve`` subprocess) and the AS trusting it.
+
+    The AS pins the attester's ``iss`` unless ``as_options`` sets ``attester_issuer=None``
+    (a draft -08+ receiver); ``serve_args`` are extra ``attester serve`` arguments.
+    """
     android_root, apple_root = make_root(), make_test_root()
     android_pem = directory / "android-test-root.pem"
     android_pem.write_bytes(_pem(android_root.certificate))
@@ -234,9 +239,11 @@ def running_stack(
                 **(settings or {}),
             ),
         )
-        attester = stack.enter_context(run_attester(config, directory / "data", port))
+        attester = stack.enter_context(
+            run_attester(config, directory / "data", port, extra_args=serve_args)
+        )
         as_ = stack.enter_context(
-            run_as(attester.jwks_uri, attester_issuer=issuer, **(as_options or {}))
+            run_as(attester.jwks_uri, **{"attester_issuer": issuer, **(as_options or {})})
         )
         http = stack.enter_context(httpx.Client(timeout=10))
         yield Stack(attester, issuer, as_, android_root, apple_root, status, http)
