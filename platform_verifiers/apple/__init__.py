@@ -6,7 +6,7 @@ https://developer.apple.com/documentation/devicecheck/validating-apps-that-conne
 """
 
 from ..linkcache import VerifiedLinkCache
-from .anchors import apple_app_attest_roots
+from .anchors import apple_app_attest_roots, apple_receipt_roots
 from .parse import (
     MAX_ASSERTION_BYTES,
     MAX_ATTESTATION_BYTES,
@@ -17,6 +17,7 @@ from .parse import (
     parse_assertion,
     parse_attestation_object,
 )
+from .receipt import RECEIPT_ERROR_CODES, Receipt, parse_receipt_payload, verify_receipt
 from .verify import (
     AAGUIDS,
     AppAssertion,
@@ -71,6 +72,11 @@ __all__ = [
     "Environment",
     "VerifiedLinkCache",
     "apple_app_attest_roots",
+    "apple_receipt_roots",
+    "RECEIPT_ERROR_CODES",
+    "Receipt",
+    "parse_receipt_payload",
+    "verify_receipt",
     "load_public_key",
     "parse_assertion",
     "parse_attestation_object",
