@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -48,12 +49,21 @@ class AttestationIssuer:
         self._default_lifetime = default_lifetime
         self._granularity = iat_granularity
 
-    def claims(self, *, app: AppConfig, instance_jwk: dict[str, Any], now: datetime) -> dict[str, Any]:
+    def claims(
+        self,
+        *,
+        app: AppConfig,
+        instance_jwk: dict[str, Any],
+        now: datetime,
+        extra_claims: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
         lifetime = min(app.attestation_lifetime or self._default_lifetime, MAX_ATTESTATION_LIFETIME)
         iat = int(now.timestamp())
         if self._granularity:
             iat -= iat % self._granularity
         claims: dict[str, Any] = dict(app.claims)
+        # verdicts the publisher configured to pass on; registered claims below win
+        claims.update(extra_claims or {})
         if self._include_iss:
             claims["iss"] = self._issuer
         claims.update(
@@ -64,8 +74,15 @@ class AttestationIssuer:
         )
         return claims
 
-    def issue(self, *, app: AppConfig, instance_jwk: dict[str, Any], now: datetime) -> IssuedAttestation:
-        claims = self.claims(app=app, instance_jwk=instance_jwk, now=now)
+    def issue(
+        self,
+        *,
+        app: AppConfig,
+        instance_jwk: dict[str, Any],
+        now: datetime,
+        extra_claims: Mapping[str, Any] | None = None,
+    ) -> IssuedAttestation:
+        claims = self.claims(app=app, instance_jwk=instance_jwk, now=now, extra_claims=extra_claims)
         self._keys.reload()
         signer = self._keys.active_signer(now)
         header: dict[str, Any] = {"alg": signer.alg, "typ": TYP, "kid": signer.kid}

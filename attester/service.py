@@ -95,7 +95,7 @@ class AttesterService:
             "instance registered",
             extra={"fields": {"platform": record.platform, "client_id": record.client_id}},
         )
-        return self._issue(record, verified.app, now)
+        return self._issue(record, verified.app, now, claims=verified.claims)
 
     # -- renewal ---------------------------------------------------------------------
     def renew(self, request: Mapping[str, Any]) -> dict[str, Any]:
@@ -144,9 +144,16 @@ class AttesterService:
             skew=timedelta(seconds=self.settings.clock_skew),
         )
 
-    def _issue(self, instance: InstanceRecord, app: AppConfig, now: datetime) -> dict[str, Any]:
+    def _issue(
+        self,
+        instance: InstanceRecord,
+        app: AppConfig,
+        now: datetime,
+        *,
+        claims: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
         issued: IssuedAttestation = self.issuer.issue(
-            app=app, instance_jwk=instance.instance_jwk, now=now
+            app=app, instance_jwk=instance.instance_jwk, now=now, extra_claims=claims
         )
         # recorded before we answer: nothing we hand out is unaccounted for after a crash
         self.store.record_issued(

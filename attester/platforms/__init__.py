@@ -29,6 +29,8 @@ class VerifiedInstance:
     stored: dict[str, Any] = field(default_factory=dict)
     # an Android instance may re-attest the key it registered before
     replace_same_key: bool = False
+    # per-registration claims for the issued JWT (e.g. configured Play Integrity verdicts)
+    claims: dict[str, Any] = field(default_factory=dict)
 
 
 class Platform(Protocol):

@@ -20,6 +20,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from attester.android_integrity import IntegrityGate
 from attester.android_revocation import RevocationFetcher
 from attester.challenges import Challenge
 from attester.codec import decode_base64
@@ -28,7 +29,7 @@ from attester.platforms import VerifiedInstance
 from attester.routes import NO_STORE
 from attester.settings import AndroidAppConfig, AppConfig, ConfigError, Settings
 from attester.storage import InstanceRecord
-from keys.jwks import public_jwk
+from keys.jwks import public_jwk, thumbprint
 from platform_verifiers.anchors import TrustAnchor, load_anchor
 from platform_verifiers.android import (
     MAX_CHAIN_LENGTH,
@@ -68,7 +69,7 @@ class AndroidRegistration(BaseModel):
     challenge: Annotated[str, Field(max_length=4096)]
     key_proof: Annotated[str, Field(max_length=8192)]
     client_id: Annotated[str | None, Field(max_length=255)] = None
-    # Play Integrity verdicts are not evaluated yet; the field is accepted and ignored
+    # Play Integrity token (standard or classic); see attester/android_integrity.py
     integrity_token: Annotated[str | None, Field(max_length=16384)] = None
 
 
@@ -108,7 +109,13 @@ class AndroidPlatform:
 
     name = "android"
 
-    def __init__(self, settings: Settings, *, fetcher: RevocationFetcher | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        fetcher: RevocationFetcher | None = None,
+        integrity: IntegrityGate | None = None,
+    ) -> None:
         self.settings = settings
         android = settings.android
         for app in settings.apps:
@@ -131,6 +138,8 @@ class AndroidPlatform:
             cache_path=settings.data_dir / "android-revocation.json",
             timeout=android.revocation_timeout,
         )
+        # Play Integrity (issue 10): decoders per app, keys read once here
+        self.integrity = integrity or IntegrityGate(settings)
 
     # -- revocation ------------------------------------------------------------------
     def revocation(self, now: datetime) -> tuple[RevocationSnapshot | None, timedelta | None]:
@@ -198,10 +207,23 @@ class AndroidPlatform:
         if not isinstance(leaf_key, ec.EllipticCurvePublicKey) or leaf_key.curve.name != "secp256r1":
             raise ProblemError("jwk_key_type_not_allowed", "the attested key must be EC P-256")
         kd = attestation.key_description
+        instance_jwk = public_jwk(leaf_key)
+        # Play Integrity (issue 10): the app's combination mode, token bound to challenge + key
+        application = kd.authorization("attestation_application_id")
+        integrity = self.integrity.check(
+            client_id=chosen.client_id,
+            app=chosen.android,
+            token=body.integrity_token,
+            attested_packages=application.package_names if application else (),
+            challenge=challenge,
+            key_thumbprint=thumbprint(instance_jwk),
+            now=now,
+        )
         return VerifiedInstance(
             platform=self.name,
             app=chosen,
-            instance_jwk=public_jwk(leaf_key),
+            instance_jwk=instance_jwk,
+            claims=integrity.claims,
             stored={
                 "android_serials": attestation.chain_serials,
                 "android_facts": {
@@ -211,6 +233,7 @@ class AndroidPlatform:
                     "provisioning": str(attestation.provisioning.name),
                     "security_level": attestation.security_level.name,
                     "attestation_version": kd.attestation_version,
+                    **({"play_integrity": integrity.facts} if integrity.facts else {}),
                 },
             },
             replace_same_key=True,
