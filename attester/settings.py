@@ -198,6 +198,8 @@ class AppleSettings(_Strict):
 
     # test-only: extra PEM roots trusted instead of nothing; Apple's root is always trusted
     test_root_files: tuple[Path, ...] = ()
+    # test-only: extra PEM roots trusted for App Attest receipts besides Apple Root CA - G3
+    test_receipt_root_files: tuple[Path, ...] = ()
     receipt_url: str = "https://data.appattest.apple.com/v1/attestationData"
     receipt_url_development: str = "https://data-development.appattest.apple.com/v1/attestationData"
     receipt_timeout: float = Field(default=10.0, gt=0, le=60)

@@ -25,6 +25,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from attester.apple_fraud import FraudMetric
 from attester.challenges import Challenge
 from attester.codec import decode_base64
 from attester.errors import ProblemError
@@ -173,6 +174,7 @@ class AppleAppAttest:
         store: Store,
         anchors: tuple[TrustAnchor, ...],
         verified_cache: VerifiedLinkCache | None = None,
+        fraud: FraudMetric | None = None,
     ) -> None:
         if not anchors:
             raise ValueError("App Attest needs at least one trust anchor")
@@ -181,6 +183,8 @@ class AppleAppAttest:
         self.anchors = anchors
         # one per process: verified intermediate links are pure facts about bytes
         self.verified_cache = verified_cache or VerifiedLinkCache()
+        # Apple's fraud metric (issue 10): receipt exchanges for the apps that configure it
+        self.fraud = fraud or FraudMetric(settings, store)
 
     # -- registration ----------------------------------------------------------------
     def attest(
@@ -227,6 +231,10 @@ class AppleAppAttest:
                 "apple_counter": attestation.counter,
                 "apple_receipt": attestation.receipt,
                 "apple_environment": attestation.environment,
+                # fraud metric (issue 10): the exchanged receipt replaces the attestation's
+                **self.fraud.at_registration(
+                    app, receipt=attestation.receipt, public_key=attestation.public_key, now=now
+                ),
             },
         )
 
@@ -316,6 +324,8 @@ class AppleAppAttest:
             raise ProblemError(
                 "counter_not_increasing", "this assertion counter has been used already"
             )
+        # fraud metric (issue 10): after the counter, so a replayed assertion costs no exchange
+        self.fraud.at_renewal(instance, app, now=now)
 
 
 def plug_in(service: AttesterService) -> tuple[Platform, APIRouter]:

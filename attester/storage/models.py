@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, LargeBinary, String, Text
+from sqlalchemy import BigInteger, DateTime, ForeignKey, Integer, LargeBinary, String, Text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -69,6 +69,9 @@ class Instance(Base):
     apple_counter: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     apple_receipt: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     apple_environment: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # Apple fraud metric (migration 0003): risk metric of the latest exchanged receipt
+    apple_risk_metric: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    apple_receipt_refreshed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class IssuedAttestation(Base):
