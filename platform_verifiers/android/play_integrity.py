@@ -79,6 +79,7 @@ class PlayIntegrityVerdict:
 
     request_type: RequestType
     package_name: str
+    binding: str | None
     timestamp: datetime
     app_recognition_verdict: str
     device_recognition_verdict: tuple[str, ...]
@@ -123,9 +124,9 @@ def verify_integrity_payload(
     payload: Mapping[str, Any],
     *,
     request_type: RequestType,
-    expected_binding: str,
+    expected_binding: str | None,
     package_names: frozenset[str],
-    signer_digests: frozenset[bytes],
+    signer_digests: frozenset[bytes] | None,
     policy: PlayIntegrityPolicy,
     now: datetime,
     skew: timedelta = timedelta(seconds=60),
@@ -133,21 +134,24 @@ def verify_integrity_payload(
     """Check a decoded verdict (``tokenPayloadExternal``); return its facts or raise.
 
     ``expected_binding`` is the ``requestHash`` (standard) or ``nonce`` (classic) the app
-    had to send; see docs/guides/android.md for how the attester derives it.
+    had to send; see docs/guides/android.md for how the attester derives it. ``None`` for
+    it or for ``signer_digests`` means "not checked" (the offline CLI only).
     """
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError("now must be timezone-aware")
-    if not package_names or not signer_digests:
-        raise ValueError("package names and signer digests are required")
+    if not package_names or signer_digests is not None and not signer_digests:
+        raise ValueError("package names (and signer digests, when checked) must not be empty")
     if not isinstance(payload, Mapping):
         raise _malformed("not an object")
 
     # 1. requestDetails: binding, package, freshness.
     details = _object(payload, "requestDetails")
     member = "requestHash" if request_type == "standard" else "nonce"
-    binding = details.get(member)
-    if not isinstance(binding, str) or not hmac.compare_digest(
-        binding.encode("utf-8", "replace"), expected_binding.encode("utf-8")
+    found = details.get(member)
+    binding = found if isinstance(found, str) else None
+    if expected_binding is not None and (
+        binding is None
+        or not hmac.compare_digest(binding.encode("utf-8", "replace"), expected_binding.encode())
     ):
         raise VerificationError(
             "integrity_binding_mismatch",
@@ -188,7 +192,7 @@ def verify_integrity_payload(
         if not isinstance(digests, list) or not digests:
             raise _malformed("certificateSha256Digest missing")
         decoded = {_digest(d) if isinstance(d, str) else None for d in digests}
-        if None in decoded or not decoded & signer_digests:
+        if None in decoded or (signer_digests is not None and not decoded & signer_digests):
             raise VerificationError(
                 "integrity_certificate_mismatch", "the app is not signed with an allowed certificate"
             )
@@ -228,6 +232,7 @@ def verify_integrity_payload(
     return PlayIntegrityVerdict(
         request_type=request_type,
         package_name=str(details["requestPackageName"]),
+        binding=binding,
         timestamp=timestamp,
         app_recognition_verdict=recognition,
         device_recognition_verdict=tuple(x for x in labels if x in DEVICE_LABELS),
