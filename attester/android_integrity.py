@@ -50,12 +50,16 @@ def integrity_policy(config: PlayIntegrityConfig) -> PlayIntegrityPolicy:
     )
 
 
-def build_decoder(config: PlayIntegrityConfig, settings: Settings, *, what: str) -> IntegrityDecoder:
+def build_decoder(
+    config: PlayIntegrityConfig, settings: Settings, *, what: str
+) -> IntegrityDecoder:
     """A decoder from the app's configuration; keys are read here, once, at start-up."""
     if config.decode == "local":
         return LocalDecoder.from_base64(
             read_secret(
-                file=config.decryption_key_file, env=config.decryption_key_env, what=f"{what}.decryption_key"
+                file=config.decryption_key_file,
+                env=config.decryption_key_env,
+                what=f"{what}.decryption_key",
             ),
             read_secret(
                 file=config.verification_key_file,
@@ -65,7 +69,9 @@ def build_decoder(config: PlayIntegrityConfig, settings: Settings, *, what: str)
         )
     info = load_service_account(
         read_secret(
-            file=config.service_account_file, env=config.service_account_env, what=f"{what}.service_account"
+            file=config.service_account_file,
+            env=config.service_account_env,
+            what=f"{what}.service_account",
         )
     )
     android = settings.android
@@ -138,7 +144,9 @@ class IntegrityGate:
                 )
             return IntegrityOutcome()
         # the package Google decodes for: one the Keystore attested and the app allows
-        packages = sorted(set(attested_packages) & set(app.package_names)) or sorted(app.package_names)
+        packages = sorted(set(attested_packages) & set(app.package_names)) or sorted(
+            app.package_names
+        )
         payload = self.decoders[client_id].decode(token, package_name=packages[0])
         verdict = verify_integrity_payload(
             payload,

@@ -56,7 +56,9 @@ def read_secret(*, file: Path | None, env: str | None, what: str) -> bytes:
         try:
             return file.read_bytes()
         except OSError as exc:
-            raise ConfigError(f"invalid configuration: {what}: cannot read {file}: {exc.strerror}") from None
+            raise ConfigError(
+                f"invalid configuration: {what}: cannot read {file}: {exc.strerror}"
+            ) from None
     value = os.environ.get(str(env))
     if not value:
         raise ConfigError(f"invalid configuration: {what}: environment variable {env} is not set")
@@ -111,7 +113,9 @@ class LocalDecoder:
             envelope = jwe.JWE(algs=["A256KW", "A256GCM"])
             envelope.deserialize(token)
         except (JWException, ValueError, TypeError):
-            raise ProblemError("integrity_token_malformed", "the integrity token is not a JWE") from None
+            raise ProblemError(
+                "integrity_token_malformed", "the integrity token is not a JWE"
+            ) from None
         protected = envelope.jose_header if isinstance(envelope.jose_header, dict) else {}
         if protected.get("alg") != "A256KW" or protected.get("enc") != "A256GCM":
             raise ProblemError(
@@ -140,9 +144,13 @@ class LocalDecoder:
         try:
             payload = json.loads(signed.payload)
         except (ValueError, RecursionError):
-            raise ProblemError("integrity_token_malformed", "the integrity verdict is not JSON") from None
+            raise ProblemError(
+                "integrity_token_malformed", "the integrity verdict is not JSON"
+            ) from None
         if not isinstance(payload, dict):
-            raise ProblemError("integrity_token_malformed", "the integrity verdict is not an object")
+            raise ProblemError(
+                "integrity_token_malformed", "the integrity verdict is not an object"
+            )
         return payload
 
 
@@ -175,14 +183,18 @@ class HttpxTransport:
                 method, url, content=body, headers=dict(headers or {}), timeout=timeout or None
             )
         except httpx.HTTPError as exc:
-            raise exceptions.TransportError(type(exc).__name__) from None
+            raise exceptions.TransportError(type(exc).__name__) from None  # type: ignore[no-untyped-call]
 
-        class _Response(transport.Response):  # type: ignore[misc]
-            status = response.status_code
-            headers = dict(response.headers)
-            data = response.content
+        return _Response(response, transport.Response)
 
-        return _Response()
+
+class _Response:
+    """google-auth's response interface (status, headers, data) over an httpx response."""
+
+    def __init__(self, response: httpx.Response, _interface: Any) -> None:
+        self.status = response.status_code
+        self.headers = dict(response.headers)
+        self.data = response.content
 
 
 class GoogleDecoder:
@@ -203,7 +215,7 @@ class GoogleDecoder:
         # every URL is a setting: the token endpoint too (google-auth reads it from the info)
         info["token_uri"] = token_uri
         try:
-            self._credentials = service_account.Credentials.from_service_account_info(
+            self._credentials = service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
                 info,
                 scopes=[PLAY_INTEGRITY_SCOPE],
                 # google-auth 2.x signs the grant with Google's fixed token URL as aud; the
@@ -252,7 +264,9 @@ class GoogleDecoder:
                 timeout=self.timeout,
             )
         except httpx.HTTPError as exc:
-            log.error("decodeIntegrityToken failed", extra={"fields": {"error": type(exc).__name__}})
+            log.error(
+                "decodeIntegrityToken failed", extra={"fields": {"error": type(exc).__name__}}
+            )
             raise ProblemError(
                 "integrity_decode_unavailable",
                 "Play Integrity verification is unavailable; try again later",
@@ -287,7 +301,9 @@ def load_service_account(data: bytes) -> dict[str, Any]:
     try:
         info = json.loads(data)
     except (ValueError, UnicodeDecodeError):
-        raise ConfigError("invalid configuration: play_integrity service account: not JSON") from None
+        raise ConfigError(
+            "invalid configuration: play_integrity service account: not JSON"
+        ) from None
     if not isinstance(info, dict) or info.get("type") != "service_account":
         raise ConfigError(
             "invalid configuration: play_integrity service account: not a service-account key"

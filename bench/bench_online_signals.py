@@ -33,19 +33,19 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cryptography.hazmat.primitives import serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
-from attester.settings import load_settings  # noqa: E402
-from tests.android.play_integrity_stand_in import GoogleStandIn, LocalKeys, make_service_account  # noqa: E402
-from tests.android.status_server import StatusServer  # noqa: E402
-from tests.android.synth import make_root  # noqa: E402
-from tests.android.test_play_integrity_http import Harness  # noqa: E402
-from tests.apple.receipt_synth import AppleReceiptStandIn, make_receipt_pki  # noqa: E402
-from tests.apple.synth import make_test_root  # noqa: E402
-from tests.apple.test_apple_fraud_metric_http import KEY_ID, FraudHarness  # noqa: E402
-from tests.apple.test_apple_http import TEAM_ID  # noqa: E402
-from tests.support import MutableClock  # noqa: E402
+from attester.settings import load_settings
+from tests.android.play_integrity_stand_in import GoogleStandIn, LocalKeys, make_service_account
+from tests.android.status_server import StatusServer
+from tests.android.synth import make_root
+from tests.android.test_play_integrity_http import Harness
+from tests.apple.receipt_synth import AppleReceiptStandIn, make_receipt_pki
+from tests.apple.synth import make_test_root
+from tests.apple.test_apple_fraud_metric_http import KEY_ID, FraudHarness
+from tests.apple.test_apple_http import TEAM_ID
+from tests.support import MutableClock
 
 
 def _settings_factory(work: Path) -> Callable[..., Any]:
@@ -77,7 +77,9 @@ def _timed(http: Any, register: Callable[[], Any], count: int) -> list[float]:
     try:
         for _ in range(count):
             response = register()
-            status = response[0].status_code if isinstance(response, tuple) else response.status_code
+            status = (
+                response[0].status_code if isinstance(response, tuple) else response.status_code
+            )
             if status != 200:
                 raise SystemExit(f"registration failed: {status}")
     finally:
@@ -107,19 +109,31 @@ def android(work: Path, count: int) -> None:
         for name, config, token in (
             ("Android: Key Attestation only", None, None),
             ("Android: + Play Integrity, Google decode", {}, "google"),
-            ("Android: + Play Integrity, local decode", {"decode": "local", "request_type": "classic"}, "local"),
+            (
+                "Android: + Play Integrity, local decode",
+                {"decode": "local", "request_type": "classic"},
+                "local",
+            ),
         ):
-            harness = Harness(make, root, root_file, status, google, keys, MutableClock(), work / name[:12])
+            harness = Harness(
+                make, root, root_file, status, google, keys, MutableClock(), work / name[:12]
+            )
             (work / name[:12]).mkdir(exist_ok=True)
             harness.start(config)
             try:
-                maker = (lambda: harness.google_token()) if token == "google" else (
-                    (lambda: harness.local_token()) if token == "local" else (lambda: None))
+                h = harness
+                maker: Callable[[], Any] = (
+                    h.google_token
+                    if token == "google"
+                    else h.local_token
+                    if token == "local"
+                    else (lambda: None)
+                )
                 before = google.token_requests + google.decode_requests
                 harness.register(maker())  # first registration: cold token cache
                 first = google.token_requests + google.decode_requests - before
                 before = google.token_requests + google.decode_requests
-                times = _timed(harness.http, lambda: harness.register(maker()), count)
+                times = _timed(h.http, lambda h=h, maker=maker: h.register(maker()), count)
                 steady = (google.token_requests + google.decode_requests - before) / count
                 requests = f"{first} first, {steady:.2f} each after"
                 _row(name, times, requests, baseline)
@@ -150,7 +164,7 @@ def apple(work: Path, count: int) -> None:
             try:
                 before = server.requests
                 assert harness.apple is not None
-                times = _timed(harness.apple.http, lambda: harness.register(risk=1), count)
+                times = _timed(harness.apple.http, lambda h=harness: h.register(risk=1), count)
                 per = (server.requests - before) / count
                 _row(name, times, f"{per:.2f} each", baseline)
                 baseline = baseline or times
@@ -167,21 +181,32 @@ def isolated(count: int) -> None:
     from attester.apple_fraud import ReceiptExchanger
     from attester.play_integrity import GoogleDecoder, LocalDecoder
     from keys.signer import FileSigner
-    from platform_verifiers.android.play_integrity import PlayIntegrityPolicy, verify_integrity_payload
     from platform_verifiers.anchors import load_anchor
+    from platform_verifiers.android.play_integrity import (
+        PlayIntegrityPolicy,
+        verify_integrity_payload,
+    )
     from platform_verifiers.apple import verify_receipt
     from tests.android.play_integrity_stand_in import verdict_payload
     from tests.android.synth import DEFAULT_PACKAGE, DEFAULT_SIGNER
     from tests.apple.receipt_synth import make_receipt
 
     now = datetime.now(UTC)
-    payload = verdict_payload(binding="b" * 43, package=DEFAULT_PACKAGE, signer=DEFAULT_SIGNER, now=now)
+    payload = verdict_payload(
+        binding="b" * 43, package=DEFAULT_PACKAGE, signer=DEFAULT_SIGNER, now=now
+    )
     policy = PlayIntegrityPolicy()
 
     def check(p: Any) -> None:
-        verify_integrity_payload(p, request_type="standard", expected_binding="b" * 43,
-                                 package_names=frozenset({DEFAULT_PACKAGE}),
-                                 signer_digests=frozenset({DEFAULT_SIGNER}), policy=policy, now=now)
+        verify_integrity_payload(
+            p,
+            request_type="standard",
+            expected_binding="b" * 43,
+            package_names=frozenset({DEFAULT_PACKAGE}),
+            signer_digests=frozenset({DEFAULT_SIGNER}),
+            policy=policy,
+            now=now,
+        )
 
     def run(name: str, step: Callable[[], Any], requests: str) -> None:
         times = []
@@ -189,44 +214,75 @@ def isolated(count: int) -> None:
             started = time.perf_counter()
             step()
             times.append((time.perf_counter() - started) * 1000)
-        print(f"{name:44s} {requests:>26s}   median {statistics.median(times):7.2f} ms  "
-              f"p95 {sorted(times)[int(len(times) * 0.95) - 1]:7.2f} ms")
+        print(
+            f"{name:44s} {requests:>26s}   median {statistics.median(times):7.2f} ms  "
+            f"p95 {sorted(times)[int(len(times) * 0.95) - 1]:7.2f} ms"
+        )
 
     info, key = make_service_account()
     google = GoogleStandIn(info, key.public_key())
     google.verdicts["tok"] = payload
     try:
-        decoder = GoogleDecoder(info, api_url=google.base_url, token_uri=google.token_uri, timeout=5)
+        decoder = GoogleDecoder(
+            info, api_url=google.base_url, token_uri=google.token_uri, timeout=5
+        )
         started = time.perf_counter()
         check(decoder.decode("tok", package_name=DEFAULT_PACKAGE))
-        print(f"{'PI Google: first call (JWT grant + decode)':44s} {google.token_requests + google.decode_requests:>26d}"
-              f"   once   {(time.perf_counter() - started) * 1000:7.2f} ms")
-        run("PI Google: decode + verdict check (cached)", lambda: check(decoder.decode("tok", package_name=DEFAULT_PACKAGE)), "1")
+        print(
+            f"{'PI Google: first call (JWT grant + decode)':44s} {google.token_requests + google.decode_requests:>26d}"
+            f"   once   {(time.perf_counter() - started) * 1000:7.2f} ms"
+        )
+        run(
+            "PI Google: decode + verdict check (cached)",
+            lambda: check(decoder.decode("tok", package_name=DEFAULT_PACKAGE)),
+            "1",
+        )
     finally:
         google.close()
     keys = LocalKeys()
     local = LocalDecoder.from_base64(keys.decryption_b64.encode(), keys.verification_b64.encode())
-    classic = verdict_payload(binding="b" * 43, package=DEFAULT_PACKAGE, signer=DEFAULT_SIGNER, now=now,
-                              request_type="classic")
+    classic = verdict_payload(
+        binding="b" * 43,
+        package=DEFAULT_PACKAGE,
+        signer=DEFAULT_SIGNER,
+        now=now,
+        request_type="classic",
+    )
     token = keys.token(classic)
-    run("PI local: JWE + JWS + verdict check", lambda: local.decode(token, package_name=DEFAULT_PACKAGE), "0")
+    run(
+        "PI local: JWE + JWS + verdict check",
+        lambda: local.decode(token, package_name=DEFAULT_PACKAGE),
+        "0",
+    )
 
     pki = make_receipt_pki()
     device = ec.generate_private_key(ec.SECP256R1())
-    point = device.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
-    receipt = make_receipt(pki, app_id="TEAM123456.com.example.wallet", public_key=device.public_key(), created=now)
+    point = device.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
+    receipt = make_receipt(
+        pki, app_id="TEAM123456.com.example.wallet", public_key=device.public_key(), created=now
+    )
     publisher = ec.generate_private_key(ec.SECP256R1())
     server = AppleReceiptStandIn(team_id=TEAM_ID, key_id=KEY_ID, public_key=publisher.public_key())
     server.answer = lambda r: (200, receipt)
     anchors = (load_anchor("bench", pki.root_pem, source="bench"),)
     try:
-        exchanger = ReceiptExchanger(url=server.url, team_id=TEAM_ID, signer=FileSigner(KEY_ID, publisher), timeout=5)
+        exchanger = ReceiptExchanger(
+            url=server.url, team_id=TEAM_ID, signer=FileSigner(KEY_ID, publisher), timeout=5
+        )
 
         def exchange() -> None:
             fresh = exchanger.exchange(receipt, now=now)
             assert fresh is not None
-            verify_receipt(fresh, anchors=anchors, app_id="TEAM123456.com.example.wallet", public_key=point,
-                           now=now + timedelta(seconds=1), receipt_type="RECEIPT")
+            verify_receipt(
+                fresh,
+                anchors=anchors,
+                app_id="TEAM123456.com.example.wallet",
+                public_key=point,
+                now=now + timedelta(seconds=1),
+                receipt_type="RECEIPT",
+            )
 
         run("Apple: JWT + exchange + PKCS#7 verification", exchange, "1")
     finally:

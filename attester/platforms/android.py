@@ -210,6 +210,7 @@ class AndroidPlatform:
         instance_jwk = public_jwk(leaf_key)
         # Play Integrity (issue 10): the app's combination mode, token bound to challenge + key
         application = kd.authorization("attestation_application_id")
+        assert chosen.android is not None
         integrity = self.integrity.check(
             client_id=chosen.client_id,
             app=chosen.android,

@@ -30,7 +30,11 @@ from attester.play_integrity import (
     read_secret,
 )
 from attester.settings import ConfigError, load_settings
-from platform_verifiers.android.play_integrity import PlayIntegrityPolicy, verify_integrity_payload
+from platform_verifiers.android.play_integrity import (
+    PlayIntegrityPolicy,
+    RequestType,
+    verify_integrity_payload,
+)
 from platform_verifiers.errors import VerificationError
 
 EXIT_PASS, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -48,7 +52,9 @@ def _emit(result: dict[str, Any]) -> None:
 def _decoder(args: argparse.Namespace) -> IntegrityDecoder:
     if args.service_account:
         settings = load_settings(Path(args.config) if args.config else None)
-        info = load_service_account(read_secret(file=Path(args.service_account), env=None, what="--service-account"))
+        info = load_service_account(
+            read_secret(file=Path(args.service_account), env=None, what="--service-account")
+        )
         return GoogleDecoder(
             info,
             api_url=settings.android.play_integrity_url,
@@ -68,7 +74,9 @@ def run(args: argparse.Namespace) -> int:
         return _usage("give --service-account, or --decryption-key and --verification-key")
     if local and not (args.decryption_key and args.verification_key):
         return _usage("local decoding needs both --decryption-key and --verification-key")
-    request_type = args.request_type or ("standard" if args.service_account else "classic")
+    request_type: RequestType = args.request_type or (
+        "standard" if args.service_account else "classic"
+    )
     if local and request_type != "classic":
         return _usage("local decoding is only possible for classic requests")
     try:
@@ -129,11 +137,19 @@ def register(subparsers: Any) -> None:
         help="decode and verify a Play Integrity token",
         description="Decode (locally or by Google) and verify a Play Integrity token.",
     )
-    p.add_argument("--token", required=True, metavar="FILE", help="file holding the integrity token")
+    p.add_argument(
+        "--token", required=True, metavar="FILE", help="file holding the integrity token"
+    )
     p.add_argument("--package-name", required=True)
-    p.add_argument("--decryption-key", metavar="FILE", help="base64 AES-256 decryption key (classic)")
-    p.add_argument("--verification-key", metavar="FILE", help="base64 DER EC verification key (classic)")
-    p.add_argument("--service-account", metavar="FILE", help="service-account JSON key (Google decode)")
+    p.add_argument(
+        "--decryption-key", metavar="FILE", help="base64 AES-256 decryption key (classic)"
+    )
+    p.add_argument(
+        "--verification-key", metavar="FILE", help="base64 DER EC verification key (classic)"
+    )
+    p.add_argument(
+        "--service-account", metavar="FILE", help="service-account JSON key (Google decode)"
+    )
     p.add_argument("--config", help="TOML configuration for the Google URLs (default: packaged)")
     p.add_argument("--request-type", choices=("standard", "classic"))
     binding = p.add_mutually_exclusive_group()

@@ -194,7 +194,8 @@ def verify_integrity_payload(
         decoded = {_digest(d) if isinstance(d, str) else None for d in digests}
         if None in decoded or (signer_digests is not None and not decoded & signer_digests):
             raise VerificationError(
-                "integrity_certificate_mismatch", "the app is not signed with an allowed certificate"
+                "integrity_certificate_mismatch",
+                "the app is not signed with an allowed certificate",
             )
 
     # 3. deviceIntegrity: labels and, optionally, recent device activity.

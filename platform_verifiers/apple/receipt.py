@@ -146,7 +146,9 @@ def _read(data: bytes, pos: int, depth: int) -> tuple[_Node, int]:
         while inner < end:
             child, inner = _read(data[:end], inner, depth + 1)
             children_list.append(child)
-    return _Node(first >> 6, constructed, number, data[start:end], content, tuple(children_list)), end
+    return _Node(
+        first >> 6, constructed, number, data[start:end], content, tuple(children_list)
+    ), end
 
 
 def _decode(data: bytes) -> _Node:
@@ -292,7 +294,8 @@ def _signer(
         digests = [
             a.children[1].children[0]
             for a in attrs.children
-            if len(a.children) == 2 and _oid(a.children[0]) == OID_MESSAGE_DIGEST
+            if len(a.children) == 2
+            and _oid(a.children[0]) == OID_MESSAGE_DIGEST
             and a.children[1].children
         ]
         if len(digests) != 1 or digests[0].octets() != hashlib.sha256(content).digest():
@@ -305,7 +308,10 @@ def _signer(
     if len(items) < index + 2:
         raise _malformed("SignerInfo too short")
     signature_algorithm = _expect(items[index], number=16, constructed=True)
-    if not signature_algorithm.children or _oid(signature_algorithm.children[0]) != OID_ECDSA_SHA256:
+    if (
+        not signature_algorithm.children
+        or _oid(signature_algorithm.children[0]) != OID_ECDSA_SHA256
+    ):
         raise _malformed("signature algorithm is not ECDSA with SHA-256")
     signature_node = items[index + 1]
     if signature_node.tag_class != 0 or signature_node.number != 4:

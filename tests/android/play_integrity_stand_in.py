@@ -33,7 +33,9 @@ def _b64url_decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def make_service_account(token_uri: str = "https://oauth2.googleapis.com/token") -> tuple[dict[str, Any], rsa.RSAPrivateKey]:
+def make_service_account(
+    token_uri: str = "https://oauth2.googleapis.com/token",
+) -> tuple[dict[str, Any], rsa.RSAPrivateKey]:
     """A service-account key file's content (JSON info) made in the test."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = key.private_bytes(
@@ -117,7 +119,10 @@ class GoogleStandIn:
             return self._refuse("assertion")
         header = json.loads(_b64url_decode(parts[0]))
         claims = json.loads(_b64url_decode(parts[1]))
-        if header.get("alg") != "RS256" or header.get("kid") != self.service_account["private_key_id"]:
+        if (
+            header.get("alg") != "RS256"
+            or header.get("kid") != self.service_account["private_key_id"]
+        ):
             return self._refuse("header")
         try:
             self.public_key.verify(
@@ -225,7 +230,9 @@ class LocalKeys:
         signed = jws.JWS(json.dumps(payload).encode())
         signed.add_signature(signer, alg="ES256", protected=json.dumps({"alg": "ES256"}))
         inner = signed.serialize(compact=True)
-        enc_key = jwk.JWK(kty="oct", k=base64.urlsafe_b64encode(aes or self.aes).rstrip(b"=").decode())
+        enc_key = jwk.JWK(
+            kty="oct", k=base64.urlsafe_b64encode(aes or self.aes).rstrip(b"=").decode()
+        )
         envelope = jwe.JWE(
             inner.encode(), protected=json.dumps({"alg": "A256KW", "enc": "A256GCM"})
         )

@@ -38,7 +38,11 @@ def local(keys: LocalKeys) -> LocalDecoder:
 
 def _payload() -> dict[str, object]:
     return verdict_payload(
-        binding="b" * 43, package=DEFAULT_PACKAGE, signer=DEFAULT_SIGNER, now=NOW, request_type="classic"
+        binding="b" * 43,
+        package=DEFAULT_PACKAGE,
+        signer=DEFAULT_SIGNER,
+        now=NOW,
+        request_type="classic",
     )
 
 
@@ -63,7 +67,9 @@ def test_local_decoder_other_aes_key_token_invalid(keys: LocalKeys, local: Local
     assert info.value.code == "integrity_token_invalid"
 
 
-def test_local_decoder_other_signing_key_token_invalid(keys: LocalKeys, local: LocalDecoder) -> None:
+def test_local_decoder_other_signing_key_token_invalid(
+    keys: LocalKeys, local: LocalDecoder
+) -> None:
     token = keys.token(_payload(), signing=ec.generate_private_key(ec.SECP256R1()))
     with pytest.raises(ProblemError) as info:
         local.decode(token, package_name=DEFAULT_PACKAGE)
@@ -153,10 +159,10 @@ def test_google_decoder_grant_signed_by_other_key_unavailable(google: GoogleStan
 
 def test_google_stand_in_wrong_audience_and_scope_refused(google: GoogleStandIn) -> None:
     # the stand-in must refuse what Google refuses, or the tests above prove nothing
+    import httpx
     from google.oauth2 import service_account
 
     from attester.play_integrity import HttpxTransport
-    import httpx
 
     wrong_aud = service_account.Credentials.from_service_account_info(
         {**google.service_account, "token_uri": google.token_uri},
@@ -191,7 +197,10 @@ def test_google_decoder_server_error_unavailable(google: GoogleStandIn) -> None:
 
 def test_google_decoder_unreachable_unavailable(google: GoogleStandIn) -> None:
     decoder = GoogleDecoder(
-        google.service_account, api_url="http://127.0.0.1:9", token_uri="http://127.0.0.1:9/token", timeout=2
+        google.service_account,
+        api_url="http://127.0.0.1:9",
+        token_uri="http://127.0.0.1:9/token",
+        timeout=2,
     )
     with pytest.raises(ProblemError) as info:
         decoder.decode("tok", package_name=DEFAULT_PACKAGE)

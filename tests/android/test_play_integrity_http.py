@@ -20,7 +20,7 @@ from jwcrypto import jwk, jwt
 from attester.app import create_app
 from attester.settings import ConfigError
 from platform_verifiers.android.play_integrity import integrity_binding
-from tests.support import LiveServer, MutableClock, live_server
+from tests.support import MutableClock, live_server
 
 from .play_integrity_stand_in import GoogleStandIn, LocalKeys, make_service_account, verdict_payload
 from .status_server import StatusServer
@@ -65,9 +65,23 @@ def keys() -> LocalKeys:
 class Harness:
     """Starts the attester with a Play Integrity configuration and registers devices."""
 
-    def __init__(self, make_settings: Any, root: TestRoot, root_file: Path, status: StatusServer,
-                 google: GoogleStandIn, keys: LocalKeys, clock: MutableClock, tmp_path: Path) -> None:
-        self.make_settings, self.root, self.root_file, self.status = make_settings, root, root_file, status
+    def __init__(
+        self,
+        make_settings: Any,
+        root: TestRoot,
+        root_file: Path,
+        status: StatusServer,
+        google: GoogleStandIn,
+        keys: LocalKeys,
+        clock: MutableClock,
+        tmp_path: Path,
+    ) -> None:
+        self.make_settings, self.root, self.root_file, self.status = (
+            make_settings,
+            root,
+            root_file,
+            status,
+        )
         self.google, self.keys, self.clock, self.tmp_path = google, keys, clock, tmp_path
         self._stack: list[Any] = []
         self.http: httpx.Client | None = None
@@ -118,12 +132,18 @@ class Harness:
         raw = base64.urlsafe_b64decode(challenge + "=")
         chain = make_chain(challenge=raw, root=self.root)
         pem = chain.leaf_key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
         )
         key = jwk.JWK.from_pem(pem)
         proof = jwt.JWT(
             header={"alg": "ES256", "typ": "key-proof+jwt"},
-            claims={"challenge": challenge, "aud": "https://attester.test", "iat": int(self.clock().timestamp())},
+            claims={
+                "challenge": challenge,
+                "aud": "https://attester.test",
+                "iat": int(self.clock().timestamp()),
+            },
         )
         proof.make_signed_token(key)
         body: dict[str, Any] = {
@@ -142,24 +162,44 @@ class Harness:
         def make(binding: str) -> str:
             name = f"tok-{len(self.google.verdicts)}"
             self.google.verdicts[name] = verdict_payload(
-                binding=verdict.pop("binding", binding), package=DEFAULT_PACKAGE, signer=DEFAULT_SIGNER,
-                now=self.clock(), request_type=request_type, **verdict,
+                binding=verdict.pop("binding", binding),
+                package=DEFAULT_PACKAGE,
+                signer=DEFAULT_SIGNER,
+                now=self.clock(),
+                request_type=request_type,
+                **verdict,
             )
             return name
+
         return make
 
     def local_token(self, **verdict: Any) -> Any:
         def make(binding: str) -> str:
             return self.keys.token(
-                verdict_payload(binding=binding, package=DEFAULT_PACKAGE, signer=DEFAULT_SIGNER,
-                                now=self.clock(), request_type="classic", **verdict)
+                verdict_payload(
+                    binding=binding,
+                    package=DEFAULT_PACKAGE,
+                    signer=DEFAULT_SIGNER,
+                    now=self.clock(),
+                    request_type="classic",
+                    **verdict,
+                )
             )
+
         return make
 
 
 @pytest.fixture
-def harness(make_settings: Any, root: TestRoot, root_file: Path, status: StatusServer, google: GoogleStandIn,
-            keys: LocalKeys, clock: MutableClock, tmp_path: Path) -> Iterator[Harness]:
+def harness(
+    make_settings: Any,
+    root: TestRoot,
+    root_file: Path,
+    status: StatusServer,
+    google: GoogleStandIn,
+    keys: LocalKeys,
+    clock: MutableClock,
+    tmp_path: Path,
+) -> Iterator[Harness]:
     h = Harness(make_settings, root, root_file, status, google, keys, clock, tmp_path)
     yield h
     h.close()
@@ -186,7 +226,9 @@ def test_pi_http_not_configured_token_sent_rejected(harness: Harness) -> None:
     assert harness.register().status_code == 200  # Key Attestation alone still works
 
 
-def test_pi_http_both_google_standard_passes_without_claims(harness: Harness, google: GoogleStandIn) -> None:
+def test_pi_http_both_google_standard_passes_without_claims(
+    harness: Harness, google: GoogleStandIn
+) -> None:
     harness.start({"mode": "both"})
     claims = _claims(harness.register(harness.google_token()))
     assert "play_integrity" not in claims  # nothing passes through unless configured
@@ -219,7 +261,9 @@ def test_pi_http_pass_claims_only_configured_ones(harness: Harness) -> None:
 def test_pi_http_token_bound_to_other_challenge_rejected(harness: Harness) -> None:
     harness.start({})
     other = integrity_binding("another-challenge", "another-key")
-    _problem(harness.register(harness.google_token(binding=other)), 403, "integrity_binding_mismatch")
+    _problem(
+        harness.register(harness.google_token(binding=other)), 403, "integrity_binding_mismatch"
+    )
 
 
 def test_pi_http_weak_device_policy_rule(harness: Harness) -> None:
@@ -253,31 +297,58 @@ def test_pi_http_local_classic_passes_and_rejects(harness: Harness, google: Goog
     _problem(harness.register(lambda b: "not.a.jwe.token.x"), 400, "integrity_token_malformed")
     _problem(
         harness.register(harness.local_token(recognition="UNRECOGNIZED_VERSION")),
-        403, "policy_violation", rule="pi_app_recognition",
+        403,
+        "policy_violation",
+        rule="pi_app_recognition",
     )
 
 
-def test_pi_http_local_keys_from_env(harness: Harness, keys: LocalKeys, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pi_http_local_keys_from_env(
+    harness: Harness, keys: LocalKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("PI_DEC", keys.decryption_b64)
     monkeypatch.setenv("PI_VER", keys.verification_b64)
-    harness.start({"decode": "local", "request_type": "classic",
-                   "decryption_key_env": "PI_DEC", "verification_key_env": "PI_VER",
-                   "decryption_key_file": None, "verification_key_file": None})
+    harness.start(
+        {
+            "decode": "local",
+            "request_type": "classic",
+            "decryption_key_env": "PI_DEC",
+            "verification_key_env": "PI_VER",
+            "decryption_key_file": None,
+            "verification_key_file": None,
+        }
+    )
     assert harness.register(harness.local_token()).status_code == 200
 
 
 def test_pi_settings_local_standard_config_error(make_settings: Any) -> None:
-    app = {"client_id": "x", "android": {"package_names": ["a"], "signing_cert_sha256": ["00" * 32],
-                                         "play_integrity": {"decode": "local", "request_type": "standard",
-                                                            "decryption_key_env": "A", "verification_key_env": "B"}}}
+    app = {
+        "client_id": "x",
+        "android": {
+            "package_names": ["a"],
+            "signing_cert_sha256": ["00" * 32],
+            "play_integrity": {
+                "decode": "local",
+                "request_type": "standard",
+                "decryption_key_env": "A",
+                "verification_key_env": "B",
+            },
+        },
+    }
     with pytest.raises(ConfigError) as info:
         make_settings(apps=[app])
     assert "classic" in str(info.value)
 
 
 def test_pi_settings_missing_key_env_config_error(make_settings: Any, clock: MutableClock) -> None:
-    app = {"client_id": "x", "android": {"package_names": ["a"], "signing_cert_sha256": ["00" * 32],
-                                         "play_integrity": {"service_account_env": "PI_UNSET_SA"}}}
+    app = {
+        "client_id": "x",
+        "android": {
+            "package_names": ["a"],
+            "signing_cert_sha256": ["00" * 32],
+            "play_integrity": {"service_account_env": "PI_UNSET_SA"},
+        },
+    }
     with pytest.raises(ConfigError) as info:
         create_app(make_settings(apps=[app]), clock=clock)
     assert "PI_UNSET_SA" in str(info.value)

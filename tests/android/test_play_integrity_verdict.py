@@ -35,7 +35,9 @@ def _check(payload: dict[str, Any], *, policy: PlayIntegrityPolicy | None = None
 
 
 def _payload(**kw: Any) -> dict[str, Any]:
-    return verdict_payload(binding=BINDING, package=DEFAULT_PACKAGE, signer=DEFAULT_SIGNER, now=NOW, **kw)
+    return verdict_payload(
+        binding=BINDING, package=DEFAULT_PACKAGE, signer=DEFAULT_SIGNER, now=NOW, **kw
+    )
 
 
 def test_integrity_binding_is_base64url_sha256_of_challenge_and_thumbprint() -> None:
@@ -85,7 +87,9 @@ def test_verdict_app_package_foreign_package_mismatch() -> None:
 
 
 def test_verdict_foreign_signer_certificate_mismatch() -> None:
-    payload = verdict_payload(binding=BINDING, package=DEFAULT_PACKAGE, signer=b"\x01" * 32, now=NOW)
+    payload = verdict_payload(
+        binding=BINDING, package=DEFAULT_PACKAGE, signer=b"\x01" * 32, now=NOW
+    )
     with pytest.raises(VerificationError) as info:
         _check(payload)
     assert info.value.code == "integrity_certificate_mismatch"
@@ -149,7 +153,9 @@ def test_verdict_unlicensed_policy_violation() -> None:
 
 
 def test_verdict_unlicensed_allowed_by_policy_passes() -> None:
-    verdict = _check(_payload(licensing="UNLICENSED"), policy=PlayIntegrityPolicy(require_licensed=False))
+    verdict = _check(
+        _payload(licensing="UNLICENSED"), policy=PlayIntegrityPolicy(require_licensed=False)
+    )
     assert verdict.app_licensing_verdict == "UNLICENSED"
 
 

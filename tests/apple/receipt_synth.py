@@ -55,13 +55,23 @@ def encode_payload(fields: dict[int, bytes]) -> bytes:
 
 def _name(cn: str) -> x509.Name:
     return x509.Name(
-        [x509.NameAttribute(NameOID.COMMON_NAME, cn), x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Test Apple Inc.")]
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, cn),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Test Apple Inc."),
+        ]
     )
 
 
 def _cert(
-    subject: str, issuer: str, key: Any, signer: Any, *, ca: bool, marker: bool = False,
-    not_before: datetime = datetime(2020, 1, 1, tzinfo=UTC), not_after: datetime = datetime(2050, 1, 1, tzinfo=UTC),
+    subject: str,
+    issuer: str,
+    key: Any,
+    signer: Any,
+    *,
+    ca: bool,
+    marker: bool = False,
+    not_before: datetime = datetime(2020, 1, 1, tzinfo=UTC),
+    not_after: datetime = datetime(2050, 1, 1, tzinfo=UTC),
 ) -> x509.Certificate:
     builder = (
         x509.CertificateBuilder()
@@ -74,7 +84,9 @@ def _cert(
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
     )
     if marker:
-        builder = builder.add_extension(x509.UnrecognizedExtension(MARKER, b"\x05\x00"), critical=False)
+        builder = builder.add_extension(
+            x509.UnrecognizedExtension(MARKER, b"\x05\x00"), critical=False
+        )
     return builder.sign(signer, hashes.SHA256())
 
 
@@ -91,15 +103,35 @@ class ReceiptPki(NamedTuple):
         return self.root.public_bytes(serialization.Encoding.PEM)
 
 
-def make_receipt_pki(*, marker: bool = True, signer_not_after: datetime | None = None) -> ReceiptPki:
+def make_receipt_pki(
+    *, marker: bool = True, signer_not_after: datetime | None = None
+) -> ReceiptPki:
     root_key = ec.generate_private_key(ec.SECP384R1())
-    root = _cert("Test Apple Root CA - G3", "Test Apple Root CA - G3", root_key.public_key(), root_key, ca=True)
+    root = _cert(
+        "Test Apple Root CA - G3",
+        "Test Apple Root CA - G3",
+        root_key.public_key(),
+        root_key,
+        ca=True,
+    )
     inter_key = ec.generate_private_key(ec.SECP384R1())
-    inter = _cert("Test Application Integration CA", "Test Apple Root CA - G3", inter_key.public_key(), root_key,
-                  ca=True)
+    inter = _cert(
+        "Test Application Integration CA",
+        "Test Apple Root CA - G3",
+        inter_key.public_key(),
+        root_key,
+        ca=True,
+    )
     signer_key = ec.generate_private_key(ec.SECP256R1())
-    signer = _cert("Test Fraud Receipt Signing", "Test Application Integration CA", signer_key.public_key(), inter_key,
-                   ca=False, marker=marker, not_after=signer_not_after or datetime(2050, 1, 1, tzinfo=UTC))
+    signer = _cert(
+        "Test Fraud Receipt Signing",
+        "Test Application Integration CA",
+        signer_key.public_key(),
+        inter_key,
+        ca=False,
+        marker=marker,
+        not_after=signer_not_after or datetime(2050, 1, 1, tzinfo=UTC),
+    )
     return ReceiptPki(root_key, root, inter_key, inter, signer_key, signer)
 
 
@@ -207,14 +239,20 @@ class AppleReceiptStandIn:
         if claims.get("iss") != self.team_id:
             return "iss"
         iat = claims.get("iat")
-        if not isinstance(iat, int) or abs(time.time() - iat) > 7 * 86400:  # loose: tests move the clock
+        if (
+            not isinstance(iat, int) or abs(time.time() - iat) > 7 * 86400
+        ):  # loose: tests move the clock
             return "iat"
         raw = _b64url_decode(parts[2])
         if len(raw) != 64:
             return "signature"
-        signature = encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
+        signature = encode_dss_signature(
+            int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big")
+        )
         try:
-            self.public_key.verify(signature, f"{parts[0]}.{parts[1]}".encode(), ec.ECDSA(hashes.SHA256()))
+            self.public_key.verify(
+                signature, f"{parts[0]}.{parts[1]}".encode(), ec.ECDSA(hashes.SHA256())
+            )
         except InvalidSignature:
             return "signature"
         return None

@@ -39,15 +39,30 @@ def publisher_key() -> ec.EllipticCurvePrivateKey:
 
 @pytest.fixture
 def apple_server(publisher_key: ec.EllipticCurvePrivateKey) -> Iterator[AppleReceiptStandIn]:
-    stand_in = AppleReceiptStandIn(team_id=TEAM_ID, key_id=KEY_ID, public_key=publisher_key.public_key())
+    stand_in = AppleReceiptStandIn(
+        team_id=TEAM_ID, key_id=KEY_ID, public_key=publisher_key.public_key()
+    )
     yield stand_in
     stand_in.close()
 
 
 class FraudHarness:
-    def __init__(self, make_settings: Any, tmp_path: Path, clock: MutableClock, synth_root: SynthRoot,
-                 pki: ReceiptPki, publisher_key: ec.EllipticCurvePrivateKey, server: AppleReceiptStandIn) -> None:
-        self.make_settings, self.tmp_path, self.clock, self.root = make_settings, tmp_path, clock, synth_root
+    def __init__(
+        self,
+        make_settings: Any,
+        tmp_path: Path,
+        clock: MutableClock,
+        synth_root: SynthRoot,
+        pki: ReceiptPki,
+        publisher_key: ec.EllipticCurvePrivateKey,
+        server: AppleReceiptStandIn,
+    ) -> None:
+        self.make_settings, self.tmp_path, self.clock, self.root = (
+            make_settings,
+            tmp_path,
+            clock,
+            synth_root,
+        )
         self.pki, self.publisher_key, self.server = pki, publisher_key, server
         self._managers: list[Any] = []
         self.apple: Apple | None = None
@@ -58,16 +73,33 @@ class FraudHarness:
         receipt_root = self.tmp_path / "receipt-root.pem"
         receipt_root.write_bytes(self.pki.root_pem)
         key_file = self.tmp_path / "AuthKey.p8"
-        key_file.write_bytes(self.publisher_key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        key_file.write_bytes(
+            self.publisher_key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
         fraud.setdefault("key_id", KEY_ID)
         if "private_key_env" not in fraud:
             fraud.setdefault("private_key_file", str(key_file))
         settings = self.make_settings(
-            apps=[{"client_id": CLIENT_ID, "apple": {"team_id": TEAM_ID, "bundle_id": BUNDLE_ID,
-                                                     "environment": "production", "fraud_metric": fraud}}],
-            apple={"test_root_files": [root_pem], "test_receipt_root_files": [receipt_root],
-                   "receipt_url": self.server.url},
+            apps=[
+                {
+                    "client_id": CLIENT_ID,
+                    "apple": {
+                        "team_id": TEAM_ID,
+                        "bundle_id": BUNDLE_ID,
+                        "environment": "production",
+                        "fraud_metric": fraud,
+                    },
+                }
+            ],
+            apple={
+                "test_root_files": [root_pem],
+                "test_receipt_root_files": [receipt_root],
+                "receipt_url": self.server.url,
+            },
         )
         app = create_app(settings, clock=self.clock)
         manager = live_server(app)
@@ -86,8 +118,13 @@ class FraudHarness:
 
     def answer_with(self, device: Device, *, risk: int | None, status: int = 200) -> None:
         # built now, not when Apple is asked: the stand-in's own work stays out of timings
-        receipt = make_receipt(self.pki, app_id=APP_ID, public_key=device.device_key.public_key(),
-                               created=self.clock.now, risk_metric=risk)
+        receipt = make_receipt(
+            self.pki,
+            app_id=APP_ID,
+            public_key=device.device_key.public_key(),
+            created=self.clock.now,
+            risk_metric=risk,
+        )
         self.server.answer = lambda received: (status, receipt)
 
     def register(self, *, risk: int | None, status: int = 200) -> tuple[httpx.Response, Device]:
@@ -102,8 +139,15 @@ class FraudHarness:
 
 
 @pytest.fixture
-def harness(make_settings: Any, tmp_path: Path, clock: MutableClock, synth_root: SynthRoot, pki: ReceiptPki,
-            publisher_key: ec.EllipticCurvePrivateKey, apple_server: AppleReceiptStandIn) -> Iterator[FraudHarness]:
+def harness(
+    make_settings: Any,
+    tmp_path: Path,
+    clock: MutableClock,
+    synth_root: SynthRoot,
+    pki: ReceiptPki,
+    publisher_key: ec.EllipticCurvePrivateKey,
+    apple_server: AppleReceiptStandIn,
+) -> Iterator[FraudHarness]:
     h = FraudHarness(make_settings, tmp_path, clock, synth_root, pki, publisher_key, apple_server)
     yield h
     h.close()
@@ -117,8 +161,9 @@ def _problem(response: httpx.Response, status: int, code: str, rule: str | None 
         assert response.json()["rule"] == rule
 
 
-def test_fraud_http_registration_exchanges_and_stores_metric(harness: FraudHarness,
-                                                             apple_server: AppleReceiptStandIn) -> None:
+def test_fraud_http_registration_exchanges_and_stores_metric(
+    harness: FraudHarness, apple_server: AppleReceiptStandIn
+) -> None:
     harness.start()
     response, device = harness.register(risk=3)
     assert response.status_code == 200, response.text
@@ -137,8 +182,9 @@ def test_fraud_http_cap_exceeded_at_registration_rule(harness: FraudHarness) -> 
     assert harness.instance(device) is None
 
 
-def test_fraud_http_renewal_refreshes_when_due_and_caps(harness: FraudHarness,
-                                                        apple_server: AppleReceiptStandIn) -> None:
+def test_fraud_http_renewal_refreshes_when_due_and_caps(
+    harness: FraudHarness, apple_server: AppleReceiptStandIn
+) -> None:
     apple = harness.start(max_risk_metric=5, refresh_interval=3600)
     response, device = harness.register(risk=1)
     assert response.status_code == 200, response.text
@@ -155,8 +201,9 @@ def test_fraud_http_renewal_refreshes_when_due_and_caps(harness: FraudHarness,
     assert harness.instance(device).apple_risk_metric == 9  # stored even when refused
 
 
-def test_fraud_http_renewal_not_modified_keeps_metric(harness: FraudHarness,
-                                                      apple_server: AppleReceiptStandIn) -> None:
+def test_fraud_http_renewal_not_modified_keeps_metric(
+    harness: FraudHarness, apple_server: AppleReceiptStandIn
+) -> None:
     apple = harness.start(max_risk_metric=5, refresh_interval=60)
     _, device = harness.register(risk=2)
     harness.clock.advance(120)
@@ -177,11 +224,18 @@ def test_fraud_http_apple_down_unavailable(harness: FraudHarness) -> None:
     _problem(response, 503, "receipt_exchange_unavailable")
 
 
-def test_fraud_http_wrong_publisher_key_unavailable(harness: FraudHarness, apple_server: AppleReceiptStandIn,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fraud_http_wrong_publisher_key_unavailable(
+    harness: FraudHarness, apple_server: AppleReceiptStandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
     other = ec.generate_private_key(ec.SECP256R1())
-    monkeypatch.setenv("APPLE_P8", other.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode())
+    monkeypatch.setenv(
+        "APPLE_P8",
+        other.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode(),
+    )
     harness.start(private_key_env="APPLE_P8")
     response, _ = harness.register(risk=1)
     _problem(response, 503, "receipt_exchange_unavailable")
@@ -192,10 +246,16 @@ def test_fraud_http_answer_for_other_key_rejected(harness: FraudHarness, pki: Re
     harness.start()
     body, _ = harness.apple.registration() if harness.apple else (None, None)
     stranger = ec.generate_private_key(ec.SECP256R1())
-    harness.server.answer = lambda r: (200, make_receipt(pki, app_id=APP_ID, public_key=stranger.public_key(),
-                                                         created=harness.clock.now))
+    harness.server.answer = lambda r: (
+        200,
+        make_receipt(
+            pki, app_id=APP_ID, public_key=stranger.public_key(), created=harness.clock.now
+        ),
+    )
     assert harness.apple is not None
-    _problem(harness.apple.http.post("/v1/apple/attestations", json=body), 403, "receipt_key_mismatch")
+    _problem(
+        harness.apple.http.post("/v1/apple/attestations", json=body), 403, "receipt_key_mismatch"
+    )
 
 
 def test_fraud_http_answer_under_untrusted_root_rejected(harness: FraudHarness) -> None:
@@ -203,9 +263,15 @@ def test_fraud_http_answer_under_untrusted_root_rejected(harness: FraudHarness) 
     assert harness.apple is not None
     body, device = harness.apple.registration()
     other = make_receipt_pki()
-    harness.server.answer = lambda r: (200, make_receipt(other, app_id=APP_ID,
-                                                         public_key=device.device_key.public_key(),
-                                                         created=harness.clock.now))
+    harness.server.answer = lambda r: (
+        200,
+        make_receipt(
+            other,
+            app_id=APP_ID,
+            public_key=device.device_key.public_key(),
+            created=harness.clock.now,
+        ),
+    )
     _problem(harness.apple.http.post("/v1/apple/attestations", json=body), 403, "chain_untrusted")
 
 

@@ -45,7 +45,9 @@ def _vector(entry: dict[str, Any]) -> tuple[bytes, bytes]:
 
 
 def _recorded_time(receipt: bytes) -> datetime:
-    return parse_receipt_payload(_parse_container(receipt).content).created_at + timedelta(minutes=1)
+    return parse_receipt_payload(_parse_container(receipt).content).created_at + timedelta(
+        minutes=1
+    )
 
 
 def test_receipt_root_pinned_to_apple_fingerprint() -> None:
@@ -64,9 +66,12 @@ def test_receipt_root_tampered_pem_refused() -> None:
 def test_receipt_real_vector_at_recorded_time(entry: dict[str, Any]) -> None:
     receipt, point = _vector(entry)
     at = _recorded_time(receipt)
-    kwargs: dict[str, Any] = dict(
-        anchors=apple_receipt_roots(), app_id=entry["expected"]["app_id"], public_key=point, now=at
-    )
+    kwargs: dict[str, Any] = {
+        "anchors": apple_receipt_roots(),
+        "app_id": entry["expected"]["app_id"],
+        "public_key": point,
+        "now": at,
+    }
     if entry["path"].split("/")[-1].removesuffix(".b64") in BROKEN_SIGNATURE:
         with pytest.raises(VerificationError) as info:
             verify_receipt(receipt, **kwargs)
@@ -85,13 +90,31 @@ def test_receipt_real_vector_wrong_expectations_codes(entry: dict[str, Any]) -> 
     app_id = entry["expected"]["app_id"]
     anchors = apple_receipt_roots()
     cases = [
-        (dict(app_id="ABCDEFGHIJ.other", public_key=point, now=at), "receipt_app_id_mismatch"),
-        (dict(app_id=app_id, public_key=b"\x04" + b"\x01" * 64, now=at), "receipt_key_mismatch"),
-        (dict(app_id=app_id, public_key=point, now=at, receipt_type="RECEIPT"), "receipt_type_unexpected"),
-        (dict(app_id=app_id, public_key=point, now=at, max_age=timedelta(seconds=1)), "receipt_stale"),
-        (dict(app_id=app_id, public_key=point, now=at - timedelta(days=1)), "receipt_not_yet_valid"),
-        (dict(app_id=app_id, public_key=point, now=at + timedelta(days=120)), "receipt_expired"),
-        (dict(app_id=app_id, public_key=point, now=at + timedelta(days=800)), "certificate_expired"),
+        ({"app_id": "ABCDEFGHIJ.other", "public_key": point, "now": at}, "receipt_app_id_mismatch"),
+        (
+            {"app_id": app_id, "public_key": b"\x04" + b"\x01" * 64, "now": at},
+            "receipt_key_mismatch",
+        ),
+        (
+            {"app_id": app_id, "public_key": point, "now": at, "receipt_type": "RECEIPT"},
+            "receipt_type_unexpected",
+        ),
+        (
+            {"app_id": app_id, "public_key": point, "now": at, "max_age": timedelta(seconds=1)},
+            "receipt_stale",
+        ),
+        (
+            {"app_id": app_id, "public_key": point, "now": at - timedelta(days=1)},
+            "receipt_not_yet_valid",
+        ),
+        (
+            {"app_id": app_id, "public_key": point, "now": at + timedelta(days=120)},
+            "receipt_expired",
+        ),
+        (
+            {"app_id": app_id, "public_key": point, "now": at + timedelta(days=800)},
+            "certificate_expired",
+        ),
     ]
     for kwargs, code in cases:
         with pytest.raises(VerificationError) as info:
@@ -101,7 +124,9 @@ def test_receipt_real_vector_wrong_expectations_codes(entry: dict[str, Any]) -> 
     from platform_verifiers.apple import apple_app_attest_roots
 
     with pytest.raises(VerificationError) as info:
-        verify_receipt(receipt, anchors=apple_app_attest_roots(), app_id=app_id, public_key=point, now=at)
+        verify_receipt(
+            receipt, anchors=apple_app_attest_roots(), app_id=app_id, public_key=point, now=at
+        )
     assert info.value.code == "chain_untrusted"
 
 
@@ -141,7 +166,11 @@ def test_receipt_synthetic_genuine_passes_with_risk_metric(
     pki: ReceiptPki, device: ec.EllipticCurvePrivateKey, signed_attributes: bool
 ) -> None:
     receipt = make_receipt(
-        pki, app_id=APP_ID, public_key=device.public_key(), created=NOW, risk_metric=7,
+        pki,
+        app_id=APP_ID,
+        public_key=device.public_key(),
+        created=NOW,
+        risk_metric=7,
         signed_attributes=signed_attributes,
     )
     fields = _verify(receipt, pki, device, receipt_type="RECEIPT", max_age=timedelta(minutes=5))
@@ -151,7 +180,9 @@ def test_receipt_synthetic_genuine_passes_with_risk_metric(
 def test_receipt_synthetic_tampered_payload_signature_invalid(
     pki: ReceiptPki, device: ec.EllipticCurvePrivateKey
 ) -> None:
-    receipt = make_receipt(pki, app_id=APP_ID, public_key=device.public_key(), created=NOW, risk_metric=1)
+    receipt = make_receipt(
+        pki, app_id=APP_ID, public_key=device.public_key(), created=NOW, risk_metric=1
+    )
     index = receipt.index(b"RECEIPT")
     tampered = receipt[:index] + b"RECEIPU" + receipt[index + 7 :]
     with pytest.raises(VerificationError) as info:
@@ -169,7 +200,9 @@ def test_receipt_synthetic_signed_by_other_key_signature_invalid(
     assert info.value.code == "chain_untrusted"
 
 
-def test_receipt_synthetic_signer_without_marker_not_authorized(device: ec.EllipticCurvePrivateKey) -> None:
+def test_receipt_synthetic_signer_without_marker_not_authorized(
+    device: ec.EllipticCurvePrivateKey,
+) -> None:
     pki = make_receipt_pki(marker=False)
     receipt = make_receipt(pki, app_id=APP_ID, public_key=device.public_key(), created=NOW)
     with pytest.raises(VerificationError) as info:
@@ -198,7 +231,9 @@ def test_receipt_garbage_malformed(
 def test_receipt_synthetic_bad_fields_malformed(
     pki: ReceiptPki, device: ec.EllipticCurvePrivateKey, fields: dict[int, Any]
 ) -> None:
-    receipt = make_receipt(pki, app_id=APP_ID, public_key=device.public_key(), created=NOW, fields=fields)
+    receipt = make_receipt(
+        pki, app_id=APP_ID, public_key=device.public_key(), created=NOW, fields=fields
+    )
     with pytest.raises(VerificationError) as info:
         _verify(receipt, pki, device)
     assert info.value.code == "receipt_malformed"
@@ -207,14 +242,20 @@ def test_receipt_synthetic_bad_fields_malformed(
 def test_receipt_synthetic_created_in_future_not_yet_valid(
     pki: ReceiptPki, device: ec.EllipticCurvePrivateKey
 ) -> None:
-    receipt = make_receipt(pki, app_id=APP_ID, public_key=device.public_key(), created=NOW + timedelta(hours=1))
+    receipt = make_receipt(
+        pki, app_id=APP_ID, public_key=device.public_key(), created=NOW + timedelta(hours=1)
+    )
     with pytest.raises(VerificationError) as info:
         _verify(receipt, pki, device)
     assert info.value.code == "receipt_not_yet_valid"
 
 
-def test_receipt_synthetic_unknown_type_unexpected(pki: ReceiptPki, device: ec.EllipticCurvePrivateKey) -> None:
-    receipt = make_receipt(pki, app_id=APP_ID, public_key=device.public_key(), created=NOW, receipt_type="OTHER")
+def test_receipt_synthetic_unknown_type_unexpected(
+    pki: ReceiptPki, device: ec.EllipticCurvePrivateKey
+) -> None:
+    receipt = make_receipt(
+        pki, app_id=APP_ID, public_key=device.public_key(), created=NOW, receipt_type="OTHER"
+    )
     with pytest.raises(VerificationError) as info:
         _verify(receipt, pki, device)
     assert info.value.code == "receipt_type_unexpected"
