@@ -176,22 +176,27 @@ class HttpxTransport:
         timeout: float | None = None,
         **kwargs: Any,
     ) -> Any:
-        from google.auth import exceptions, transport
+        from google.auth import exceptions
 
         try:
             response = self.client.request(
-                method, url, content=body, headers=dict(headers or {}), timeout=timeout or None
+                method,
+                url,
+                content=body,
+                headers=dict(headers or {}),
+                # google-auth passes no timeout: httpx's None would mean "wait forever"
+                timeout=timeout if timeout else httpx.USE_CLIENT_DEFAULT,
             )
         except httpx.HTTPError as exc:
             raise exceptions.TransportError(type(exc).__name__) from None  # type: ignore[no-untyped-call]
 
-        return _Response(response, transport.Response)
+        return _Response(response)
 
 
 class _Response:
     """google-auth's response interface (status, headers, data) over an httpx response."""
 
-    def __init__(self, response: httpx.Response, _interface: Any) -> None:
+    def __init__(self, response: httpx.Response) -> None:
         self.status = response.status_code
         self.headers = dict(response.headers)
         self.data = response.content

@@ -216,3 +216,18 @@ def test_load_service_account_not_a_key_config_error() -> None:
         load_service_account(b"{}")
     with pytest.raises(ConfigError):
         load_service_account(b"not json")
+
+
+def test_google_decoder_hanging_token_endpoint_times_out_unavailable(google: GoogleStandIn) -> None:
+    import time
+
+    google.delay = 3.0
+    decoder = GoogleDecoder(
+        google.service_account, api_url=google.base_url, token_uri=google.token_uri, timeout=0.5
+    )
+    started = time.monotonic()
+    with pytest.raises(ProblemError) as info:
+        decoder.decode("tok", package_name=DEFAULT_PACKAGE)
+    assert info.value.code == "integrity_decode_unavailable"
+    # google-auth retries a failed grant a few times; each attempt is bounded by the timeout
+    assert time.monotonic() - started < 15
