@@ -15,12 +15,13 @@ challenge and the instance key by :func:`integrity_binding` (``requestHash`` or 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from attester.challenges import Challenge
 from attester.errors import ProblemError
+from attester.platforms import VerifiedInstance
 from attester.play_integrity import (
     GoogleDecoder,
     IntegrityDecoder,
@@ -116,6 +117,38 @@ class IntegrityGate:
                 self.decoders[app.client_id] = build_decoder(
                     config, settings, what=f"apps.{app.client_id}.android.play_integrity"
                 )
+
+    def deferred(
+        self,
+        verified: VerifiedInstance,
+        *,
+        token: str | None,
+        attested_packages: tuple[str, ...],
+        challenge: Challenge,
+        key_thumbprint: str,
+        now: datetime,
+    ) -> VerifiedInstance:
+        """``verified`` with the check as its online step (run after the key proof)."""
+        app = verified.app.android
+        assert app is not None
+
+        def online() -> VerifiedInstance:
+            outcome = self.check(
+                client_id=verified.app.client_id,
+                app=app,
+                token=token,
+                attested_packages=attested_packages,
+                challenge=challenge,
+                key_thumbprint=key_thumbprint,
+                now=now,
+            )
+            if not outcome.facts:
+                return replace(verified, online=None)
+            facts = {**verified.stored.get("android_facts", {}), "play_integrity": outcome.facts}
+            stored = {**verified.stored, "android_facts": facts}
+            return replace(verified, claims=outcome.claims, stored=stored, online=None)
+
+        return replace(verified, online=online)
 
     def check(
         self,

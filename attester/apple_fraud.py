@@ -18,7 +18,7 @@ import base64
 import binascii
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from attester.errors import ProblemError
+from attester.platforms import VerifiedInstance
 from attester.play_integrity import read_secret
 from attester.settings import AppConfig, AppleFraudMetricConfig, ConfigError, Settings
 from attester.storage import InstanceRecord, Store
@@ -189,6 +190,21 @@ class FraudMetric:
             skew=timedelta(seconds=self.settings.clock_skew),
         )
         return FreshReceipt(receipt=fresh, risk_metric=verified.risk_metric)
+
+    def deferred(
+        self, verified: VerifiedInstance, *, public_key: bytes, now: datetime
+    ) -> VerifiedInstance:
+        """``verified`` with the registration exchange as its online step, when configured."""
+        app = verified.app
+        if app.apple is None or app.apple.fraud_metric is None:
+            return verified
+        receipt = verified.stored["apple_receipt"]
+
+        def online() -> VerifiedInstance:
+            extra = self.at_registration(app, receipt=receipt, public_key=public_key, now=now)
+            return replace(verified, stored={**verified.stored, **extra}, online=None)
+
+        return replace(verified, online=online)
 
     def at_registration(
         self, app: AppConfig, *, receipt: bytes, public_key: bytes, now: datetime

@@ -75,6 +75,8 @@ class AttesterService:
         verified = verify(redeemed, now)
         jwk, _ = parse_instance_jwk(verified.instance_jwk)
         self.check_key_proof(key_proof, jwk=jwk, challenge=redeemed, now=now)
+        if verified.online is not None:
+            verified = verified.online()
         try:
             record = self.store.register_instance(
                 platform=verified.platform,

@@ -208,23 +208,10 @@ class AndroidPlatform:
             raise ProblemError("jwk_key_type_not_allowed", "the attested key must be EC P-256")
         kd = attestation.key_description
         instance_jwk = public_jwk(leaf_key)
-        # Play Integrity (issue 10): the app's combination mode, token bound to challenge + key
-        application = kd.authorization("attestation_application_id")
-        assert chosen.android is not None
-        integrity = self.integrity.check(
-            client_id=chosen.client_id,
-            app=chosen.android,
-            token=body.integrity_token,
-            attested_packages=application.package_names if application else (),
-            challenge=challenge,
-            key_thumbprint=thumbprint(instance_jwk),
-            now=now,
-        )
-        return VerifiedInstance(
+        verified = VerifiedInstance(
             platform=self.name,
             app=chosen,
             instance_jwk=instance_jwk,
-            claims=integrity.claims,
             stored={
                 "android_serials": attestation.chain_serials,
                 "android_facts": {
@@ -234,10 +221,19 @@ class AndroidPlatform:
                     "provisioning": str(attestation.provisioning.name),
                     "security_level": attestation.security_level.name,
                     "attestation_version": kd.attestation_version,
-                    **({"play_integrity": integrity.facts} if integrity.facts else {}),
                 },
             },
             replace_same_key=True,
+        )
+        # Play Integrity (issue 10): the app's combination mode, after the key proof
+        application = kd.authorization("attestation_application_id")
+        return self.integrity.deferred(
+            verified,
+            token=body.integrity_token,
+            attested_packages=application.package_names if application else (),
+            challenge=challenge,
+            key_thumbprint=thumbprint(instance_jwk),
+            now=now,
         )
 
     # -- renewal ---------------------------------------------------------------------

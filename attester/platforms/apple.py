@@ -219,7 +219,7 @@ class AppleAppAttest:
             raise
         if not matched or attestation.app_id != app.apple.app_id:  # pragma: no cover
             raise ProblemError("app_id_mismatch", "the attestation is not for a registered app")
-        return VerifiedInstance(
+        verified = VerifiedInstance(
             platform=PLATFORM,
             app=app,
             instance_jwk=jwk,
@@ -231,12 +231,10 @@ class AppleAppAttest:
                 "apple_counter": attestation.counter,
                 "apple_receipt": attestation.receipt,
                 "apple_environment": attestation.environment,
-                # fraud metric (issue 10): the exchanged receipt replaces the attestation's
-                **self.fraud.at_registration(
-                    app, receipt=attestation.receipt, public_key=attestation.public_key, now=now
-                ),
             },
         )
+        # fraud metric (issue 10): the receipt exchange, after the key proof
+        return self.fraud.deferred(verified, public_key=attestation.public_key, now=now)
 
     def _candidate_apps(self, client_id: str | None) -> list[AppConfig]:
         if client_id is not None:

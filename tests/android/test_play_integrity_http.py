@@ -352,3 +352,12 @@ def test_pi_settings_missing_key_env_config_error(make_settings: Any, clock: Mut
     with pytest.raises(ConfigError) as info:
         create_app(make_settings(apps=[app]), clock=clock)
     assert "PI_UNSET_SA" in str(info.value)
+
+
+def test_pi_http_bad_key_proof_costs_no_google_request(
+    harness: Harness, google: GoogleStandIn
+) -> None:
+    harness.start({})
+    response = harness.register(harness.google_token(), key_proof="a.b.c")
+    assert response.status_code in (400, 401) and response.json()["code"].startswith("key_proof_")
+    assert (google.token_requests, google.decode_requests) == (0, 0)

@@ -278,3 +278,14 @@ def test_fraud_http_answer_under_untrusted_root_rejected(harness: FraudHarness) 
 def test_fraud_settings_missing_key_config_error(harness: FraudHarness) -> None:
     with pytest.raises(ConfigError):
         harness.start(private_key_env="APPLE_P8_UNSET")
+
+
+def test_fraud_http_bad_key_proof_costs_no_apple_request(
+    harness: FraudHarness, apple_server: AppleReceiptStandIn
+) -> None:
+    apple = harness.start()
+    body, device = apple.registration()
+    harness.answer_with(device, risk=1)
+    response = apple.http.post("/v1/apple/attestations", json={**body, "key_proof": "a.b.c"})
+    assert response.status_code in (400, 401) and response.json()["code"].startswith("key_proof_")
+    assert apple_server.requests == 0
