@@ -383,7 +383,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     verify = sub.add_parser("verify", help="verify platform evidence offline (debugging)")
     verify_sub = verify.add_subparsers(dest="platform", required=True)
-    for name in ("attester.verify_cli.android", "attester.verify_cli.apple"):
+    for name in (
+        "attester.verify_cli.android",
+        "attester.verify_cli.apple",
+        "attester.verify_cli.play_integrity",
+    ):
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:

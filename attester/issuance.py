@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -108,12 +109,15 @@ class AttestationIssuer:
         instance_jwk: dict[str, Any],
         now: datetime,
         status: dict[str, Any] | None = None,
+        extra_claims: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         lifetime = self.lifetime(app)
         iat = int(now.timestamp())
         if self._granularity:
             iat -= iat % self._granularity
         claims: dict[str, Any] = dict(app.claims)
+        # verdicts the publisher configured to pass on; registered claims below win
+        claims.update(extra_claims or {})
         if self.include_iss(app):
             claims["iss"] = self._issuer
         claims.update(
@@ -133,8 +137,11 @@ class AttestationIssuer:
         instance_jwk: dict[str, Any],
         now: datetime,
         status: dict[str, Any] | None = None,
+        extra_claims: Mapping[str, Any] | None = None,
     ) -> IssuedAttestation:
-        claims = self.claims(app=app, instance_jwk=instance_jwk, now=now, status=status)
+        claims = self.claims(
+            app=app, instance_jwk=instance_jwk, now=now, status=status, extra_claims=extra_claims
+        )
         try:
             self._keys.reload()
             signer = self._keys.active_signer(now)

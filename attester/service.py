@@ -80,6 +80,8 @@ class AttesterService:
         verified = verify(redeemed, now)
         jwk, _ = parse_instance_jwk(verified.instance_jwk)
         self.check_key_proof(key_proof, jwk=jwk, challenge=redeemed, now=now)
+        if verified.online is not None:
+            verified = verified.online()
         try:
             record = self.store.register_instance(
                 platform=verified.platform,
@@ -100,7 +102,7 @@ class AttesterService:
             "instance registered",
             extra={"fields": {"platform": record.platform, "client_id": record.client_id}},
         )
-        return self._issue(record, verified.app, now)
+        return self._issue(record, verified.app, now, claims=verified.claims)
 
     # -- renewal ---------------------------------------------------------------------
     def renew(self, request: Mapping[str, Any]) -> dict[str, Any]:
@@ -151,10 +153,17 @@ class AttesterService:
             skew=timedelta(seconds=self.settings.clock_skew),
         )
 
-    def _issue(self, instance: InstanceRecord, app: AppConfig, now: datetime) -> dict[str, Any]:
+    def _issue(
+        self,
+        instance: InstanceRecord,
+        app: AppConfig,
+        now: datetime,
+        *,
+        claims: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
         status = self._status_claim(instance, app, now) if app.status_list else None
         issued: IssuedAttestation = self.issuer.issue(
-            app=app, instance_jwk=instance.instance_jwk, now=now, status=status
+            app=app, instance_jwk=instance.instance_jwk, now=now, status=status, extra_claims=claims
         )
         # recorded before we answer: nothing we hand out is unaccounted for after a crash
         self.store.record_issued(

@@ -42,6 +42,63 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class PlayIntegrityConfig(_Strict):
+    """Play Integrity for one Android app (README, "Play Integrity and the Apple fraud metric").
+
+    ``mode``: ``both`` (default) needs Key Attestation and a passing integrity token;
+    ``ka_required_pi_optional`` needs Key Attestation, and a token, when sent, must pass.
+    """
+
+    mode: Literal["both", "ka_required_pi_optional"] = "both"
+    request_type: Literal["standard", "classic"] = "standard"
+    # google: decodeIntegrityToken with a service account; local: the publisher's keys
+    decode: Literal["google", "local"] = "google"
+    service_account_file: Path | None = None
+    service_account_env: str | None = None
+    # base64 AES-256 key and base64 DER EC public key, as the Play Console shows them
+    decryption_key_file: Path | None = None
+    decryption_key_env: str | None = None
+    verification_key_file: Path | None = None
+    verification_key_env: str | None = None
+    required_device_labels: tuple[
+        Literal[
+            "MEETS_BASIC_INTEGRITY",
+            "MEETS_DEVICE_INTEGRITY",
+            "MEETS_STRONG_INTEGRITY",
+            "MEETS_VIRTUAL_INTEGRITY",
+        ],
+        ...,
+    ] = ("MEETS_DEVICE_INTEGRITY",)
+    require_play_recognized: bool = True
+    require_licensed: bool = True
+    max_token_age: int = Field(default=300, ge=10, le=3600)
+    max_device_activity_level: Literal["LEVEL_1", "LEVEL_2", "LEVEL_3", "LEVEL_4"] | None = None
+    # verdict facts copied into the issued JWT's "play_integrity" claim (none by default)
+    pass_claims: tuple[
+        Literal[
+            "device_recognition_verdict",
+            "app_recognition_verdict",
+            "app_licensing_verdict",
+            "device_activity_level",
+        ],
+        ...,
+    ] = ()
+
+    @model_validator(mode="after")
+    def _decode_sources(self) -> PlayIntegrityConfig:
+        if self.decode == "local":
+            if self.request_type != "classic":
+                raise ValueError("local decoding is only possible for classic requests")
+            for name in ("decryption_key", "verification_key"):
+                if (getattr(self, f"{name}_file") is None) == (getattr(self, f"{name}_env") is None):
+                    raise ValueError(f"local decoding needs exactly one of {name}_file, {name}_env")
+        elif (self.service_account_file is None) == (self.service_account_env is None):
+            raise ValueError(
+                "google decoding needs exactly one of service_account_file, service_account_env"
+            )
+        return self
+
+
 class AndroidAppConfig(_Strict):
     """Which Android apps may register, and the policy their devices must meet."""
 
@@ -55,6 +112,8 @@ class AndroidAppConfig(_Strict):
     # for alternative operating systems such as GrapheneOS
     allowed_verified_boot_keys: tuple[str, ...] = ()
     min_os_patch_level: int | None = Field(default=None, ge=190001, le=999912)
+    # Play Integrity (issue 10); absent: Key Attestation only, and a token sent is refused
+    play_integrity: PlayIntegrityConfig | None = None
 
     @field_validator("signing_cert_sha256", "allowed_verified_boot_keys")
     @classmethod
@@ -68,12 +127,34 @@ class AndroidAppConfig(_Strict):
         return tuple(out)
 
 
+class AppleFraudMetricConfig(_Strict):
+    """Receipt exchange for Apple's fraud metric (README, "Play Integrity and the Apple fraud metric")."""
+
+    # the App Store Connect / DeviceCheck key: its id (the JWT kid) and the .p8 PEM
+    key_id: str = Field(pattern=r"^[A-Z0-9]{10}$")
+    private_key_file: Path | None = None
+    private_key_env: str | None = None
+    # renewal is refused when the risk metric exceeds this (None: stored, never enforced)
+    max_risk_metric: int | None = Field(default=None, ge=1)
+    # a stored receipt younger than this is not exchanged again (Apple refreshes daily)
+    refresh_interval: int = Field(default=86400, ge=60)
+    exchange_at_registration: bool = True
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> AppleFraudMetricConfig:
+        if (self.private_key_file is None) == (self.private_key_env is None):
+            raise ValueError("set exactly one of private_key_file, private_key_env")
+        return self
+
+
 class AppleAppConfig(_Strict):
     """Which iOS app may register with App Attest."""
 
     team_id: str = Field(pattern=r"^[A-Z0-9]{10}$")
     bundle_id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9.\-]+$")
     environment: Literal["development", "production"] = "production"
+    # Apple's fraud metric from receipt exchanges (issue 10); absent: no exchange
+    fraud_metric: AppleFraudMetricConfig | None = None
 
     @property
     def app_id(self) -> str:
@@ -122,6 +203,8 @@ class AndroidSettings(_Strict):
     allow_software_root: bool = False
     allow_software_level: bool = False
     play_integrity_url: str = "https://playintegrity.googleapis.com"
+    play_integrity_token_uri: str = "https://oauth2.googleapis.com/token"
+    play_integrity_timeout: float = Field(default=10.0, gt=0, le=60)
 
 
 class Pkcs11Settings(_Strict):
@@ -169,7 +252,13 @@ class AppleSettings(_Strict):
 
     # test-only: extra PEM roots trusted instead of nothing; Apple's root is always trusted
     test_root_files: tuple[Path, ...] = ()
+    # test-only: extra PEM roots trusted for App Attest receipts besides Apple Root CA - G3
+    test_receipt_root_files: tuple[Path, ...] = ()
     receipt_url: str = "https://data.appattest.apple.com/v1/attestationData"
+    receipt_url_development: str = "https://data-development.appattest.apple.com/v1/attestationData"
+    receipt_timeout: float = Field(default=10.0, gt=0, le=60)
+    # how recent a receipt Apple just returned must be (Apple: minutes)
+    receipt_max_age: int = Field(default=300, ge=60, le=86400)
 
 
 class StatusListSettings(_Strict):

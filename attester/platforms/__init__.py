@@ -8,6 +8,7 @@ storage and issuance.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -29,6 +30,11 @@ class VerifiedInstance:
     stored: dict[str, Any] = field(default_factory=dict)
     # an Android instance may re-attest the key it registered before
     replace_same_key: bool = False
+    # per-registration claims for the issued JWT (e.g. configured Play Integrity verdicts)
+    claims: dict[str, Any] = field(default_factory=dict)
+    # an online step (Play Integrity decode, Apple receipt exchange) the service runs only
+    # after the key proof passed, so a request failing it costs no call to Google or Apple
+    online: Callable[[], VerifiedInstance] | None = None
 
 
 class Platform(Protocol):

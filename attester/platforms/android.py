@@ -20,6 +20,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from attester.android_integrity import IntegrityGate
 from attester.android_revocation import RevocationFetcher
 from attester.challenges import Challenge
 from attester.codec import decode_base64
@@ -28,7 +29,7 @@ from attester.platforms import VerifiedInstance
 from attester.routes import NO_STORE
 from attester.settings import AndroidAppConfig, AppConfig, ConfigError, Settings
 from attester.storage import InstanceRecord
-from keys.jwks import public_jwk
+from keys.jwks import public_jwk, thumbprint
 from platform_verifiers.anchors import TrustAnchor, load_anchor
 from platform_verifiers.android import (
     MAX_CHAIN_LENGTH,
@@ -68,7 +69,7 @@ class AndroidRegistration(BaseModel):
     challenge: Annotated[str, Field(max_length=4096)]
     key_proof: Annotated[str, Field(max_length=8192)]
     client_id: Annotated[str | None, Field(max_length=255)] = None
-    # Play Integrity verdicts are not evaluated yet; the field is accepted and ignored
+    # Play Integrity token (standard or classic); see attester/android_integrity.py
     integrity_token: Annotated[str | None, Field(max_length=16384)] = None
 
 
@@ -118,7 +119,13 @@ class AndroidPlatform:
                     "'software' needs the test-only setting android.allow_software_level"
                 )
 
-    def __init__(self, settings: Settings, *, fetcher: RevocationFetcher | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        fetcher: RevocationFetcher | None = None,
+        integrity: IntegrityGate | None = None,
+    ) -> None:
         self.validate_settings(settings)
         self.settings = settings
         android = settings.android
@@ -136,6 +143,8 @@ class AndroidPlatform:
             cache_path=settings.data_dir / "android-revocation.json",
             timeout=android.revocation_timeout,
         )
+        # Play Integrity (issue 10): decoders per app, keys read once here
+        self.integrity = integrity or IntegrityGate(settings)
 
     # -- revocation ------------------------------------------------------------------
     def revocation(self, now: datetime) -> tuple[RevocationSnapshot | None, timedelta | None]:
@@ -203,10 +212,11 @@ class AndroidPlatform:
         if not isinstance(leaf_key, ec.EllipticCurvePublicKey) or leaf_key.curve.name != "secp256r1":
             raise ProblemError("jwk_key_type_not_allowed", "the attested key must be EC P-256")
         kd = attestation.key_description
-        return VerifiedInstance(
+        instance_jwk = public_jwk(leaf_key)
+        verified = VerifiedInstance(
             platform=self.name,
             app=chosen,
-            instance_jwk=public_jwk(leaf_key),
+            instance_jwk=instance_jwk,
             stored={
                 "android_serials": attestation.chain_serials,
                 "android_facts": {
@@ -219,6 +229,16 @@ class AndroidPlatform:
                 },
             },
             replace_same_key=True,
+        )
+        # Play Integrity (issue 10): the app's combination mode, after the key proof
+        application = kd.authorization("attestation_application_id")
+        return self.integrity.deferred(
+            verified,
+            token=body.integrity_token,
+            attested_packages=application.package_names if application else (),
+            challenge=challenge,
+            key_thumbprint=thumbprint(instance_jwk),
+            now=now,
         )
 
     # -- renewal ---------------------------------------------------------------------

@@ -25,6 +25,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from attester.apple_fraud import FraudMetric
 from attester.challenges import Challenge
 from attester.codec import decode_base64
 from attester.errors import ProblemError
@@ -173,6 +174,7 @@ class AppleAppAttest:
         store: Store,
         anchors: tuple[TrustAnchor, ...],
         verified_cache: VerifiedLinkCache | None = None,
+        fraud: FraudMetric | None = None,
     ) -> None:
         if not anchors:
             raise ValueError("App Attest needs at least one trust anchor")
@@ -181,6 +183,8 @@ class AppleAppAttest:
         self.anchors = anchors
         # one per process: verified intermediate links are pure facts about bytes
         self.verified_cache = verified_cache or VerifiedLinkCache()
+        # Apple's fraud metric (issue 10): receipt exchanges for the apps that configure it
+        self.fraud = fraud or FraudMetric(settings, store)
 
     # -- registration ----------------------------------------------------------------
     def attest(
@@ -215,7 +219,7 @@ class AppleAppAttest:
             raise
         if not matched or attestation.app_id != app.apple.app_id:  # pragma: no cover
             raise ProblemError("app_id_mismatch", "the attestation is not for a registered app")
-        return VerifiedInstance(
+        verified = VerifiedInstance(
             platform=PLATFORM,
             app=app,
             instance_jwk=jwk,
@@ -229,6 +233,8 @@ class AppleAppAttest:
                 "apple_environment": attestation.environment,
             },
         )
+        # fraud metric (issue 10): the receipt exchange, after the key proof
+        return self.fraud.deferred(verified, public_key=attestation.public_key, now=now)
 
     def _candidate_apps(self, client_id: str | None) -> list[AppConfig]:
         if client_id is not None:
@@ -316,6 +322,8 @@ class AppleAppAttest:
             raise ProblemError(
                 "counter_not_increasing", "this assertion counter has been used already"
             )
+        # fraud metric (issue 10): after the counter, so a replayed assertion costs no exchange
+        self.fraud.at_renewal(instance, app, now=now)
 
 
 def plug_in(service: AttesterService) -> tuple[Platform, APIRouter]:

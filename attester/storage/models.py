@@ -78,6 +78,9 @@ class Instance(Base):
     apple_counter: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     apple_receipt: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     apple_environment: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # Apple fraud metric (migration 0003): risk metric of the latest exchanged receipt
+    apple_risk_metric: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    apple_receipt_refreshed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class IssuedAttestation(Base):

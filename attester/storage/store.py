@@ -45,6 +45,10 @@ class InstanceRecord:
     apple_public_key: bytes | None
     apple_counter: int | None
     apple_environment: str | None
+    # Apple fraud metric (issue 10): the stored receipt, its risk metric and fetch time
+    apple_receipt: bytes | None = None
+    apple_risk_metric: int | None = None
+    apple_receipt_refreshed_at: datetime | None = None
 
     @classmethod
     def of(cls, row: Instance) -> InstanceRecord:
@@ -62,6 +66,9 @@ class InstanceRecord:
             apple_public_key=row.apple_public_key,
             apple_counter=row.apple_counter,
             apple_environment=row.apple_environment,
+            apple_receipt=row.apple_receipt,
+            apple_risk_metric=row.apple_risk_metric,
+            apple_receipt_refreshed_at=row.apple_receipt_refreshed_at,
         )
 
 
@@ -146,6 +153,8 @@ class Store:
         apple_counter: int | None = None,
         apple_receipt: bytes | None = None,
         apple_environment: str | None = None,
+        apple_risk_metric: int | None = None,
+        apple_receipt_refreshed_at: datetime | None = None,
         replace_same_key: bool = False,
     ) -> InstanceRecord:
         """Store a newly attested instance.
@@ -177,6 +186,8 @@ class Store:
             row.apple_counter = apple_counter
             row.apple_receipt = apple_receipt
             row.apple_environment = apple_environment
+            row.apple_risk_metric = apple_risk_metric
+            row.apple_receipt_refreshed_at = apple_receipt_refreshed_at
             try:
                 session.flush()
             except IntegrityError as exc:
@@ -200,6 +211,17 @@ class Store:
                 .values(apple_counter=new_counter, renewed_at=now)
             )
             return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    def store_receipt(
+        self, instance_id: str, *, receipt: bytes, risk_metric: int | None, now: datetime
+    ) -> None:
+        """Keep the receipt Apple just returned and its risk metric (Apple fraud metric)."""
+        with self._sessions.begin() as session:
+            session.execute(
+                update(Instance)
+                .where(Instance.id == instance_id)
+                .values(apple_receipt=receipt, apple_risk_metric=risk_metric, apple_receipt_refreshed_at=now)
+            )
 
     def set_status(self, instance_id: str, status: str) -> None:
         """Operator action: e.g. ``revoked``; a revoked instance neither renews nor re-registers."""

@@ -6,7 +6,7 @@ https://developer.apple.com/documentation/devicecheck/validating-apps-that-conne
 """
 
 from ..linkcache import VerifiedLinkCache
-from .anchors import apple_app_attest_roots
+from .anchors import apple_app_attest_roots, apple_receipt_roots
 from .parse import (
     MAX_ASSERTION_BYTES,
     MAX_ATTESTATION_BYTES,
@@ -17,6 +17,7 @@ from .parse import (
     parse_assertion,
     parse_attestation_object,
 )
+from .receipt import RECEIPT_ERROR_CODES, Receipt, parse_receipt_payload, verify_receipt
 from .verify import (
     AAGUIDS,
     AppAssertion,
@@ -62,6 +63,7 @@ __all__ = [
     "ATTESTATION_ERROR_CODES",
     "MAX_ASSERTION_BYTES",
     "MAX_ATTESTATION_BYTES",
+    "RECEIPT_ERROR_CODES",
     "AppAssertion",
     "AppAttestation",
     "Assertion",
@@ -69,11 +71,15 @@ __all__ = [
     "AuthenticatorData",
     "CoseKey",
     "Environment",
+    "Receipt",
     "VerifiedLinkCache",
     "apple_app_attest_roots",
+    "apple_receipt_roots",
     "load_public_key",
     "parse_assertion",
     "parse_attestation_object",
+    "parse_receipt_payload",
     "verify_assertion",
     "verify_attestation",
+    "verify_receipt",
 ]

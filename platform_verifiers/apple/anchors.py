@@ -44,3 +44,30 @@ def apple_app_attest_roots() -> tuple[TrustAnchor, ...]:
             sha256=APPLE_APP_ATTESTATION_ROOT_CA_SHA256,
         ),
     )
+
+
+# -- receipts ----------------------------------------------------------------------------
+# App Attest receipts (PKCS#7) are signed under **Apple Root CA - G3**, not under the App
+# Attestation root. Apple publishes it at https://www.apple.com/certificateauthority/
+# (``AppleRootCA-G3.cer``). It is not in ../shared/vectors/roots; the PEM here was taken
+# from the certificate set of the real receipts in ../shared/vectors/apple (all fourteen
+# carry the same copy) and is pinned to the SHA-256 Apple publishes for it:
+# 63343abfb89a6a03ebb57e9b3f5fa7be7c4f5c756f3017b3a8c488c3653e9179
+# (subject CN=Apple Root CA - G3, EC P-384, valid 2014-04-30 .. 2039-04-30).
+APPLE_ROOT_CA_G3_SOURCE = "https://www.apple.com/certificateauthority/AppleRootCA-G3.cer"
+APPLE_ROOT_CA_G3_SHA256 = "63343abfb89a6a03ebb57e9b3f5fa7be7c4f5c756f3017b3a8c488c3653e9179"
+_G3_PEM_NAME = "apple_root_ca_g3.pem"
+
+
+@cache  # immutable packaged data
+def apple_receipt_roots() -> tuple[TrustAnchor, ...]:
+    """The pinned trust anchor for App Attest receipts (Apple Root CA - G3)."""
+    pem = resources.files("platform_verifiers.apple.roots").joinpath(_G3_PEM_NAME).read_bytes()
+    return (
+        load_anchor(
+            "Apple Root CA - G3",
+            pem,
+            source=APPLE_ROOT_CA_G3_SOURCE,
+            sha256=APPLE_ROOT_CA_G3_SHA256,
+        ),
+    )
