@@ -20,4 +20,6 @@ if [ -f tests/e2e/as/package-lock.json ] && [ ! -d tests/e2e/as/node_modules ]; 
 fi
 python3 -m pip install --quiet --disable-pip-version-check -e ".[test]"
 
+# every real server above must be usable: a test that cannot reach one fails instead of skipping
+export ATTESTER_TESTS_REQUIRE_ALL=1
 exec python3 -m pytest -q -rs "$@"

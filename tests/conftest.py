@@ -13,7 +13,7 @@ from attester.app import create_app
 from attester.service import AttesterService, build_service
 from attester.settings import Settings, load_settings
 from tests import softhsm as softhsm_support
-from tests.support import LiveServer, MutableClock, live_server, postgres_server
+from tests.support import LiveServer, MutableClock, live_server, postgres_server, unavailable
 
 ISSUER = "https://attester.test"
 
@@ -67,7 +67,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'store.db'}"
     base = request.getfixturevalue("postgres_url")
     if base is None:
-        pytest.skip(
+        unavailable(
             "PostgreSQL: no server could be started locally (initdb not found or not runnable); "
             ".ci/run installs the Debian 'postgresql' package so CI always runs these"
         )
@@ -84,6 +84,6 @@ def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[softhsm_suppor
     """SoftHSM2 tokens for the PKCS#11 tests, one set per session (see tests/softhsm.py)."""
     reason = softhsm_support.skip_reason()
     if reason is not None:
-        pytest.skip(reason)
+        unavailable(reason)
     with softhsm_support.softhsm(tmp_path_factory.mktemp("softhsm")) as hsm:
         yield hsm
