@@ -16,7 +16,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from attester import logs
 from attester.errors import ProblemError, from_verification, loggable
-from attester.routes import build_core_router
+from attester.documents import CachedDocuments
+from attester.routes import build_core_router, document_sources
 from attester.service import AttesterService, Clock, build_service, utcnow
 from attester.settings import Settings, load_settings
 from platform_verifiers.errors import VerificationError
@@ -222,6 +223,8 @@ def create_app(
     for router in routers:
         app.include_router(router)
     _install_error_handlers(app)
+    # inside RequestContext (request id, access log), before the router
+    app.add_middleware(CachedDocuments, sources=document_sources(service))
     app.add_middleware(RequestContext, max_body=settings.max_body_bytes)
     return app
 

@@ -9,13 +9,15 @@ only) and the app's static claims. No per-instance identifier beyond ``cnf``.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from attester.settings import MAX_ATTESTATION_LIFETIME, AppConfig
 from keys.jwks import b64url
+from keys.signer import Signer
 from keys.store import KeyStore
 
 TYP = "oauth-client-attestation+jwt"
@@ -47,6 +49,8 @@ class AttestationIssuer:
         self._include_iss = include_iss
         self._default_lifetime = default_lifetime
         self._granularity = iat_granularity
+        # encoded header per (kid, x5c): it only changes with the signing key
+        self._headers: dict[tuple[str, tuple[str, ...] | None], str] = {}
 
     def claims(self, *, app: AppConfig, instance_jwk: dict[str, Any], now: datetime) -> dict[str, Any]:
         lifetime = min(app.attestation_lifetime or self._default_lifetime, MAX_ATTESTATION_LIFETIME)
@@ -66,22 +70,34 @@ class AttestationIssuer:
 
     def issue(self, *, app: AppConfig, instance_jwk: dict[str, Any], now: datetime) -> IssuedAttestation:
         claims = self.claims(app=app, instance_jwk=instance_jwk, now=now)
-        self._keys.reload()
+        self._keys.reload()  # one stat: notices a rotation made by another process
         signer = self._keys.active_signer(now)
-        header: dict[str, Any] = {"alg": signer.alg, "typ": TYP, "kid": signer.kid}
-        chain = self._keys.x5c(signer.kid)
-        if chain:
-            header["x5c"] = list(chain)
-        signing_input = _segment(header) + "." + _segment(claims)
+        signing_input = self._header(signer) + "." + _segment(claims)
         jwt = signing_input + "." + b64url(signer.sign(signing_input.encode("ascii")))
         return IssuedAttestation(
             jwt=jwt,
-            reference=b64url(hashlib.sha256(jwt.encode()).digest()),
+            reference=b64url(hashlib.sha256(jwt.encode("ascii")).digest()),
             kid=signer.kid,
             issued_at=datetime.fromtimestamp(claims["iat"], UTC),
             expires_at=datetime.fromtimestamp(claims["exp"], UTC),
         )
 
+    def _header(self, signer: Signer) -> str:
+        chain = self._keys.x5c(signer.kid)
+        key = (signer.kid, chain)
+        encoded = self._headers.get(key)
+        if encoded is None:
+            header: dict[str, Any] = {"alg": signer.alg, "typ": TYP, "kid": signer.kid}
+            if chain:
+                header["x5c"] = list(chain)
+            encoded = _segment(header)
+            if len(self._headers) > 64:  # rotations are rare; never grow without bound
+                self._headers.clear()
+            self._headers[key] = encoded
+        return encoded
+
 
 def _segment(obj: dict[str, Any]) -> str:
-    return b64url(json.dumps(obj, separators=(",", ":")).encode())
+    # orjson: compact UTF-8 JSON like json.dumps(separators=(",", ":")) at about a tenth
+    # of its cost (JSON encoding was the largest share of issuance outside the signature)
+    return b64url(orjson.dumps(obj))

@@ -101,6 +101,10 @@ class KeyStore:
         self._x5c: dict[str, tuple[str, ...]] = {}
         self._mtime_ns: int | None = None
         self._jwks_cache: tuple[JwksDocument, datetime, datetime] | None = None
+        # (signer, from, until): the active key cannot change inside [from, until)
+        self._active_cache: tuple[FileSigner, datetime, datetime] | None = None
+        # a str, not a Path: reload() stats it on every issuance and every JWKS request
+        self._metadata_path = str(directory / METADATA)
 
     # -- set-up ----------------------------------------------------------------------
     def ensure_initialised(self, now: datetime) -> None:
@@ -129,9 +133,8 @@ class KeyStore:
     # -- reading ---------------------------------------------------------------------
     def reload(self, *, force: bool = False) -> None:
         """Re-read the metadata if it changed on disk (cheap: one stat)."""
-        path = self.directory / METADATA
         try:
-            mtime = path.stat().st_mtime_ns
+            mtime = os.stat(self._metadata_path).st_mtime_ns
         except FileNotFoundError as exc:
             raise KeyStoreError(f"no key metadata in {self.directory}") from exc
         if not force and mtime == self._mtime_ns:
@@ -151,6 +154,7 @@ class KeyStore:
         x5c = {r.kid: chain for r in records if (chain := self._load_x5c(signers[r.kid])) is not None}
         self._records, self._signers, self._public, self._x5c = records, signers, public, x5c
         self._jwks_cache = None
+        self._active_cache = None
         self._mtime_ns = mtime
 
     def statuses(self, now: datetime) -> list[KeyStatus]:
@@ -174,10 +178,24 @@ class KeyStore:
         return out
 
     def active_signer(self, now: datetime) -> FileSigner:
+        """The key that signs at ``now``.
+
+        Cached until the key state can next change (a key's creation or activation time)
+        or a reload: recomputing every state per issuance was a visible share of it.
+        """
+        cached = self._active_cache
+        if cached is not None and cached[1] <= now < cached[2]:
+            return cached[0]
         for status in self.statuses(now):
             if status.state is KeyState.ACTIVE:
-                return self._signers[status.record.kid]
+                signer = self._signers[status.record.kid]
+                self._active_cache = (signer, now, self._next_change(now))
+                return signer
         raise KeyStoreError("no active signing key")
+
+    def _next_change(self, now: datetime) -> datetime:
+        later = [t for r in self._records for t in (r.created_at, r.activates_at) if t > now]
+        return min(later, default=datetime.max.replace(tzinfo=now.tzinfo))
 
     def jwks(self, now: datetime) -> JwksDocument:
         """Public keys of every next, active and retired key (never private members).
