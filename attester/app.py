@@ -224,7 +224,13 @@ def create_app(
         app.include_router(router)
     _install_error_handlers(app)
     # inside RequestContext (request id, access log), before the router
-    app.add_middleware(CachedDocuments, sources=document_sources(service))
+    app.add_middleware(
+        CachedDocuments,
+        sources=document_sources(service),
+        method_not_allowed=lambda: problem_response(
+            ProblemError("method_not_allowed", "method not allowed on this resource", status=405)
+        ),
+    )
     app.add_middleware(RequestContext, max_body=settings.max_body_bytes)
     return app
 

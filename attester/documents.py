@@ -5,7 +5,8 @@ JWKS), and their bytes only change on a key rotation. Routing them through FastA
 (dependency resolution, a Response object per request) cost about four times the work of
 answering from cached bytes, so this pure ASGI layer answers ``GET`` for the paths it
 knows, before the router, with ``ETag`` / ``If-None-Match`` (RFC 9110 section 13.1.2)
-and ``Cache-Control``. Every other request passes through untouched.
+and ``Cache-Control``; other methods on those paths get the 405 problem. Every other
+request passes through untouched.
 """
 
 from __future__ import annotations
@@ -58,14 +59,24 @@ def etag_matches(if_none_match: str, etag: str) -> bool:
 class CachedDocuments:
     """Pure ASGI middleware answering ``GET <path>`` from ``sources``."""
 
-    def __init__(self, app: ASGIApp, *, sources: dict[str, DocumentSource]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        sources: dict[str, DocumentSource],
+        method_not_allowed: Callable[[], ASGIApp],
+    ) -> None:
         self.app = app
         self.sources = sources
+        self.method_not_allowed = method_not_allowed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         source = self.sources.get(scope["path"]) if scope["type"] == "http" else None
-        if source is None or scope["method"] != "GET":
+        if source is None:
             await self.app(scope, receive, send)
+            return
+        if scope["method"] != "GET":
+            await self.method_not_allowed()(scope, receive, send)
             return
         document = source()
         if_none_match = next((v for k, v in scope["headers"] if k == b"if-none-match"), None)

@@ -30,6 +30,28 @@ class InstanceRevoked(Exception):
     """The instance key belongs to an instance an operator revoked."""
 
 
+class ChallengeAlreadyRedeemed(Exception):
+    """The challenge was redeemed (on some replica) before this transaction committed."""
+
+
+@dataclass(frozen=True)
+class Redemption:
+    """A challenge to mark used: SHA-256 of its bytes, and when it could expire anyway."""
+
+    digest: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class IssuedRow:
+    """A signed Client Attestation JWT to record with the registration that produced it."""
+
+    jti: str
+    kid: str
+    issued_at: datetime
+    expires_at: datetime
+
+
 @dataclass(frozen=True)
 class InstanceRecord:
     id: str
@@ -122,6 +144,11 @@ class Store:
             return False
         return True
 
+    def challenge_redeemed(self, digest: str) -> bool:
+        """Whether the challenge was redeemed already (a read: no commit, no fsync)."""
+        with self._sessions() as session:
+            return session.get(RedeemedChallenge, digest) is not None
+
     def purge_expired(self, now: datetime) -> int:
         """Drop redeemed challenges that can no longer verify anyway."""
         with self._sessions.begin() as session:
@@ -147,14 +174,29 @@ class Store:
         apple_receipt: bytes | None = None,
         apple_environment: str | None = None,
         replace_same_key: bool = False,
+        redemption: Redemption | None = None,
+        issued: IssuedRow | None = None,
     ) -> InstanceRecord:
         """Store a newly attested instance.
 
         ``replace_same_key`` lets an Android instance re-attest the key it registered
         before (its registration time and chain are refreshed). Otherwise a key
         thumbprint or App Attest key id seen before raises :class:`AlreadyRegistered`.
+
+        ``redemption`` and ``issued`` are written in the same transaction (one commit,
+        one fsync, instead of three): the challenge is marked used, and the JWT recorded,
+        exactly when the instance is; :class:`ChallengeAlreadyRedeemed` if another
+        request redeemed the challenge first.
         """
         with self._sessions.begin() as session:
+            if redemption is not None:
+                session.add(
+                    RedeemedChallenge(digest=redemption.digest, expires_at=redemption.expires_at)
+                )
+                try:
+                    session.flush()
+                except IntegrityError as exc:
+                    raise ChallengeAlreadyRedeemed("challenge redeemed already") from exc
             row = session.scalar(select(Instance).where(Instance.key_thumbprint == key_thumbprint))
             if row is not None and row.status != "active":
                 # an operator's revocation is not undone by attesting the same key again
@@ -181,6 +223,17 @@ class Store:
                 session.flush()
             except IntegrityError as exc:
                 raise AlreadyRegistered("App Attest key id already registered") from exc
+            if issued is not None:
+                session.add(
+                    IssuedAttestation(
+                        jti=issued.jti,
+                        instance_id=row.id,
+                        kid=issued.kid,
+                        issued_at=issued.issued_at,
+                        expires_at=issued.expires_at,
+                    )
+                )
+                session.flush()
             return InstanceRecord.of(row)
 
     def instance_by_thumbprint(self, key_thumbprint: str) -> InstanceRecord | None:
