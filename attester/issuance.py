@@ -70,7 +70,8 @@ class AttestationIssuer:
 
     def issue(self, *, app: AppConfig, instance_jwk: dict[str, Any], now: datetime) -> IssuedAttestation:
         claims = self.claims(app=app, instance_jwk=instance_jwk, now=now)
-        self._keys.reload()  # one stat: notices a rotation made by another process
+        # a rotation by another process is noticed within a second (see KeyStore.reload)
+        self._keys.reload(unless_checked_within=1.0)
         signer = self._keys.active_signer(now)
         signing_input = self._header(signer) + "." + _segment(claims)
         jwt = signing_input + "." + b64url(signer.sign(signing_input.encode("ascii")))

@@ -25,6 +25,7 @@ import fcntl
 import json
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -105,6 +106,7 @@ class KeyStore:
         self._active_cache: tuple[FileSigner, datetime, datetime] | None = None
         # a str, not a Path: reload() stats it on every issuance and every JWKS request
         self._metadata_path = str(directory / METADATA)
+        self._checked_at = float("-inf")  # time.monotonic() of the last stat
 
     # -- set-up ----------------------------------------------------------------------
     def ensure_initialised(self, now: datetime) -> None:
@@ -131,8 +133,18 @@ class KeyStore:
         return record
 
     # -- reading ---------------------------------------------------------------------
-    def reload(self, *, force: bool = False) -> None:
-        """Re-read the metadata if it changed on disk (cheap: one stat)."""
+    def reload(self, *, force: bool = False, unless_checked_within: float = 0.0) -> None:
+        """Re-read the metadata if it changed on disk (cheap: one stat).
+
+        ``unless_checked_within`` (seconds) skips even the stat when the last one is that
+        recent: issuance uses it, because a key rotated by another process is published
+        at once but signs only after the pre-publication delay, so noticing it a second
+        late changes nothing an AS can see.
+        """
+        checked = time.monotonic()
+        if not force and unless_checked_within and checked - self._checked_at < unless_checked_within:
+            return
+        self._checked_at = checked
         try:
             mtime = os.stat(self._metadata_path).st_mtime_ns
         except FileNotFoundError as exc:
