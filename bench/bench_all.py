@@ -2,12 +2,13 @@
 
     python bench/bench_all.py [--quick] [--only SECTION ...] [--instances N]
 
-Sections (``--only`` picks some; each prints its own table rows):
+Sections (``--only`` picks some; each prints its own table rows). Needs Debian ``wrk``
+for ``docs``, PostgreSQL binaries for the PostgreSQL rows, pyattest (``bench`` extra) for ``peer``.
 
 * ``verify``   Android (RSA-root and EC-root real chains) and Apple (real samples)
   in-process verification vs the bound of the same run: the pyca signature checks of
   the same chain (all links uncached; the leaf link alone with the verified-intermediate
-  cache). Bound and measured are interleaved in rounds; medians are compared.
+  cache). Bound and measured alternate in short batches, so both see the same load.
 * ``peer``     pyattest (the ``bench`` extra) on the same Apple samples.
 * ``issue``    full issuance vs ES256 sign alone (the same FileSigner).
 * ``docs``     JWKS (and the status list, when the service publishes one) over HTTP:
@@ -79,23 +80,25 @@ def ok(value: float, limit: float, *, at_most: bool) -> str:
 
 
 # -- timing ------------------------------------------------------------------------
-def per_op(fn: Callable[[], int], seconds: float) -> float:
-    """Microseconds per operation; ``fn`` runs a batch and returns how many it did."""
-    done, start = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds:
-        done += fn()
-    return elapsed / done * 1e6
-
-
 def interleaved(measures: dict[str, Callable[[], int]], seconds: float, rounds: int) -> dict[str, float]:
-    """Median us/op of each measure over ``rounds`` rounds that alternate between them."""
-    for fn in measures.values():
-        fn()  # warm-up (and the cache, for cached measures)
-    samples: dict[str, list[float]] = {name: [] for name in measures}
+    """us/op of each measure, alternating short batches of each until ``seconds`` pass.
+
+    On a shared machine the load changes within a second; alternating batches (each a few
+    milliseconds) makes every measure see the same load, so their ratio is stable even
+    when the absolute figures are not. The first ``rounds`` alternations are warm-up.
+    """
+    spent = {name: 0.0 for name in measures}
+    done = {name: 0 for name in measures}
     for _ in range(rounds):
+        for fn in measures.values():
+            fn()  # warm-up (and the cache, for cached measures)
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
         for name, fn in measures.items():
-            samples[name].append(per_op(fn, seconds / rounds))
-    return {name: statistics.median(values) for name, values in samples.items()}
+            started = time.perf_counter()
+            done[name] += fn()
+            spent[name] += time.perf_counter() - started
+    return {name: spent[name] / done[name] * 1e6 for name in measures}
 
 
 def batch(fn: Callable[[], object], n: int = 20) -> Callable[[], int]:
