@@ -123,10 +123,39 @@ class AttesterService:
 
     # -- renewal ---------------------------------------------------------------------
     def renew(self, request: Mapping[str, Any]) -> dict[str, Any]:
-        """A new JWT for a registered instance: fresh challenge, key proof, platform re-check."""
+        """A new JWT for a registered instance: fresh challenge, key proof, platform re-check.
+
+        As for registration, a failed attempt burns the challenge at once and a successful
+        one commits the redemption with the issued JWT (one commit).
+        """
         now = self.clock()
+        checked, redemption = self.challenges.check_unused(request.get("challenge"), now)
+        try:
+            instance, app = self._renewable(request, checked, now)
+        except Exception:
+            self._burn(redemption, now)
+            raise
+        issued = self.issuer.issue(app=app, instance_jwk=instance.instance_jwk, now=now)
+        try:
+            # recorded before we answer: nothing we hand out is unaccounted for after a crash
+            self.store.record_issued(
+                jti=issued.reference,
+                instance_id=instance.id,
+                kid=issued.kid,
+                issued_at=issued.issued_at,
+                expires_at=issued.expires_at,
+                redemption=redemption,
+            )
+        except ChallengeAlreadyRedeemed:
+            raise replayed() from None
+        self.challenges.redeemed(now)
+        return self._response(issued, instance, now)
+
+    def _renewable(
+        self, request: Mapping[str, Any], challenge: Challenge, now: datetime
+    ) -> tuple[InstanceRecord, AppConfig]:
+        """The instance and its app, after every renewal check (platform's included)."""
         key_thumbprint = request.get("key_thumbprint")
-        redeemed = self.challenges.redeem(request.get("challenge"), now)
         instance = (
             self.store.instance_by_thumbprint(key_thumbprint)
             if isinstance(key_thumbprint, str) and len(key_thumbprint) <= 64
@@ -140,7 +169,7 @@ class AttesterService:
         if app is None:
             raise ProblemError("app_not_registered", "the instance's app is no longer configured")
         self.check_key_proof(
-            request.get("key_proof"), jwk=instance.instance_jwk, challenge=redeemed, now=now
+            request.get("key_proof"), jwk=instance.instance_jwk, challenge=challenge, now=now
         )
         if now - instance.registered_at > timedelta(seconds=app.max_registration_age):
             raise ProblemError(
@@ -151,8 +180,8 @@ class AttesterService:
         platform = self.platforms.get(instance.platform)
         if platform is None:
             raise ProblemError("platform_not_supported", "renewal is not available for this platform")
-        platform.renew(instance, dict(request), app=app, challenge=redeemed, now=now)
-        return self._issue(instance, app, now)
+        platform.renew(instance, dict(request), app=app, challenge=challenge, now=now)
+        return instance, app
 
     # -- shared steps ----------------------------------------------------------------
     def check_key_proof(
@@ -167,20 +196,6 @@ class AttesterService:
             max_age=timedelta(seconds=self.settings.key_proof_max_age),
             skew=timedelta(seconds=self.settings.clock_skew),
         )
-
-    def _issue(self, instance: InstanceRecord, app: AppConfig, now: datetime) -> dict[str, Any]:
-        issued: IssuedAttestation = self.issuer.issue(
-            app=app, instance_jwk=instance.instance_jwk, now=now
-        )
-        # recorded before we answer: nothing we hand out is unaccounted for after a crash
-        self.store.record_issued(
-            jti=issued.reference,
-            instance_id=instance.id,
-            kid=issued.kid,
-            issued_at=issued.issued_at,
-            expires_at=issued.expires_at,
-        )
-        return self._response(issued, instance, now)
 
     @staticmethod
     def _response(issued: IssuedAttestation, instance: InstanceRecord, now: datetime) -> dict[str, Any]:

@@ -94,3 +94,15 @@ def test_register_success_records_issued_jwt(service: AttesterService) -> None:
     record = service.store.instance_by_thumbprint(result["key_thumbprint"])
     assert record is not None
     assert len(service.store.issued_for(record.id)) == 1
+
+
+def test_store_record_issued_with_redeemed_challenge_records_nothing(database_url: str) -> None:
+    store = create_store(database_url)
+    record = _register(store, "v" * 43, Redemption("a1" * 32, NOW + timedelta(minutes=5)))
+    used = Redemption("a2" * 32, NOW + timedelta(minutes=5))
+    assert store.redeem_challenge(used.digest, expires_at=used.expires_at)
+    with pytest.raises(ChallengeAlreadyRedeemed):
+        store.record_issued(jti="j-renewal", instance_id=record.id, kid="kid", issued_at=NOW,
+                            expires_at=NOW + timedelta(hours=1), redemption=used)
+    assert [jti for jti, _, _ in store.issued_for(record.id)] == ["j-" + "v" * 43]
+    store.dispose()

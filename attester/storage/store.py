@@ -17,7 +17,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, delete, event, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from attester.storage.models import Instance, IssuedAttestation, RedeemedChallenge
 
@@ -85,6 +85,15 @@ class InstanceRecord:
             apple_counter=row.apple_counter,
             apple_environment=row.apple_environment,
         )
+
+
+def _redeem_in(session: Session, redemption: Redemption) -> None:
+    """Mark a challenge used inside ``session``'s transaction (commits with its other writes)."""
+    session.add(RedeemedChallenge(digest=redemption.digest, expires_at=redemption.expires_at))
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        raise ChallengeAlreadyRedeemed("challenge redeemed already") from exc
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -190,13 +199,7 @@ class Store:
         """
         with self._sessions.begin() as session:
             if redemption is not None:
-                session.add(
-                    RedeemedChallenge(digest=redemption.digest, expires_at=redemption.expires_at)
-                )
-                try:
-                    session.flush()
-                except IntegrityError as exc:
-                    raise ChallengeAlreadyRedeemed("challenge redeemed already") from exc
+                _redeem_in(session, redemption)
             row = session.scalar(select(Instance).where(Instance.key_thumbprint == key_thumbprint))
             if row is not None and row.status != "active":
                 # an operator's revocation is not undone by attesting the same key again
@@ -261,9 +264,22 @@ class Store:
 
     # -- issued attestations ---------------------------------------------------------
     def record_issued(
-        self, *, jti: str, instance_id: str, kid: str, issued_at: datetime, expires_at: datetime
+        self,
+        *,
+        jti: str,
+        instance_id: str,
+        kid: str,
+        issued_at: datetime,
+        expires_at: datetime,
+        redemption: Redemption | None = None,
     ) -> None:
+        """Record a signed JWT; with ``redemption``, mark its challenge used in the same commit.
+
+        Raises :class:`ChallengeAlreadyRedeemed` (and records nothing) when it was used.
+        """
         with self._sessions.begin() as session:
+            if redemption is not None:
+                _redeem_in(session, redemption)
             session.add(
                 IssuedAttestation(
                     jti=jti,
