@@ -15,8 +15,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from attester import logs
-from attester.errors import ProblemError, from_verification, loggable
 from attester.documents import CachedDocuments
+from attester.errors import ProblemError, from_verification, loggable
 from attester.routes import build_core_router, document_sources
 from attester.service import AttesterService, Clock, build_service, utcnow
 from attester.settings import Settings, load_settings

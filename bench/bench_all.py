@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,23 +48,23 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-import httpx  # noqa: E402
-from cryptography.hazmat.primitives import serialization  # noqa: E402
+import httpx
+from bench_android import CASES, POLICY, VECTORS
+from bench_apple import chain_signatures, load_samples, ours, pyattest_runner
+from bench_registration_http import key_proof
+from cryptography.hazmat.primitives import serialization
 
-from bench_android import CASES, POLICY, VECTORS  # noqa: E402
-from bench_apple import chain_signatures, load_samples, ours, pyattest_runner  # noqa: E402
-from bench_registration_http import key_proof  # noqa: E402
-from platform_verifiers.android import (  # noqa: E402
+from platform_verifiers.android import (
     VerifiedLinkCache,
     google_hardware_roots,
     verify_android_attestation,
 )
-from platform_verifiers.android.certs import decode_certificate, signature_valid  # noqa: E402
-from platform_verifiers.android.pem import pem_certificates  # noqa: E402
-from platform_verifiers.apple import VerifiedLinkCache as AppleCache  # noqa: E402
-from tests.android.status_server import StatusServer  # noqa: E402
-from tests.android.synth import DEFAULT_PACKAGE, DEFAULT_SIGNER, make_chain, make_root  # noqa: E402
-from tests.support import free_port, postgres_server, wait_until_healthy  # noqa: E402
+from platform_verifiers.android.certs import decode_certificate, signature_valid
+from platform_verifiers.android.pem import pem_certificates
+from platform_verifiers.apple import VerifiedLinkCache as AppleCache
+from tests.android.status_server import StatusServer
+from tests.android.synth import DEFAULT_PACKAGE, DEFAULT_SIGNER, make_chain, make_root
+from tests.support import free_port, postgres_server, wait_until_healthy
 
 ROWS: list[tuple[str, str, str, str]] = []  # (measure, figure, ratio, target)
 
