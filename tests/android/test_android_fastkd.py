@@ -59,6 +59,17 @@ SYNTHETIC = {
 }
 
 
+def test_fastkd_authorization_list_plain_defaults_no_post_init() -> None:
+    # what lets the fast path build AuthorizationList without its generated __init__
+    import dataclasses
+
+    from platform_verifiers.android.parse import AuthorizationList
+
+    fields = dataclasses.fields(AuthorizationList)
+    assert all(f.default is not dataclasses.MISSING for f in fields)
+    assert not hasattr(AuthorizationList, "__post_init__")
+
+
 @pytest.mark.parametrize("name", sorted(SYNTHETIC))
 def test_fastkd_synthetic_vector_equals_pyasn1(name: str) -> None:
     raw = SYNTHETIC[name]
