@@ -18,8 +18,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from attester import logs
+from attester.documents import CachedDocuments
 from attester.errors import ProblemError, from_verification, loggable
-from attester.routes import build_core_router
+from attester.routes import build_core_router, document_sources
 from attester.service import AttesterService, Clock, build_service, utcnow
 from attester.settings import Settings, load_settings
 from platform_verifiers.errors import VerificationError
@@ -273,6 +274,14 @@ def create_app(
     for router in routers:
         app.include_router(router)
     _install_error_handlers(app)
+    # inside RequestContext (request id, access log), before the router
+    app.add_middleware(
+        CachedDocuments,
+        sources=document_sources(service),
+        method_not_allowed=lambda: problem_response(
+            ProblemError("method_not_allowed", "method not allowed on this resource", status=405)
+        ),
+    )
     app.add_middleware(RequestContext, max_body=settings.max_body_bytes)
     return app
 

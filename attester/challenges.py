@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from attester.errors import ProblemError
-from attester.storage import Store
+from attester.storage import Redemption, Store
 
 _VERSION = 1
 _NONCE_BYTES = 16
@@ -37,6 +37,10 @@ class Challenge:
     text: str
     raw: bytes
     issued_at: datetime
+
+
+def replayed() -> ProblemError:
+    return ProblemError("challenge_replayed", "the challenge has been used already")
 
 
 class ChallengeService:
@@ -80,14 +84,37 @@ class ChallengeService:
     def redeem(self, text: object, now: datetime) -> Challenge:
         """Check the challenge and mark it used; a second redemption anywhere fails."""
         challenge = self.check(text, now)
+        self.burn(self.redemption(challenge), now)
+        return challenge
+
+    def redemption(self, challenge: Challenge) -> Redemption:
+        """What marks ``challenge`` used, for a caller that commits it with other writes."""
         digest = hashlib.sha256(challenge.raw).hexdigest()
-        expires_at = challenge.issued_at + self.lifetime + self._skew
-        if not self._store.redeem_challenge(digest, expires_at=expires_at):
-            raise ProblemError("challenge_replayed", "the challenge has been used already")
+        return Redemption(digest, challenge.issued_at + self.lifetime + self._skew)
+
+    def check_unused(self, text: object, now: datetime) -> tuple[Challenge, Redemption]:
+        """``check`` plus a read that refuses a challenge redeemed already.
+
+        The caller commits the returned redemption with its own writes (a unique key, so
+        of two concurrent uses only one commits), or burns it when it fails.
+        """
+        challenge = self.check(text, now)
+        redemption = self.redemption(challenge)
+        if self._store.challenge_redeemed(redemption.digest):
+            raise replayed()
+        return challenge, redemption
+
+    def burn(self, redemption: Redemption, now: datetime) -> None:
+        """Mark used now; ``challenge_replayed`` when it was used before (on any replica)."""
+        if not self._store.redeem_challenge(redemption.digest, expires_at=redemption.expires_at):
+            raise replayed()
+        self.redeemed(now)
+
+    def redeemed(self, now: datetime) -> None:
+        """Count a redemption; every 256th purges the expired ones."""
         self._redemptions += 1
         if self._redemptions % 256 == 0:
             self._store.purge_expired(now - self._skew)
-        return challenge
 
     def _mac(self, body: bytes) -> bytes:
         return hmac.new(self._secret, body, hashlib.sha256).digest()[:_MAC_BYTES]

@@ -1,17 +1,22 @@
-"""Core routes: health, JWKS, status lists, metadata, challenge, renewal. Each decodes, calls, responds."""
+"""Core routes: health, status lists, challenge, renewal (each decodes, calls, responds); JWKS and
+metadata documents."""
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Header, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from attester.documents import Document, DocumentSource, etag_matches
 from attester.errors import ProblemError
 from attester.service import AttesterService
 from attester.status_list import MEDIA_TYPE as STATUS_LIST_MEDIA_TYPE
+from keys.jwks import JwksDocument
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
@@ -30,8 +35,29 @@ class RenewRequest(BaseModel):
     client_data: Annotated[str | None, Field(max_length=16384)] = None
 
 
-def _etag_matches(if_none_match: str | None, etag: str) -> bool:
-    return if_none_match is not None and etag in {tag.strip() for tag in if_none_match.split(",")}
+JWKS_PATH = "/.well-known/jwks.json"
+METADATA_PATH = "/.well-known/client-attester"
+
+
+def document_sources(service: AttesterService) -> dict[str, DocumentSource]:
+    """The published documents, by path, served as cached bytes by ``CachedDocuments``."""
+    cache_control = f"public, max-age={service.settings.jwks_max_age}"
+    jwks_memo: list[tuple[JwksDocument, Document]] = []
+
+    def jwks() -> Document:
+        current = service.jwks()  # one stat of keys.json; the document is cached in the store
+        if not jwks_memo or jwks_memo[0][0] is not current:
+            jwks_memo[:] = [
+                (current, Document(current.body, current.etag, "application/jwk-set+json", cache_control))
+            ]
+        return jwks_memo[0][1]
+
+    @functools.cache
+    def metadata() -> Document:
+        # fixed once the platforms are plugged in (on the first request, after create_app)
+        return Document.of(orjson.dumps(service.metadata()), media_type="application/json", cache_control=cache_control)
+
+    return {JWKS_PATH: jwks, METADATA_PATH: metadata}
 
 
 def build_core_router(service: AttesterService) -> APIRouter:
@@ -44,17 +70,6 @@ def build_core_router(service: AttesterService) -> APIRouter:
         except Exception:  # noqa: BLE001 - readiness reports, it does not raise
             raise ProblemError("not_ready", "the service is not ready", status=503) from None
         return JSONResponse({"status": "ok"}, headers=NO_STORE)
-
-    @router.get("/.well-known/jwks.json")
-    async def jwks(if_none_match: Annotated[str | None, Header()] = None) -> Response:
-        document = service.jwks()
-        headers = {
-            "Cache-Control": f"public, max-age={service.settings.jwks_max_age}",
-            "ETag": document.etag,
-        }
-        if _etag_matches(if_none_match, document.etag):
-            return Response(status_code=304, headers=headers)
-        return Response(document.body, media_type="application/jwk-set+json", headers=headers)
 
     @router.get("/statuslists/{list_id}")
     async def status_list(
@@ -71,16 +86,9 @@ def build_core_router(service: AttesterService) -> APIRouter:
             "Cache-Control": f"public, max-age={service.settings.status_list.ttl}",
             "ETag": signed.etag,
         }
-        if _etag_matches(if_none_match, signed.etag):
+        if if_none_match is not None and etag_matches(if_none_match, signed.etag):
             return Response(status_code=304, headers=headers)
         return Response(signed.token, media_type=STATUS_LIST_MEDIA_TYPE, headers=headers)
-
-    @router.get("/.well-known/client-attester")
-    async def metadata() -> JSONResponse:
-        return JSONResponse(
-            service.metadata(),
-            headers={"Cache-Control": f"public, max-age={service.settings.jwks_max_age}"},
-        )
 
     @router.post("/v1/challenge")
     async def challenge() -> JSONResponse:

@@ -15,7 +15,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from attester.challenges import Challenge, ChallengeService
+from sqlalchemy.orm import Session
+
+from attester.challenges import Challenge, ChallengeService, replayed
 from attester.errors import ProblemError
 from attester.issuance import AttestationIssuer, IssuedAttestation
 from attester.keyproof import parse_instance_jwk, verify_key_proof
@@ -25,13 +27,17 @@ from attester.signing_keys import build_key_store
 from attester.status_list import StatusLists
 from attester.storage import (
     AlreadyRegistered,
+    ChallengeAlreadyRedeemed,
     InstanceRecord,
     InstanceRevoked,
+    IssuedRow,
+    Redemption,
     Store,
     create_store,
 )
 from attester.storage.purge import PurgeCutoffs, purge
 from attester.storage.status_entries import InstanceNotActive, StatusEntries, StatusListFull
+from attester.storage.store import IssueInTransaction
 from keys.jwks import JwksDocument, thumbprint
 from keys.store import KeyStore, fsync_directory
 
@@ -70,18 +76,26 @@ class AttesterService:
         key_proof: object,
         verify: Callable[[Challenge, datetime], VerifiedInstance],
     ) -> dict[str, Any]:
-        """Redeem the challenge, verify evidence and key proof, store, issue.
+        """Check the challenge, verify evidence and key proof, issue, store.
 
-        The challenge is redeemed first, so a failed attempt burns it too: evidence
-        cannot be retried against the same challenge.
+        Every attempt uses the challenge up: a failed one burns it at once, so evidence
+        cannot be retried against it. A successful one commits the redemption, the
+        instance and the issued JWT in one transaction (one fsync instead of three, the
+        largest cost of a registration after verification); of two concurrent uses of
+        one challenge only one commits, and the other's JWT is never handed out.
         """
         now = self.clock()
-        redeemed = self.challenges.redeem(challenge, now)
-        verified = verify(redeemed, now)
-        jwk, _ = parse_instance_jwk(verified.instance_jwk)
-        self.check_key_proof(key_proof, jwk=jwk, challenge=redeemed, now=now)
-        if verified.online is not None:
-            verified = verified.online()
+        checked, redemption = self.challenges.check_unused(challenge, now)
+        try:
+            verified = verify(checked, now)
+            jwk, _ = parse_instance_jwk(verified.instance_jwk)
+            self.check_key_proof(key_proof, jwk=jwk, challenge=checked, now=now)
+            if verified.online is not None:  # Google's or Apple's services, once all else passed
+                verified = verified.online()
+        except Exception:
+            self._burn(redemption, now)
+            raise
+        signed: list[IssuedAttestation] = []
         try:
             record = self.store.register_instance(
                 platform=verified.platform,
@@ -90,26 +104,71 @@ class AttesterService:
                 instance_jwk=jwk,
                 now=now,
                 replace_same_key=verified.replace_same_key,
+                redemption=redemption,
+                issue=self._signing(verified.app, jwk, now, signed, claims=verified.claims),
                 **verified.stored,
             )
+        except ChallengeAlreadyRedeemed:
+            raise replayed() from None
+        except ProblemError:  # signing or status allocation failed: nothing was committed
+            self._burn(redemption, now)
+            raise
         except AlreadyRegistered:
+            self._burn(redemption, now)
             raise ProblemError(
                 "instance_already_registered", "this instance key is registered already"
             ) from None
         except InstanceRevoked:
+            self._burn(redemption, now)
             raise ProblemError("instance_revoked", "this instance key has been revoked") from None
+        self.challenges.redeemed(now)
         log.info(
             "instance registered",
             extra={"fields": {"platform": record.platform, "client_id": record.client_id}},
         )
-        return self._issue(record, verified.app, now, claims=verified.claims)
+        return self._response(signed[0], record, now)
+
+    def _burn(self, redemption: Redemption, now: datetime) -> None:
+        try:
+            self.challenges.burn(redemption, now)
+        except ProblemError:
+            pass  # used concurrently by another request: burnt either way
 
     # -- renewal ---------------------------------------------------------------------
     def renew(self, request: Mapping[str, Any]) -> dict[str, Any]:
-        """A new JWT for a registered instance: fresh challenge, key proof, platform re-check."""
+        """A new JWT for a registered instance: fresh challenge, key proof, platform re-check.
+
+        As for registration, a failed attempt burns the challenge at once and a successful
+        one commits the redemption with the issued JWT (one commit).
+        """
         now = self.clock()
+        checked, redemption = self.challenges.check_unused(request.get("challenge"), now)
+        try:
+            instance, app = self._renewable(request, checked, now)
+        except Exception:
+            self._burn(redemption, now)
+            raise
+        signed: list[IssuedAttestation] = []
+        try:
+            # recorded before we answer: nothing we hand out is unaccounted for after a crash
+            self.store.issue_for(
+                instance.id,
+                self._signing(app, instance.instance_jwk, now, signed),
+                redemption=redemption,
+            )
+        except ChallengeAlreadyRedeemed:
+            raise replayed() from None
+        except ProblemError:
+            self._burn(redemption, now)
+            raise
+        self.challenges.redeemed(now)
+        return self._response(signed[0], instance, now)
+
+    def _renewable(
+        self, request: Mapping[str, Any], challenge: Challenge, now: datetime
+    ) -> tuple[InstanceRecord, AppConfig]:
+        """The instance and its app, after every renewal check (platform's included)."""
         key_thumbprint = request.get("key_thumbprint")
-        redeemed = self.challenges.redeem(request.get("challenge"), now)
         instance = (
             self.store.instance_by_thumbprint(key_thumbprint)
             if isinstance(key_thumbprint, str) and len(key_thumbprint) <= 64
@@ -125,7 +184,7 @@ class AttesterService:
         if app is None:
             raise ProblemError("app_not_registered", "the instance's app is no longer configured")
         self.check_key_proof(
-            request.get("key_proof"), jwk=instance.instance_jwk, challenge=redeemed, now=now
+            request.get("key_proof"), jwk=instance.instance_jwk, challenge=challenge, now=now
         )
         if now - instance.registered_at > timedelta(seconds=app.max_registration_age):
             raise ProblemError(
@@ -136,8 +195,8 @@ class AttesterService:
         platform = self.platforms.get(instance.platform)
         if platform is None:
             raise ProblemError("platform_not_supported", "renewal is not available for this platform")
-        platform.renew(instance, dict(request), app=app, challenge=redeemed, now=now)
-        return self._issue(instance, app, now)
+        platform.renew(instance, dict(request), app=app, challenge=challenge, now=now)
+        return instance, app
 
     # -- shared steps ----------------------------------------------------------------
     def check_key_proof(
@@ -153,26 +212,36 @@ class AttesterService:
             skew=timedelta(seconds=self.settings.clock_skew),
         )
 
-    def _issue(
+    def _signing(
         self,
-        instance: InstanceRecord,
         app: AppConfig,
+        instance_jwk: dict[str, Any],
         now: datetime,
+        signed: list[IssuedAttestation],
         *,
         claims: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        status = self._status_claim(instance, app, now) if app.status_list else None
-        issued: IssuedAttestation = self.issuer.issue(
-            app=app, instance_jwk=instance.instance_jwk, now=now, status=status, extra_claims=claims
-        )
-        # recorded before we answer: nothing we hand out is unaccounted for after a crash
-        self.store.record_issued(
-            jti=issued.reference,
-            instance_id=instance.id,
-            kid=issued.kid,
-            issued_at=issued.issued_at,
-            expires_at=issued.expires_at,
-        )
+    ) -> IssueInTransaction:
+        """The step that signs the JWT inside the store transaction that records it.
+
+        The status-list index is allocated in that transaction too (after the instance row
+        exists, under its lock), so a registration or renewal is one commit and a JWT is
+        handed out only when its row, its index and the challenge redemption all committed.
+        """
+
+        def issue(session: Session, instance_id: str) -> IssuedRow:
+            status = None
+            if app.status_list:
+                status = self._status_claim(session, instance_id, app, now)
+            issued = self.issuer.issue(
+                app=app, instance_jwk=instance_jwk, now=now, status=status, extra_claims=claims
+            )
+            signed.append(issued)
+            return IssuedRow(issued.reference, issued.kid, issued.issued_at, issued.expires_at)
+
+        return issue
+
+    @staticmethod
+    def _response(issued: IssuedAttestation, instance: InstanceRecord, now: datetime) -> dict[str, Any]:
         return {
             "client_attestation": issued.jwt,
             "token_type": "oauth-client-attestation+jwt",
@@ -181,12 +250,14 @@ class AttesterService:
             "key_thumbprint": instance.key_thumbprint,
         }
 
-    def _status_claim(self, instance: InstanceRecord, app: AppConfig, now: datetime) -> dict[str, Any]:
+    def _status_claim(
+        self, session: Session, instance_id: str, app: AppConfig, now: datetime
+    ) -> dict[str, Any]:
         """Allocate the JWT's status-list index; the last check that the instance is active."""
         # exp is at most now + lifetime (iat may be rounded down, never up)
         expires_at = now + timedelta(seconds=self.issuer.lifetime(app))
         try:
-            return self.status_lists.allocate(instance.id, expires_at=expires_at)
+            return self.status_lists.allocate(instance_id, expires_at=expires_at, session=session)
         except InstanceNotActive:
             raise ProblemError("instance_revoked", "this instance is no longer allowed to renew") from None
         except StatusListFull:

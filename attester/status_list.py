@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from attester.issuance import sign_compact
 from attester.settings import StatusListSettings
 from attester.storage.status_entries import StatusEntries
@@ -82,17 +84,21 @@ class StatusLists:
     def uri(self, list_id: int) -> str:
         return self._issuer + PATH.format(list_id=list_id)
 
-    def allocate(self, instance_id: str, *, expires_at: datetime) -> dict[str, Any]:
+    def allocate(
+        self, instance_id: str, *, expires_at: datetime, session: Session | None = None
+    ) -> dict[str, Any]:
         """Reserve an index for a JWT expiring at ``expires_at``; return its ``status`` claim.
 
-        Raises ``InstanceNotActive`` when the instance is revoked or suspended meanwhile.
+        With ``session``, inside that transaction (the one that records the JWT). Raises
+        ``InstanceNotActive`` when the instance is revoked or suspended meanwhile.
         """
-        list_id, idx = self._entries.allocate(
-            instance_id,
-            expires_at=expires_at,
-            lists=self._settings.count,
-            size=self._settings.size,
-        )
+        sizes = {"lists": self._settings.count, "size": self._settings.size}
+        if session is None:
+            list_id, idx = self._entries.allocate(instance_id, expires_at=expires_at, **sizes)
+        else:
+            list_id, idx = self._entries.allocate_in(
+                session, instance_id, expires_at=expires_at, **sizes
+            )
         return {"status_list": {"idx": idx, "uri": self.uri(list_id)}}
 
     def invalidate(self, list_ids: list[int]) -> None:

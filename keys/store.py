@@ -30,6 +30,7 @@ import fcntl
 import json
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -128,6 +129,11 @@ class KeyStore:
         self._chains: dict[str, tuple[x509.Certificate, ...]] = {}
         self._mtime_ns: int | None = None
         self._jwks_cache: tuple[JwksDocument, datetime, datetime] | None = None
+        # (signer, from, until): the active key cannot change inside [from, until)
+        self._active_cache: tuple[Signer, datetime, datetime] | None = None
+        # a str, not a Path: reload() stats it on every issuance and every JWKS request
+        self._metadata_path = str(directory / METADATA)
+        self._checked_at = float("-inf")  # time.monotonic() of the last stat
 
     # -- set-up ----------------------------------------------------------------------
     def ensure_initialised(self, now: datetime) -> None:
@@ -154,11 +160,20 @@ class KeyStore:
         return record
 
     # -- reading ---------------------------------------------------------------------
-    def reload(self, *, force: bool = False) -> None:
-        """Re-read the metadata if it changed on disk (cheap: one stat)."""
-        path = self.directory / METADATA
+    def reload(self, *, force: bool = False, unless_checked_within: float = 0.0) -> None:
+        """Re-read the metadata if it changed on disk (cheap: one stat).
+
+        ``unless_checked_within`` (seconds) skips even the stat when the last one is that
+        recent: issuance uses it, because a key rotated by another process is published
+        at once but signs only after the pre-publication delay, so noticing it a second
+        late changes nothing an AS can see.
+        """
+        checked = time.monotonic()
+        if not force and unless_checked_within and checked - self._checked_at < unless_checked_within:
+            return
+        self._checked_at = checked
         try:
-            mtime = path.stat().st_mtime_ns
+            mtime = os.stat(self._metadata_path).st_mtime_ns
         except FileNotFoundError as exc:
             raise KeyStoreError(f"no key metadata in {self.directory}") from exc
         if not force and mtime == self._mtime_ns:
@@ -187,6 +202,7 @@ class KeyStore:
         self._records, self._signers, self._public = records, signers, public
         self._chains, self._x5c = chains, x5c
         self._jwks_cache = None
+        self._active_cache = None
         self._mtime_ns = mtime
 
     def statuses(self, now: datetime) -> list[KeyStatus]:
@@ -210,10 +226,24 @@ class KeyStore:
         return out
 
     def active_signer(self, now: datetime) -> Signer:
+        """The key that signs at ``now``.
+
+        Cached until the key state can next change (a key's creation or activation time)
+        or a reload: recomputing every state per issuance was a visible share of it.
+        """
+        cached = self._active_cache
+        if cached is not None and cached[1] <= now < cached[2]:
+            return cached[0]
         for status in self.statuses(now):
             if status.state is KeyState.ACTIVE:
-                return self._signers[status.record.kid]
+                signer = self._signers[status.record.kid]
+                self._active_cache = (signer, now, self._next_change(now))
+                return signer
         raise KeyStoreError("no active signing key")
+
+    def _next_change(self, now: datetime) -> datetime:
+        later = [t for r in self._records for t in (r.created_at, r.activates_at) if t > now]
+        return min(later, default=datetime.max.replace(tzinfo=now.tzinfo))
 
     def jwks(self, now: datetime) -> JwksDocument:
         """Public keys of every next, active and retired key (never private members).

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 
 @dataclass(frozen=True)
@@ -20,12 +22,30 @@ class TrustAnchor:
     sha256: str
     not_after: datetime
 
-    @property
-    def spki_sha256(self) -> str:
-        spki = self.certificate.public_key().public_bytes(
+    # Memos (an anchor is immutable): verifiers compare against these on every request,
+    # and re-loading an RSA-4096 key or re-serialising a certificate each time showed up
+    # in the verification profile.
+    @functools.cached_property
+    def der(self) -> bytes:
+        return self.certificate.public_bytes(serialization.Encoding.DER)
+
+    @functools.cached_property
+    def tbs(self) -> bytes:
+        return self.certificate.tbs_certificate_bytes
+
+    @functools.cached_property
+    def public_key(self) -> PublicKeyTypes:
+        return self.certificate.public_key()
+
+    @functools.cached_property
+    def spki_der(self) -> bytes:
+        return self.public_key.public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
-        return hashlib.sha256(spki).hexdigest()
+
+    @property
+    def spki_sha256(self) -> str:
+        return hashlib.sha256(self.spki_der).hexdigest()
 
 
 def load_anchor(name: str, pem: bytes, *, source: str, sha256: str | None = None) -> TrustAnchor:

@@ -5,6 +5,10 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def link_key(child_der: bytes, issuer_der: bytes) -> bytes:
@@ -20,6 +24,10 @@ class VerifiedLinkCache:
     were verified before"; a signature is a pure function of those bytes, so skipping the
     re-check is safe. Validity at ``now`` is never cached, and verifiers never cache the
     leaf link (every leaf is new). The caller owns the instance and injects it.
+
+    It also remembers the *decoded* form of certificates above the leaf (``decoded``),
+    keyed by their exact DER: decoding is a pure function of those bytes, and re-reading
+    the same intermediates on every request was most of a cached verification's time.
     """
 
     key = staticmethod(link_key)
@@ -29,7 +37,26 @@ class VerifiedLinkCache:
             raise ValueError("max_entries must be at least 1")
         self._max_entries = max_entries
         self._entries: OrderedDict[bytes, None] = OrderedDict()
+        self._decoded: OrderedDict[tuple[str, bytes], Any] = OrderedDict()
         self._lock = threading.Lock()
+
+    def decoded(self, kind: str, der: bytes, decode: Callable[[bytes], T]) -> T:
+        """``decode(der)``, memoised per ``kind`` (one per verifier) and exact DER bytes.
+
+        A decoding error propagates and is not remembered.
+        """
+        key = (kind, der)
+        with self._lock:
+            if key in self._decoded:
+                self._decoded.move_to_end(key)
+                value: T = self._decoded[key]
+                return value
+        value = decode(der)
+        with self._lock:
+            self._decoded[key] = value
+            while len(self._decoded) > self._max_entries:
+                self._decoded.popitem(last=False)
+        return value
 
     def __contains__(self, key: bytes) -> bool:
         with self._lock:

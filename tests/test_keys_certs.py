@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -300,6 +301,7 @@ def test_running_service_picks_up_imported_chain(
         assert "x5c" not in json.loads(base64.urlsafe_b64decode(first.split(".")[0] + "=="))
         ca = LocalCa.make()
         assert _import(tmp_path, args, kid, ca.chain_pem(ca.sign_csr(csr)), capsys)[0] == 0
+        time.sleep(1.1)  # issuance looks at keys.json at most once a second (KeyStore.reload)
         second = svc.issuer.issue(app=APP, instance_jwk=jwk_, now=clock()).jwt
         assert len(json.loads(base64.urlsafe_b64decode(second.split(".")[0] + "=="))["x5c"]) == 2
     finally:

@@ -14,7 +14,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
@@ -40,10 +39,10 @@ from platform_verifiers.android import (
     VerifiedLinkCache,
     aosp_software_roots,
     google_hardware_roots,
-    parse_key_description,
     verify_android_attestation,
 )
 from platform_verifiers.android.certs import decode_certificate
+from platform_verifiers.android.fastkd import decode_key_description
 from platform_verifiers.android.policy import check_policy
 from platform_verifiers.android.revocation import check_revocation
 from platform_verifiers.errors import PolicyViolation, VerificationError
@@ -264,8 +263,8 @@ class AndroidPlatform:
             check_revocation(instance.android_serials, snapshot, now=now, max_age=max_age)
         leaf_der = base64.b64decode(instance.android_facts["leaf"])
         leaf = decode_certificate(leaf_der, 0)
-        kd = parse_key_description(leaf.key_descriptions[0])
-        check_policy(kd, serialization.load_der_public_key(leaf.spki_der), policy_for(app.android))
+        kd = decode_key_description(leaf.key_descriptions[0])
+        check_policy(kd, leaf.public_key(), policy_for(app.android))
 
 
 def plug_in(service: AttesterService) -> tuple[AndroidPlatform, APIRouter]:

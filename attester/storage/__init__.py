@@ -2,10 +2,22 @@
 
 from attester.storage.store import (
     AlreadyRegistered,
+    ChallengeAlreadyRedeemed,
     InstanceRecord,
     InstanceRevoked,
+    IssuedRow,
+    Redemption,
     Store,
     create_store,
 )
 
-__all__ = ["AlreadyRegistered", "InstanceRecord", "InstanceRevoked", "Store", "create_store"]
+__all__ = [
+    "AlreadyRegistered",
+    "ChallengeAlreadyRedeemed",
+    "InstanceRecord",
+    "InstanceRevoked",
+    "IssuedRow",
+    "Redemption",
+    "Store",
+    "create_store",
+]

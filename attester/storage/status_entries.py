@@ -64,24 +64,32 @@ class StatusEntries:
     ) -> tuple[int, int]:
         """Reserve a random free ``(list_id, idx)`` for a JWT of an active instance."""
         with self._sessions.begin() as session:
-            if not lock_instance(session, instance_id, only_active=True):
-                raise InstanceNotActive(instance_id)
-            for _ in range(ALLOCATION_TRIES):
-                list_id, idx = secrets.randbelow(lists), secrets.randbelow(size)
-                result = session.execute(
-                    self._insert(StatusEntry)
-                    .values(
-                        list_id=list_id,
-                        idx=idx,
-                        instance_id=instance_id,
-                        status=0,
-                        expires_at=expires_at,
-                    )
-                    .on_conflict_do_nothing()
-                    .returning(StatusEntry.idx)  # a row back means the index was free
+            return self.allocate_in(
+                session, instance_id, expires_at=expires_at, lists=lists, size=size
+            )
+
+    def allocate_in(
+        self, session: Session, instance_id: str, *, expires_at: datetime, lists: int, size: int
+    ) -> tuple[int, int]:
+        """:meth:`allocate` inside the caller's transaction (registration, renewal)."""
+        if not lock_instance(session, instance_id, only_active=True):
+            raise InstanceNotActive(instance_id)
+        for _ in range(ALLOCATION_TRIES):
+            list_id, idx = secrets.randbelow(lists), secrets.randbelow(size)
+            result = session.execute(
+                self._insert(StatusEntry)
+                .values(
+                    list_id=list_id,
+                    idx=idx,
+                    instance_id=instance_id,
+                    status=0,
+                    expires_at=expires_at,
                 )
-                if result.first() is not None:
-                    return list_id, idx
+                .on_conflict_do_nothing()
+                .returning(StatusEntry.idx)  # a row back means the index was free
+            )
+            if result.first() is not None:
+                return list_id, idx
         raise StatusListFull(f"no free index after {ALLOCATION_TRIES} tries")
 
     def statuses(self, list_id: int) -> dict[int, int]:

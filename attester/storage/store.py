@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
@@ -17,7 +18,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, delete, event, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from attester.storage.models import Instance, IssuedAttestation, RedeemedChallenge
 
@@ -28,6 +29,28 @@ class AlreadyRegistered(Exception):
 
 class InstanceRevoked(Exception):
     """The instance key belongs to an instance an operator revoked."""
+
+
+class ChallengeAlreadyRedeemed(Exception):
+    """The challenge was redeemed (on some replica) before this transaction committed."""
+
+
+@dataclass(frozen=True)
+class Redemption:
+    """A challenge to mark used: SHA-256 of its bytes, and when it could expire anyway."""
+
+    digest: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class IssuedRow:
+    """A signed Client Attestation JWT to record with the registration that produced it."""
+
+    jti: str
+    kid: str
+    issued_at: datetime
+    expires_at: datetime
 
 
 @dataclass(frozen=True)
@@ -70,6 +93,35 @@ class InstanceRecord:
             apple_risk_metric=row.apple_risk_metric,
             apple_receipt_refreshed_at=row.apple_receipt_refreshed_at,
         )
+
+
+#: signs a JWT inside a store transaction: (session, instance id) -> the row to record
+IssueInTransaction = Callable[[Session, str], IssuedRow]
+
+
+def _already_issued(issued: IssuedRow) -> IssueInTransaction:
+    return lambda _session, _instance_id: issued
+
+
+def _add_issued(session: Session, instance_id: str, issued: IssuedRow) -> None:
+    session.add(
+        IssuedAttestation(
+            jti=issued.jti,
+            instance_id=instance_id,
+            kid=issued.kid,
+            issued_at=issued.issued_at,
+            expires_at=issued.expires_at,
+        )
+    )
+
+
+def _redeem_in(session: Session, redemption: Redemption) -> None:
+    """Mark a challenge used inside ``session``'s transaction (commits with its other writes)."""
+    session.add(RedeemedChallenge(digest=redemption.digest, expires_at=redemption.expires_at))
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        raise ChallengeAlreadyRedeemed("challenge redeemed already") from exc
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -129,6 +181,11 @@ class Store:
             return False
         return True
 
+    def challenge_redeemed(self, digest: str) -> bool:
+        """Whether the challenge was redeemed already (a read: no commit, no fsync)."""
+        with self._sessions() as session:
+            return session.get(RedeemedChallenge, digest) is not None
+
     def purge_expired(self, now: datetime) -> int:
         """Drop redeemed challenges that can no longer verify anyway."""
         with self._sessions.begin() as session:
@@ -156,14 +213,28 @@ class Store:
         apple_risk_metric: int | None = None,
         apple_receipt_refreshed_at: datetime | None = None,
         replace_same_key: bool = False,
+        redemption: Redemption | None = None,
+        issued: IssuedRow | None = None,
+        issue: IssueInTransaction | None = None,
     ) -> InstanceRecord:
         """Store a newly attested instance.
 
         ``replace_same_key`` lets an Android instance re-attest the key it registered
         before (its registration time and chain are refreshed). Otherwise a key
         thumbprint or App Attest key id seen before raises :class:`AlreadyRegistered`.
+
+        ``redemption`` and ``issued`` are written in the same transaction (one commit,
+        one fsync, instead of three): the challenge is marked used, and the JWT recorded,
+        exactly when the instance is; :class:`ChallengeAlreadyRedeemed` if another
+        request redeemed the challenge first. ``issue`` instead of ``issued`` signs the JWT
+        inside the transaction, once the instance id exists (its status-list index is
+        allocated there too); whatever it raises rolls everything back.
         """
+        if issued is not None:
+            issue = _already_issued(issued)
         with self._sessions.begin() as session:
+            if redemption is not None:
+                _redeem_in(session, redemption)
             row = session.scalar(select(Instance).where(Instance.key_thumbprint == key_thumbprint))
             if row is not None and row.status != "active":
                 # an operator's revocation is not undone by attesting the same key again
@@ -192,6 +263,9 @@ class Store:
                 session.flush()
             except IntegrityError as exc:
                 raise AlreadyRegistered("App Attest key id already registered") from exc
+            if issue is not None:
+                _add_issued(session, row.id, issue(session, row.id))
+                session.flush()
             return InstanceRecord.of(row)
 
     def instance_by_thumbprint(self, key_thumbprint: str) -> InstanceRecord | None:
@@ -230,18 +304,34 @@ class Store:
 
     # -- issued attestations ---------------------------------------------------------
     def record_issued(
-        self, *, jti: str, instance_id: str, kid: str, issued_at: datetime, expires_at: datetime
+        self,
+        *,
+        jti: str,
+        instance_id: str,
+        kid: str,
+        issued_at: datetime,
+        expires_at: datetime,
+        redemption: Redemption | None = None,
     ) -> None:
+        """Record a signed JWT; with ``redemption``, mark its challenge used in the same commit.
+
+        Raises :class:`ChallengeAlreadyRedeemed` (and records nothing) when it was used.
+        """
+        self.issue_for(
+            instance_id,
+            _already_issued(IssuedRow(jti, kid, issued_at, expires_at)),
+            redemption=redemption,
+        )
+
+    def issue_for(
+        self, instance_id: str, issue: IssueInTransaction, *, redemption: Redemption | None = None
+    ) -> None:
+        """Sign (``issue``) and record a JWT of an instance in one transaction, with the
+        challenge ``redemption``; whatever ``issue`` raises rolls everything back."""
         with self._sessions.begin() as session:
-            session.add(
-                IssuedAttestation(
-                    jti=jti,
-                    instance_id=instance_id,
-                    kid=kid,
-                    issued_at=issued_at,
-                    expires_at=expires_at,
-                )
-            )
+            if redemption is not None:
+                _redeem_in(session, redemption)
+            _add_issued(session, instance_id, issue(session, instance_id))
 
     def issued_for(self, instance_id: str) -> list[tuple[str, str, datetime]]:
         with self._sessions() as session:

@@ -11,7 +11,7 @@ this verifier needs: basicConstraints, the KeyDescription and the RKP Provisioni
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -74,6 +74,9 @@ class ChainCertificate:
     path_length: int | None
     key_descriptions: tuple[bytes, ...]  # values of every KeyDescription extension
     has_provisioning_info: bool
+    # the key pyca loaded while decoding (None: not loadable by pyca), kept so that a
+    # verification loads each key once; derived from spki_der, so not part of equality
+    loaded_key: PublicKeyTypes | None = field(default=None, compare=False, repr=False)
 
     @property
     def serial_hex(self) -> str:
@@ -81,6 +84,8 @@ class ChainCertificate:
         return format(self.serial, "x")
 
     def public_key(self) -> PublicKeyTypes:
+        if self.loaded_key is not None:
+            return self.loaded_key
         return serialization.load_der_public_key(self.spki_der)
 
 
@@ -230,15 +235,16 @@ def _decode_with_pyca(der: bytes) -> ChainCertificate:
         algorithm = _pss(_split_params(der))
     else:
         algorithm = _signature_algorithm(cert.signature_algorithm_oid.dotted_string, None)
+    key = _pyca_key(cert)
     return ChainCertificate(
         der=der,
         tbs=cert.tbs_certificate_bytes,
         signature_algorithm=algorithm,
         signature=cert.signature,
-        spki_der=cert.public_key().public_bytes(
+        spki_der=key.public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
-        if _pyca_key_supported(cert)
+        if key is not None
         else _spki_with_pyasn1(der),
         serial=cert.serial_number,
         not_before=cert.not_valid_before_utc,
@@ -247,15 +253,15 @@ def _decode_with_pyca(der: bytes) -> ChainCertificate:
         path_length=path_length,
         key_descriptions=key_descriptions,
         has_provisioning_info=provisioning,
+        loaded_key=key,
     )
 
 
-def _pyca_key_supported(cert: x509.Certificate) -> bool:
+def _pyca_key(cert: x509.Certificate) -> PublicKeyTypes | None:
     try:
-        cert.public_key()
+        return cert.public_key()
     except (ValueError, UnsupportedAlgorithm):
-        return False
-    return True
+        return None
 
 
 def _spki_with_pyasn1(der: bytes) -> bytes:

@@ -31,8 +31,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
 
-from cryptography.hazmat.primitives import serialization
-
 from platform_verifiers.anchors import TrustAnchor
 from platform_verifiers.android.certs import ChainCertificate, decode_certificate, signature_valid
 from platform_verifiers.errors import VerificationError
@@ -59,8 +57,14 @@ def _fail(code: str, message: str, **detail: object) -> VerificationError:
     return VerificationError(code, message, **detail)
 
 
-def decode_chain(chain: Sequence[bytes]) -> tuple[ChainCertificate, ...]:
-    """Bound the length first (cheap), then decode every certificate."""
+def decode_chain(
+    chain: Sequence[bytes], cache: VerifiedLinkCache | None = None
+) -> tuple[ChainCertificate, ...]:
+    """Bound the length first (cheap), then decode every certificate.
+
+    With a ``cache``, certificates above the leaf (the shared intermediates) are decoded
+    once per exact DER; the leaf, new for every device, always is.
+    """
     if not chain:
         raise _fail("chain_empty", "the certificate chain is empty")
     if len(chain) > MAX_CHAIN_LENGTH:
@@ -70,7 +74,16 @@ def decode_chain(chain: Sequence[bytes]) -> tuple[ChainCertificate, ...]:
             length=len(chain),
             max_length=MAX_CHAIN_LENGTH,
         )
-    return tuple(decode_certificate(bytes(der), i) for i, der in enumerate(chain))
+    if cache is None:
+        return tuple(decode_certificate(bytes(der), i) for i, der in enumerate(chain))
+    return (decode_certificate(bytes(chain[0]), 0),) + tuple(
+        cache.decoded("android", bytes(der), functools.partial(_decode_at, i))
+        for i, der in enumerate(chain[1:], start=1)
+    )
+
+
+def _decode_at(index: int, der: bytes) -> ChainCertificate:
+    return decode_certificate(der, index)
 
 
 def check_structure(certs: Sequence[ChainCertificate]) -> None:
@@ -103,11 +116,7 @@ def _link_ok(
     if key is not None and cache is not None and key in cache:
         return True
     try:
-        issuer_key = (
-            issuer.certificate.public_key()
-            if isinstance(issuer, TrustAnchor)
-            else issuer.public_key()
-        )
+        issuer_key = issuer.public_key if isinstance(issuer, TrustAnchor) else issuer.public_key()
     except ValueError:
         return False
     ok = signature_valid(child, issuer_key)
@@ -127,13 +136,8 @@ def check_signatures(certs: Sequence[ChainCertificate], cache: VerifiedLinkCache
             )
 
 
-@functools.lru_cache(maxsize=64)
 def _spki(anchor: TrustAnchor) -> bytes:
-    # A pure memo (anchors are immutable): re-serialising an RSA-4096 key per request
-    # would be a measurable share of a verification.
-    return anchor.certificate.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    return anchor.spki_der  # memoised on the (immutable) anchor
 
 
 def find_anchor(
@@ -150,11 +154,10 @@ def find_anchor(
         raise _fail("chain_untrusted", "the chain does not end at a trusted root", length=1)
     if same_key:
         # Prefer the anchor certificate the chain itself carries, for a precise name.
-        exact = [a for a in same_key if a.certificate.tbs_certificate_bytes == last.tbs]
+        exact = [a for a in same_key if a.tbs == last.tbs]
         return (exact or same_key)[0]
     for anchor in anchors:
-        der = anchor.certificate.public_bytes(serialization.Encoding.DER)
-        if _link_ok(last, der, anchor, cacheable=len(certs) > 1, cache=cache):
+        if _link_ok(last, anchor.der, anchor, cacheable=len(certs) > 1, cache=cache):
             return anchor
     raise _fail("chain_untrusted", "the chain does not end at a trusted root", length=len(certs))
 
@@ -203,7 +206,7 @@ def verify_chain(
     """Decode and verify an attestation chain (leaf first) against ``anchors``."""
     if not anchors:
         raise ValueError("no trust anchors given: refusing to verify (fail closed)")
-    certs = decode_chain(chain)
+    certs = decode_chain(chain, cache)
     check_structure(certs)
     check_signatures(certs, cache)
     anchor = find_anchor(certs, anchors, cache)

@@ -16,11 +16,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from platform_verifiers.anchors import TrustAnchor
+from platform_verifiers.android.certs import ChainCertificate
 from platform_verifiers.android.chain import (
     Provisioning,
     verify_chain,
 )
-from platform_verifiers.android.parse import KeyDescription, SecurityLevel, parse_key_description
+from platform_verifiers.android.fastkd import decode_key_description
+from platform_verifiers.android.parse import KeyDescription, SecurityLevel
 from platform_verifiers.android.policy import AndroidPolicy, check_policy, effective_security_level
 from platform_verifiers.android.revocation import RevocationSnapshot, check_revocation
 from platform_verifiers.errors import VerificationError
@@ -43,10 +45,10 @@ class AndroidAttestation:
         return serialization.load_der_public_key(self.leaf_spki_der)
 
 
-def _leaf_key_or_none(spki_der: bytes) -> PublicKeyTypes | None:
+def _leaf_key_or_none(leaf: ChainCertificate) -> PublicKeyTypes | None:
     # A key type this cryptography build cannot load is simply "not EC P-256" for policy.
     try:
-        return serialization.load_der_public_key(spki_der)
+        return leaf.public_key()
     except (ValueError, TypeError):
         return None
 
@@ -81,21 +83,22 @@ def verify_android_attestation(
     if revocation is not None:
         check_revocation(serials, revocation, now=now, max_age=max_revocation_age)
 
-    # 3. The leaf's KeyDescription, decoded (never sliced).
+    # 3. The leaf's KeyDescription, decoded (never sliced): a strict DER fast path, and
+    #    pyasn1 (the schema of record) for anything that path does not recognise.
     if not leaf.key_descriptions:
         raise VerificationError("key_description_missing", "the leaf has no attestation extension")
     if len(leaf.key_descriptions) > 1:
         raise VerificationError(
             "key_description_malformed", "the leaf has several attestation extensions"
         )
-    kd = parse_key_description(leaf.key_descriptions[0])
+    kd = decode_key_description(leaf.key_descriptions[0])
 
     # 4. The challenge the service issued, compared in constant time.
     if challenge is not None and not hmac.compare_digest(kd.attestation_challenge, challenge):
         raise VerificationError("challenge_mismatch", "the attestation challenge does not match")
 
     # 5. The app's policy.
-    check_policy(kd, _leaf_key_or_none(leaf.spki_der), policy)
+    check_policy(kd, _leaf_key_or_none(leaf), policy)
 
     return AndroidAttestation(
         key_description=kd,

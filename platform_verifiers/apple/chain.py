@@ -152,8 +152,12 @@ def _verify_anchor_link(
     # The leaf link is never cached: if x5c is only a leaf, its link to the root is checked.
     cache = verified_cache if len(certs) > 1 else None
     for anchor in anchors:
-        if top_der == _der(anchor.certificate):
+        if top_der == anchor.der:
             # x5c included the root itself; it is trusted by identity, not by signature
+            return anchor
+        if cache is not None and link_key(top_der, anchor.der) in cache:
+            # verified against this anchor before (the name check passed then, on these bytes)
+            _check_validity(anchor.certificate, now, index=len(certs))
             return anchor
         if top.issuer != anchor.certificate.subject:
             continue

@@ -1,0 +1,599 @@
+"""Every performance ratio of issue 12, measured in one run: prints figures, asserts nothing.
+
+    python bench/bench_all.py [--quick] [--only SECTION ...] [--instances N]
+
+Sections (``--only`` picks some; each prints its own table rows). Needs Debian ``wrk``
+for ``docs``, PostgreSQL binaries for the PostgreSQL rows, pyattest (``bench`` extra) for ``peer``.
+
+* ``verify``   Android (RSA-root and EC-root real chains) and Apple (real samples)
+  in-process verification vs the bound of the same run: the pyca signature checks of
+  the same chain (all links uncached; the leaf link alone with the verified-intermediate
+  cache). Bound and measured alternate in short batches, so both see the same load.
+* ``peer``     pyattest (the ``bench`` extra) on the same Apple samples.
+* ``issue``    full issuance vs ES256 sign alone (the same FileSigner).
+* ``docs``     JWKS (and the status list, when the service publishes one) over HTTP:
+  ``attester serve --workers 2`` and Debian ``wrk`` (required) as the load generator.
+* ``register`` Android registrations over HTTP on 2 workers (SQLite, then PostgreSQL
+  when its binaries exist) vs the in-process verification+issuance rate of the same
+  chains, measured before and after the HTTP run.
+* ``flat``     registration and renewal latency with 1k and with N (default 1M) stored
+  instances, interleaved, on SQLite and PostgreSQL; the query plans of the hot lookups.
+
+Numbers on a shared machine are noisy: read the ratios (each from one run), re-run
+before quoting. ``--quick`` shortens every measurement (about a minute in total).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import multiprocessing
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import httpx
+from bench_android import CASES, POLICY, VECTORS
+from bench_apple import chain_signatures, load_samples, ours, pyattest_runner
+from bench_registration_http import key_proof
+from cryptography.hazmat.primitives import serialization
+
+from platform_verifiers.android import (
+    VerifiedLinkCache,
+    google_hardware_roots,
+    verify_android_attestation,
+)
+from platform_verifiers.android.certs import decode_certificate, signature_valid
+from platform_verifiers.android.pem import pem_certificates
+from platform_verifiers.apple import VerifiedLinkCache as AppleCache
+from tests.android.status_server import StatusServer
+from tests.android.synth import DEFAULT_PACKAGE, DEFAULT_SIGNER, make_chain, make_root
+from tests.support import free_port, postgres_server, wait_until_healthy
+
+ROWS: list[tuple[str, str, str, str]] = []  # (measure, figure, ratio, target)
+
+
+def row(measure: str, figure: str, ratio: str = "", target: str = "") -> None:
+    ROWS.append((measure, figure, ratio, target))
+    print(f"  {measure:58} {figure:>22} {ratio:>8} {target:>8}", flush=True)
+
+
+def ok(value: float, limit: float, *, at_most: bool) -> str:
+    good = value <= limit if at_most else value >= limit
+    return f"{'<=' if at_most else '>='}{limit:g} {'ok' if good else 'MISS'}"
+
+
+# -- timing ------------------------------------------------------------------------
+def interleaved(measures: dict[str, Callable[[], int]], seconds: float, rounds: int) -> dict[str, float]:
+    """us/op of each measure, alternating short batches of each until ``seconds`` pass.
+
+    On a shared machine the load changes within a second; alternating batches (each a few
+    milliseconds) makes every measure see the same load, so their ratio is stable even
+    when the absolute figures are not. The first ``rounds`` alternations are warm-up.
+    """
+    spent = {name: 0.0 for name in measures}
+    done = {name: 0 for name in measures}
+    for _ in range(rounds):
+        for fn in measures.values():
+            fn()  # warm-up (and the cache, for cached measures)
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        for name, fn in measures.items():
+            started = time.perf_counter()
+            done[name] += fn()
+            spent[name] += time.perf_counter() - started
+    return {name: spent[name] / done[name] * 1e6 for name in measures}
+
+
+def batch(fn: Callable[[], object], n: int = 20) -> Callable[[], int]:
+    def run() -> int:
+        for _ in range(n):
+            fn()
+        return n
+
+    return run
+
+
+# -- verify ------------------------------------------------------------------------
+def section_verify(seconds: float, rounds: int) -> None:
+    print("in-process verification vs the pyca signature checks of the same chain")
+    anchors = google_hardware_roots()
+    for label, (file, at) in CASES.items():
+        chain = pem_certificates((VECTORS / file).read_bytes())
+        now = datetime.fromisoformat(at)
+        certs = [decode_certificate(der, i) for i, der in enumerate(chain)]
+        keys = [c.public_key() for c in certs[1:]]
+        cache = VerifiedLinkCache()
+
+        def links(certs: list[Any] = certs, keys: list[Any] = keys) -> None:
+            for child, key in zip(certs, keys, strict=False):
+                assert signature_valid(child, key)
+
+        def verify(cache: VerifiedLinkCache | None, chain: list[bytes] = chain, now: datetime = now) -> None:
+            verify_android_attestation(
+                chain=chain, challenge=None, policy=POLICY, anchors=anchors,
+                revocation=None, now=now, verified_cache=cache,
+            )
+
+        t = interleaved(
+            {
+                "bound": batch(links, 5),
+                "ours": batch(lambda: verify(None), 5),
+                "leaf": batch(lambda c=certs, k=keys: signature_valid(c[0], k[0])),
+                "cached": batch(lambda c=cache: verify(c)),
+            },
+            seconds,
+            rounds,
+        )
+        name = label.split(" (")[0]
+        row(f"Android {name}: verify / {len(keys)} link checks", f"{t['ours']:.0f} / {t['bound']:.0f} us",
+            f"{t['ours'] / t['bound']:.2f}", ok(t["ours"] / t["bound"], 1.5, at_most=True))
+        row(f"Android {name}: cached verify / leaf link check", f"{t['cached']:.0f} / {t['leaf']:.0f} us",
+            f"{t['cached'] / t['leaf']:.2f}", ok(t["cached"] / t["leaf"], 1.2, at_most=True))
+
+    samples = load_samples()
+    n = len(samples)
+    t = interleaved(
+        {
+            "bound": chain_signatures(samples, leaf_only=False),
+            "ours": ours(samples, None),
+            "leaf": chain_signatures(samples, leaf_only=True),
+            "cached": ours(samples, AppleCache()),
+        },
+        seconds,
+        rounds,
+    )
+    # chain_signatures counts signature checks: two per attestation uncached, one cached
+    bound = t["bound"] * 2
+    row(f"Apple ({n} samples): verify / 2 P-384 checks", f"{t['ours']:.0f} / {bound:.0f} us",
+        f"{t['ours'] / bound:.2f}", ok(t["ours"] / bound, 1.5, at_most=True))
+    row("Apple: cached verify / leaf link check", f"{t['cached']:.0f} / {t['leaf']:.0f} us",
+        f"{t['cached'] / t['leaf']:.2f}", ok(t["cached"] / t["leaf"], 1.2, at_most=True))
+
+
+def section_peer(seconds: float, rounds: int) -> None:
+    print("pyattest (the peer) on the same Apple samples")
+    samples = load_samples()
+    runner, refused = pyattest_runner(samples)
+    if runner is None:
+        row("pyattest", "not available", "", "")
+        print(f"    note: {refused}")
+        return
+    accepted = [s for s in samples if s.name not in refused]
+    t = interleaved({"peer": runner, "ours": ours(accepted, None)}, seconds, rounds)
+    row(f"ours (no cache) vs pyattest, {len(accepted)}/{len(samples)} samples",
+        f"{t['ours']:.0f} vs {t['peer']:.0f} us", f"{t['peer'] / t['ours']:.1f}x",
+        ok(t["peer"] / t["ours"], 10, at_most=False))
+    for name, why in refused.items():
+        print(f"    pyattest refuses {name}: {why}")
+
+
+# -- issue -------------------------------------------------------------------------
+def section_issue(seconds: float, rounds: int) -> None:
+    print("issuance vs ES256 sign alone")
+    from attester.service import build_service
+    from attester.settings import load_settings
+    from tests.support import new_instance_key, public_jwk
+
+    settings = load_settings(data_dir=Path(tempfile.mkdtemp(prefix="attester-bench-")))
+    service = build_service(settings)
+    app = settings.apps[0]
+    now = datetime.now(UTC)
+    signer = service.key_store.active_signer(now)
+    jwk = public_jwk(new_instance_key())
+    sample = service.issuer.issue(app=app, instance_jwk=jwk, now=now).jwt
+    signing_input = sample.rsplit(".", 1)[0].encode()  # the same size as a real one
+    t = interleaved(
+        {
+            "sign": batch(lambda: signer.sign(signing_input), 50),
+            "issue": batch(lambda: service.issuer.issue(app=app, instance_jwk=jwk, now=now), 50),
+        },
+        seconds,
+        rounds,
+    )
+    row("issuance rate / ES256 sign-alone rate", f"{1e6 / t['issue']:.0f} / {1e6 / t['sign']:.0f} /s",
+        f"{t['sign'] / t['issue']:.2f}", ok(t["sign"] / t["issue"], 0.8, at_most=False))
+
+
+# -- servers -----------------------------------------------------------------------
+@dataclass
+class Server:
+    url: str
+    work: Path
+    root: Any
+
+
+@contextmanager
+def serving(database_url: str | None, workers: int = 2) -> Iterator[Server]:
+    """``attester serve`` with a synthetic Android test root and a loopback status list."""
+    work = Path(tempfile.mkdtemp(prefix="attester-bench-"))
+    root = make_root()
+    (work / "root.pem").write_bytes(root.certificate.public_bytes(serialization.Encoding.PEM))
+    status = StatusServer()
+    status.body = b'{"entries": {}}'
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    db = f'database_url = "{database_url}"\n' if database_url else ""
+    (work / "config.toml").write_text(
+        f'issuer = "{url}"\nlog_level = "warning"\n{db}'
+        f'[android]\nrevocation_url = "{status.url}"\ntest_root_files = ["{work / "root.pem"}"]\n'
+        f'[[apps]]\nclient_id = "bench"\n[apps.android]\npackage_names = ["{DEFAULT_PACKAGE}"]\n'
+        f'signing_cert_sha256 = ["{DEFAULT_SIGNER.hex()}"]\n'
+    )
+    server = subprocess.Popen(
+        [sys.executable, "-m", "attester.cli", "serve", "--config", str(work / "config.toml"),
+         "--data-dir", str(work / "data"), "--port", str(port), "--workers", str(workers)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        wait_until_healthy(url, server)
+        yield Server(url, work, root)
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+        status.close()
+
+
+def wrk(url: str, seconds: float, connections: int = 64) -> float | None:
+    if shutil.which("wrk") is None:
+        return None
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{max(1, round(seconds))}s", url],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    if "Non-2xx" in out:
+        raise RuntimeError(f"wrk saw errors from {url}:\n{out}")
+    return float(next(line for line in out.splitlines() if "Requests/sec" in line).split()[1])
+
+
+def status_list_url(metadata: dict[str, Any]) -> str | None:
+    """A status-list document the service advertises (issue 9), if any."""
+    for key, value in metadata.items():
+        if "status" in key and isinstance(value, str) and value.startswith("http"):
+            return value
+        if "status" in key and isinstance(value, dict):
+            found = [v for v in value.values() if isinstance(v, str) and v.startswith("http")]
+            if found:
+                return found[0]
+    return None
+
+
+def section_docs(seconds: float) -> None:
+    print("published documents over HTTP, 2 workers, wrk on loopback (separate process)")
+    if shutil.which("wrk") is None:
+        row("JWKS", "skipped: needs Debian wrk", "", "")
+        return
+    with serving(None) as server:
+        rate = wrk(server.url + "/.well-known/jwks.json", seconds)
+        assert rate is not None
+        row("JWKS, 2 workers", f"{rate:.0f} req/s", "", ok(rate, 5000, at_most=False))
+        metadata = httpx.get(server.url + "/.well-known/client-attester").json()
+        status = status_list_url(metadata)
+        if status is None:
+            print("    note: no status-list endpoint in the metadata (issue 9 not merged): not measured")
+        else:
+            rate = wrk(status, seconds)
+            assert rate is not None
+            row("status list, 2 workers", f"{rate:.0f} req/s", "", ok(rate, 5000, at_most=False))
+
+
+# -- register ----------------------------------------------------------------------
+def prepare_bodies(server: Server, count: int) -> list[dict[str, Any]]:
+    """``count`` registrations, each its own device (own intermediates: the worst case)."""
+    bodies = []
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        for _ in range(count):
+            challenge = http.post("/v1/challenge").json()["challenge"]
+            chain = make_chain(challenge=base64.urlsafe_b64decode(challenge + "="), root=server.root)
+            bodies.append({
+                "certificate_chain": [base64.b64encode(c).decode() for c in chain.chain],
+                "challenge": challenge,
+                "key_proof": key_proof(chain.leaf_key, challenge, server.url),
+            })
+    return bodies
+
+
+def in_process(server: Server, bodies: list[dict[str, Any]]) -> float:
+    """us per registration for verification + key proof + issuance, no HTTP, no storage."""
+    from attester.app import create_app
+    from attester.platforms.android import AndroidRegistration
+    from attester.settings import load_settings
+
+    settings = load_settings(server.work / "config.toml", data_dir=server.work / "data")
+    service = create_app(settings).state.service
+    platform = service.platforms["android"]
+    parsed = [AndroidRegistration(**b) for b in bodies]
+    now = datetime.now(UTC)
+
+    def one(body: AndroidRegistration) -> None:
+        challenge = service.challenges.check(body.challenge, now)
+        verified = platform.verify(body, challenge, now)
+        service.check_key_proof(body.key_proof, jwk=verified.instance_jwk, challenge=challenge, now=now)
+        service.issuer.issue(app=verified.app, instance_jwk=verified.instance_jwk, now=now)
+
+    one(parsed[0])
+    start = time.perf_counter()
+    for body in parsed:
+        one(body)
+    elapsed = time.perf_counter() - start
+    service.store.dispose()
+    return elapsed / len(parsed) * 1e6
+
+
+async def _post_all(port: int, bodies: list[bytes], connections: int) -> tuple[int, int]:
+    queue = list(reversed(bodies))
+    counts = [0, 0]
+
+    async def client() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        while queue:
+            body = queue.pop()
+            writer.write(
+                b"POST /v1/android/attestations HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: application/json\r\nContent-Length: "
+                + str(len(body)).encode() + b"\r\n\r\n" + body
+            )
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            await reader.readexactly(length)
+            counts[0 if head.startswith(b"HTTP/1.1 200") else 1] += 1
+        writer.close()
+
+    await asyncio.gather(*(client() for _ in range(connections)))
+    return counts[0], counts[1]
+
+
+def _load(port: int, bodies: list[bytes], connections: int, out: Any) -> None:
+    start = time.perf_counter()
+    good, bad = asyncio.run(_post_all(port, bodies, connections))
+    out.put((good, bad, time.perf_counter() - start))
+
+
+def http_register(server: Server, bodies: list[dict[str, Any]], connections: int = 8) -> tuple[float, int]:
+    port = int(server.url.rsplit(":", 1)[1])
+    encoded = [json.dumps(b).encode() for b in bodies]
+    queue: Any = multiprocessing.Queue()
+    proc = multiprocessing.Process(target=_load, args=(port, encoded, connections, queue))
+    proc.start()
+    good, bad, elapsed = queue.get(timeout=600)
+    proc.join()
+    return good / elapsed, bad
+
+
+def section_register(count: int, postgres: bool) -> None:
+    print("Android registrations over HTTP (2 workers, 8 connections) vs in-process verify+issue")
+    backends: list[tuple[str, Callable[[], Any]]] = [("SQLite", lambda: _null())]
+    if postgres:
+        backends.append(("PostgreSQL", postgres_server))
+    for name, context in backends:
+        with context() as database_url:
+            if name == "PostgreSQL" and database_url is None:
+                print("    note: PostgreSQL binaries not found: skipped")
+                continue
+            with serving(database_url) as server:
+                bodies = prepare_bodies(server, count)
+                sample = bodies[: min(len(bodies), 100)]
+                before = in_process(server, sample)
+                rate, bad = http_register(server, bodies)
+                after = in_process(server, sample)
+                inproc = 1e6 / ((before + after) / 2)
+                row(f"{name}: HTTP registrations / in-process verify+issue",
+                    f"{rate:.0f} / {inproc:.0f} /s", f"{rate / inproc:.2f}",
+                    ok(rate / inproc, 0.6, at_most=False))
+                if bad:
+                    print(f"    {bad} registrations were refused: the figure is not valid")
+
+
+@contextmanager
+def _null() -> Iterator[None]:
+    yield None
+
+
+# -- flat --------------------------------------------------------------------------
+FILL_SQLITE = """
+WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {count})
+INSERT INTO instances (id, platform, client_id, key_thumbprint, instance_jwk, status, registered_at)
+SELECT printf('fill-%031d', i), 'android', 'bench', printf('fill%039d', i), '{{}}', 'active',
+       '2026-01-01 00:00:00.000000' FROM n
+"""
+FILL_SQLITE_ISSUED = """
+INSERT INTO issued_attestations (jti, instance_id, kid, issued_at, expires_at)
+SELECT 'j' || substr(id, 6), id, 'kid', registered_at, registered_at FROM instances WHERE substr(id, 1, 5) = 'fill-'
+"""
+FILL_PG = """
+INSERT INTO instances (id, platform, client_id, key_thumbprint, instance_jwk, status, registered_at)
+SELECT 'fill-' || lpad(i::text, 31, '0'), 'android', 'bench', 'fill' || lpad(i::text, 39, '0'),
+       '{{}}', 'active', now() FROM generate_series(1, {count}) AS i
+"""
+FILL_PG_ISSUED = """
+INSERT INTO issued_attestations (jti, instance_id, kid, issued_at, expires_at)
+SELECT 'j' || substr(id, 6), id, 'kid', registered_at, registered_at FROM instances WHERE substr(id, 1, 5) = 'fill-'
+"""
+
+
+class FlatRig:
+    """An in-process service on its own database, pre-filled with ``count`` instances."""
+
+    def __init__(self, database_url: str | None, count: int, root: Any, status_url: str) -> None:
+        from attester.app import create_app
+        from attester.settings import load_settings
+
+        self.work = Path(tempfile.mkdtemp(prefix="attester-flat-"))
+        (self.work / "root.pem").write_bytes(root.certificate.public_bytes(serialization.Encoding.PEM))
+        db = f'database_url = "{database_url}"\n' if database_url else ""
+        (self.work / "config.toml").write_text(
+            f'issuer = "http://bench"\nlog_level = "warning"\n{db}'
+            f'[android]\nrevocation_url = "{status_url}"\ntest_root_files = ["{self.work / "root.pem"}"]\n'
+            f'[[apps]]\nclient_id = "bench"\n[apps.android]\npackage_names = ["{DEFAULT_PACKAGE}"]\n'
+            f'signing_cert_sha256 = ["{DEFAULT_SIGNER.hex()}"]\n'
+        )
+        settings = load_settings(self.work / "config.toml", data_dir=self.work / "data")
+        self.service = create_app(settings).state.service
+        self.platform = self.service.platforms["android"]
+        self.root = root
+        started = time.perf_counter()
+        engine = self.service.store.engine
+        with engine.begin() as connection:
+            pg = engine.dialect.name == "postgresql"
+            connection.exec_driver_sql((FILL_PG if pg else FILL_SQLITE).format(count=count))
+            connection.exec_driver_sql(FILL_PG_ISSUED if pg else FILL_SQLITE_ISSUED)
+        with engine.begin() as connection:
+            connection.exec_driver_sql("ANALYZE")
+        self.fill_seconds = time.perf_counter() - started
+
+    def registration(self) -> tuple[Callable[[], object], Any]:
+        from attester.platforms.android import AndroidRegistration
+
+        challenge = self.service.new_challenge()["challenge"]
+        chain = make_chain(challenge=base64.urlsafe_b64decode(challenge + "="), root=self.root)
+        body = AndroidRegistration(
+            certificate_chain=[base64.b64encode(c).decode() for c in chain.chain],
+            challenge=challenge,
+            key_proof=key_proof(chain.leaf_key, challenge, "http://bench"),
+        )
+        service, platform = self.service, self.platform
+
+        def run() -> object:
+            return service.register(
+                challenge=body.challenge, key_proof=body.key_proof,
+                verify=lambda c, now: platform.verify(body, c, now),
+            )
+
+        return run, chain.leaf_key
+
+    def renewal(self, thumbprint: str, leaf_key: Any) -> Callable[[], object]:
+        challenge = self.service.new_challenge()["challenge"]
+        request = {"key_thumbprint": thumbprint, "challenge": challenge,
+                   "key_proof": key_proof(leaf_key, challenge, "http://bench")}
+        return lambda: self.service.renew(request)
+
+    def plans(self) -> list[str]:
+        engine = self.service.store.engine
+        thumb = "fill" + "0" * 38 + "1"
+        with engine.connect() as connection:
+            if engine.dialect.name == "sqlite":
+                sql = "EXPLAIN QUERY PLAN SELECT * FROM instances WHERE key_thumbprint = ?"
+                return [str(r[-1]) for r in connection.exec_driver_sql(sql, (thumb,))]
+            sql = "EXPLAIN SELECT * FROM instances WHERE key_thumbprint = %s"
+            return [str(r[0]) for r in connection.exec_driver_sql(sql, (thumb,))]
+
+
+def section_flat(big: int, operations: int, postgres: bool) -> None:
+    print(f"registration and renewal latency with 1,000 vs {big:,} stored instances (in-process)")
+    root = make_root()
+    status = StatusServer()
+    status.body = b'{"entries": {}}'
+    backends: list[tuple[str, Callable[[], Any]]] = [("SQLite", lambda: _null())]
+    if postgres:
+        backends.append(("PostgreSQL", postgres_server))
+    try:
+        for name, context in backends:
+            with context() as url:
+                if name == "PostgreSQL" and url is None:
+                    print("    note: PostgreSQL binaries not found: skipped")
+                    continue
+                small_url = big_url = url
+                if url is not None:  # two databases on the one throw-away cluster
+                    small_url, big_url = _pg_databases(url)
+                small = FlatRig(small_url, 1000, root, status.url)
+                large = FlatRig(big_url, big, root, status.url)
+                print(f"    {name}: filled {big:,} instances (+ one issued JWT each) in {large.fill_seconds:.1f} s;"
+                      f" plan: {' / '.join(large.plans())}")
+                times: dict[str, list[float]] = {"reg_small": [], "reg_large": [], "ren_small": [], "ren_large": []}
+                jobs = {"small": small, "large": large}
+                prepared = {k: [rig.registration() for _ in range(operations)] for k, rig in jobs.items()}
+                registered: dict[str, list[tuple[str, Any]]] = {"small": [], "large": []}
+                for i in range(operations):  # alternate so both see the same machine load
+                    for key in ("small", "large"):
+                        run, leaf_key = prepared[key][i]
+                        started = time.perf_counter()
+                        result = run()
+                        times[f"reg_{key}"].append(time.perf_counter() - started)
+                        registered[key].append((result["key_thumbprint"], leaf_key))  # type: ignore[index]
+                renewals = {k: [jobs[k].renewal(t, lk) for t, lk in registered[k]] for k in jobs}
+                for i in range(operations):
+                    for key in ("small", "large"):
+                        started = time.perf_counter()
+                        renewals[key][i]()
+                        times[f"ren_{key}"].append(time.perf_counter() - started)
+                med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+                for what, label in (("reg", "registration"), ("ren", "renewal")):
+                    ratio = med[f"{what}_large"] / med[f"{what}_small"]
+                    row(f"{name}: {label} latency, {big:,} vs 1k instances",
+                        f"{med[f'{what}_large']:.2f} / {med[f'{what}_small']:.2f} ms", f"{ratio:.2f}",
+                        ok(ratio, 1.2, at_most=True))
+                small.service.store.dispose()
+                large.service.store.dispose()
+    finally:
+        status.close()
+
+
+def _pg_databases(url: str) -> tuple[str, str]:
+    from sqlalchemy import create_engine
+
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        for name in ("flat_small", "flat_large"):
+            connection.exec_driver_sql(f"CREATE DATABASE {name}")
+    engine.dispose()
+    base = url.rsplit("/", 1)[0]
+    return f"{base}/flat_small", f"{base}/flat_large"
+
+
+# -- main --------------------------------------------------------------------------
+SECTIONS = ("verify", "peer", "issue", "docs", "register", "flat")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="short measurements (noisier)")
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("--instances", type=int, default=1_000_000, help="stored instances for 'flat'")
+    parser.add_argument("--no-postgres", action="store_true", help="SQLite only")
+    args = parser.parse_args()
+    seconds, rounds = (2.0, 4) if args.quick else (6.0, 6)
+    count = 150 if args.quick else 400
+    operations = 30 if args.quick else 100
+    big = min(args.instances, 200_000) if args.quick else args.instances
+    postgres = not args.no_postgres
+
+    print(f"bench_all on {os.cpu_count()} CPUs, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
+          f"python {sys.version.split()[0]}")
+    print(f"  {'measure':58} {'figure':>22} {'ratio':>8} {'target':>8}")
+    if "verify" in args.only:
+        section_verify(seconds, rounds)
+    if "peer" in args.only:
+        section_peer(seconds, rounds)
+    if "issue" in args.only:
+        section_issue(seconds, rounds)
+    if "docs" in args.only:
+        section_docs(seconds / 2 if args.quick else 5)
+    if "register" in args.only:
+        section_register(count, postgres)
+    if "flat" in args.only:
+        section_flat(big, operations, postgres)
+    print("\nsummary (markdown)")
+    print("| measure | figure | ratio | target |\n|---|---|---|---|")
+    for measure, figure, ratio, target in ROWS:
+        print(f"| {measure} | {figure} | {ratio} | {target} |")
+
+
+if __name__ == "__main__":
+    main()
