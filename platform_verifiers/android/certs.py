@@ -274,7 +274,15 @@ def decode_certificate(der: bytes, index: int) -> ChainCertificate:
     """Decode one DER certificate; ``certificate_malformed`` if neither reader can."""
     try:
         return _decode_with_pyca(der)
-    except (ValueError, x509.DuplicateExtension, PyAsn1Error, TypeError, KeyError, IndexError):
+    except (
+        ValueError,
+        x509.DuplicateExtension,
+        x509.InvalidVersion,  # not a ValueError: found by the fuzz suite (tests/fuzz)
+        PyAsn1Error,
+        TypeError,
+        KeyError,
+        IndexError,
+    ):
         # pyca refuses it, or its extensions need the tolerant reader and that failed too
         pass
     try:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from platform_verifiers.anchors import TrustAnchor
@@ -108,7 +109,7 @@ def _link_ok(
             if isinstance(issuer, TrustAnchor)
             else issuer.public_key()
         )
-    except ValueError:
+    except (ValueError, UnsupportedAlgorithm):  # UnsupportedAlgorithm: found by tests/fuzz
         return False
     ok = signature_valid(child, issuer_key)
     if ok and key is not None and cache is not None:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
@@ -47,7 +48,7 @@ def _leaf_key_or_none(spki_der: bytes) -> PublicKeyTypes | None:
     # A key type this cryptography build cannot load is simply "not EC P-256" for policy.
     try:
         return serialization.load_der_public_key(spki_der)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         return None
 
 

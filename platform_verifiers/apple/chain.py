@@ -97,7 +97,7 @@ def load_chain(x5c: Sequence[bytes]) -> tuple[x509.Certificate, ...]:
     for index, der in enumerate(x5c):
         try:
             certs.append(x509.load_der_x509_certificate(der))
-        except ValueError as exc:
+        except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion: found by tests/fuzz
             raise VerificationError(
                 "attestation_malformed", "x5c holds an unparsable certificate", index=index
             ) from exc
