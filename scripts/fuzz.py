@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             totals[name] += inputs
             seconds[name] += elapsed
             failures.extend(found)
+            for failure in found:  # as they come: a long run may be cut short
+                print(f"  FAILURE [{failure['target']}] {failure['error']}", flush=True)
             now = time.monotonic()
             if now - last > 30:
                 done = sum(totals.values())

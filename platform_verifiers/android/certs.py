@@ -59,6 +59,15 @@ class SignatureAlgorithm:
 
 
 @dataclass(frozen=True)
+class ExtensionInfo:
+    """One extension as it is encoded: the chain's fail-closed checks read these."""
+
+    oid: str
+    critical: bool
+    value: bytes  # the DER inside extnValue
+
+
+@dataclass(frozen=True)
 class ChainCertificate:
     """The facts about one chain certificate that the verifier uses."""
 
@@ -74,6 +83,9 @@ class ChainCertificate:
     path_length: int | None
     key_descriptions: tuple[bytes, ...]  # values of every KeyDescription extension
     has_provisioning_info: bool
+    # Every extension in encoding order (duplicates kept), for platform_verifiers.android.
+    # extensions' fail-closed checks; defaulted so that other constructors keep working.
+    extensions: tuple[ExtensionInfo, ...] = ()
 
     @property
     def serial_hex(self) -> str:
@@ -142,11 +154,26 @@ def _split_certificate(der: bytes) -> tuple[bytes, bytes]:
     return bytes(outer["tbs"]), bytes(outer["alg"])
 
 
-def _extensions_from_tbs(tbs: Any) -> list[tuple[str, bytes]]:
+def _extension_infos_from_tbs(tbs: Any) -> tuple[ExtensionInfo, ...]:
     extensions = tbs["extensions"]
     if not extensions.isValue:
-        return []
-    return [(str(e["extnID"]), bytes(e["extnValue"])) for e in extensions]
+        return ()
+    return tuple(
+        ExtensionInfo(str(e["extnID"]), bool(e["critical"]), bytes(e["extnValue"]))
+        for e in extensions
+    )
+
+
+def _extension_infos_from_pyca(extensions: x509.Extensions) -> tuple[ExtensionInfo, ...]:
+    infos = []
+    for ext in extensions:
+        value = ext.value
+        try:
+            raw = value.value if isinstance(value, x509.UnrecognizedExtension) else value.public_bytes()
+        except NotImplementedError as exc:
+            raise ValueError("extension cannot be re-encoded") from exc  # -> tolerant reader
+        infos.append(ExtensionInfo(ext.oid.dotted_string, ext.critical, raw))
+    return tuple(infos)
 
 
 def _basic_constraints(value: bytes) -> tuple[bool, int | None]:
@@ -179,10 +206,15 @@ def _decode_with_pyasn1(der: bytes) -> ChainCertificate:
     tbs_raw, _ = _split_certificate(der)
     cert, _ = ber_decoder.decode(der, asn1Spec=rfc5280.Certificate())
     tbs = cert["tbsCertificate"]
+    if int(tbs["version"]) != 2:
+        # Only v3 certificates carry extensions, and every attestation certificate has
+        # some; an unknown version is not read leniently (pyca refuses it too).
+        raise ValueError("not an X.509 v3 certificate")
     alg = cert["signatureAlgorithm"]
     params = bytes(alg["parameters"]) if alg["parameters"].isValue else None
+    infos = _extension_infos_from_tbs(tbs)
     is_ca, path_length, key_descriptions, provisioning = _from_raw_extensions(
-        _extensions_from_tbs(tbs)
+        [(e.oid, e.value) for e in infos]
     )
     return ChainCertificate(
         der=der,
@@ -197,6 +229,7 @@ def _decode_with_pyasn1(der: bytes) -> ChainCertificate:
         path_length=path_length,
         key_descriptions=key_descriptions,
         has_provisioning_info=provisioning,
+        extensions=infos,
     )
 
 
@@ -207,10 +240,12 @@ def _decode_with_pyca(der: bytes) -> ChainCertificate:
     except ValueError:
         # e.g. an unparsable CRL Distribution Points: read the extension list raw.
         tbs, _ = ber_decoder.decode(cert.tbs_certificate_bytes, asn1Spec=rfc5280.TBSCertificate())
+        infos = _extension_infos_from_tbs(tbs)
         is_ca, path_length, key_descriptions, provisioning = _from_raw_extensions(
-            _extensions_from_tbs(tbs)
+            [(e.oid, e.value) for e in infos]
         )
     else:
+        infos = _extension_infos_from_pyca(extensions)
         is_ca, path_length = None, None
         key_descriptions_list: list[bytes] = []
         provisioning = False
@@ -247,6 +282,7 @@ def _decode_with_pyca(der: bytes) -> ChainCertificate:
         path_length=path_length,
         key_descriptions=key_descriptions,
         has_provisioning_info=provisioning,
+        extensions=infos,
     )
 
 
