@@ -53,6 +53,7 @@ STATUS: dict[str, int] = {
     "extension_critical_unknown": 400,
     "extension_malformed": 400,
     "intermediate_not_ca": 403,
+    "extension_below_leaf": 403,
     # Apple App Attest: malformed evidence 400, evidence that proves the wrong thing 403
     "client_data_malformed": 400,
     "client_data_challenge_mismatch": 400,

@@ -27,7 +27,7 @@ from pyasn1.type import namedtype, univ
 from pyasn1_modules import rfc4055, rfc5280
 
 from platform_verifiers.android.schema import KEY_DESCRIPTION_OID, PROVISIONING_INFO_OID
-from platform_verifiers.errors import VerificationError
+from platform_verifiers.errors import ASN1_DECODE_ERRORS, VerificationError
 
 _BASIC_CONSTRAINTS_OID = "2.5.29.19"
 
@@ -112,7 +112,7 @@ def _pss(params_der: bytes | None) -> SignatureAlgorithm | None:
         return SignatureAlgorithm("rsa-pss", hashes.SHA1(), 20)
     try:
         params, _ = ber_decoder.decode(params_der, asn1Spec=rfc4055.RSASSA_PSS_params())
-    except PyAsn1Error:
+    except ASN1_DECODE_ERRORS:
         return None
     hash_oid = "1.3.14.3.2.26"
     if params["hashAlgorithm"].isValue:
@@ -306,24 +306,25 @@ def _split_params(der: bytes) -> bytes | None:
     return bytes(alg["parameters"]) if alg["parameters"].isValue else None
 
 
+# What makes pyca (or our reading of its extensions) give up on a certificate.
+# InvalidVersion is not a ValueError: found by the fuzz suite (tests/fuzz).
+_PYCA_REFUSALS: tuple[type[Exception], ...] = (
+    *ASN1_DECODE_ERRORS,
+    x509.DuplicateExtension,
+    x509.InvalidVersion,
+)
+
+
 def decode_certificate(der: bytes, index: int) -> ChainCertificate:
     """Decode one DER certificate; ``certificate_malformed`` if neither reader can."""
     try:
         return _decode_with_pyca(der)
-    except (
-        ValueError,
-        x509.DuplicateExtension,
-        x509.InvalidVersion,  # not a ValueError: found by the fuzz suite (tests/fuzz)
-        PyAsn1Error,
-        TypeError,
-        KeyError,
-        IndexError,
-    ):
+    except _PYCA_REFUSALS:
         # pyca refuses it, or its extensions need the tolerant reader and that failed too
         pass
     try:
         return _decode_with_pyasn1(der)
-    except (PyAsn1Error, ValueError, TypeError, KeyError, IndexError) as exc:
+    except ASN1_DECODE_ERRORS as exc:
         raise _malformed(index, type(exc).__name__) from exc
 
 

@@ -23,13 +23,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from pyasn1.codec.ber import decoder as ber_decoder
-from pyasn1.error import PyAsn1Error
 from pyasn1_modules import rfc5280
 
 from platform_verifiers.android.certs import ChainCertificate, ExtensionInfo
 from platform_verifiers.android.schema import KEY_DESCRIPTION_OID, PROVISIONING_INFO_OID
 from platform_verifiers.cbor import decode_single_cbor_item
-from platform_verifiers.errors import VerificationError
+from platform_verifiers.errors import ASN1_DECODE_ERRORS, VerificationError
 
 BASIC_CONSTRAINTS_OID = "2.5.29.19"
 KEY_USAGE_OID = "2.5.29.15"
@@ -83,7 +82,7 @@ def key_usage(ext: ExtensionInfo, index: int) -> frozenset[int]:
     """The KeyUsage bits that are set; ``extension_malformed`` when it does not decode."""
     try:
         bits, rest = ber_decoder.decode(ext.value, asn1Spec=rfc5280.KeyUsage())
-    except PyAsn1Error as exc:
+    except ASN1_DECODE_ERRORS as exc:
         raise _malformed(index, ext.oid) from exc
     if rest:
         raise _malformed(index, ext.oid)

@@ -18,9 +18,9 @@ from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from platform_verifiers.anchors import TrustAnchor
 from platform_verifiers.android.chain import verify_chain
-from platform_verifiers.android.provisioning import Provisioning, ProvisioningRule
 from platform_verifiers.android.parse import KeyDescription, SecurityLevel, parse_key_description
 from platform_verifiers.android.policy import AndroidPolicy, check_policy, effective_security_level
+from platform_verifiers.android.provisioning import Provisioning, ProvisioningRule
 from platform_verifiers.android.revocation import RevocationSnapshot, check_revocation
 from platform_verifiers.errors import VerificationError
 from platform_verifiers.linkcache import VerifiedLinkCache

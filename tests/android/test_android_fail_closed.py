@@ -398,3 +398,18 @@ def test_verify_leaf_key_of_other_curve_is_reported_by_policy() -> None:
     # the verifier itself refuses leaf keys that could never be an instance key.
     synth = make_chain(leaf_key=ec.generate_private_key(ec.SECP384R1()))
     assert _code(synth.chain, [synth.anchor]) == "policy_violation"
+
+
+def test_decode_huge_inner_length_fails_certificate_malformed() -> None:
+    # pyasn1 raised OverflowError on an 8-byte length (found by tests/fuzz).
+    with pytest.raises(VerificationError) as caught:
+        decode_certificate(bytes.fromhex("300a04887fffffffffffffff"), 0)
+    assert caught.value.code == "certificate_malformed"
+
+
+def test_parse_key_description_huge_inner_length_fails_key_description_malformed() -> None:
+    from platform_verifiers.android import parse_key_description
+
+    with pytest.raises(VerificationError) as caught:
+        parse_key_description(bytes.fromhex("300a04887fffffffffffffff"))
+    assert caught.value.code == "key_description_malformed"

@@ -30,9 +30,9 @@ def stack(make_settings: Any, tmp_path: Path, clock: MutableClock) -> Iterator[t
     status.body = b'{"entries": {}}'
     settings = _android_settings(make_settings, root_file, status)
     service = build_service(settings, clock=clock)
-    with live_server(create_app(settings, clock=clock, service=service)) as live:
-        with httpx.Client(base_url=live.url, timeout=20) as http:
-            yield http, root, service
+    app = create_app(settings, clock=clock, service=service)
+    with live_server(app) as live, httpx.Client(base_url=live.url, timeout=20) as http:
+        yield http, root, service
     status.close()
 
 

@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 
 from attester.errors import ProblemError
 from attester.keyproof import verify_key_proof
+from platform_verifiers.anchors import TrustAnchor
 from platform_verifiers.android import (
     AndroidPolicy,
     SecurityLevel,
@@ -36,7 +37,6 @@ from platform_verifiers.android import (
 )
 from platform_verifiers.android.certs import decode_certificate
 from platform_verifiers.android.pem import pem_certificates
-from platform_verifiers.anchors import TrustAnchor
 from platform_verifiers.apple import (
     apple_app_attest_roots,
     parse_assertion,
