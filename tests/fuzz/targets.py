@@ -16,6 +16,7 @@ import base64
 import functools
 import hashlib
 import json
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -322,3 +323,76 @@ TARGETS: dict[str, tuple[Callable[[Any], None], Callable[[], st.SearchStrategy[A
     "apple_assertion": (apple_assertion_target, lambda: blob(lambda: seeds().assertions)),
     "key_proof": (key_proof_target, key_proof_inputs),
 }
+
+
+# -- the same inputs without hypothesis (scripts/fuzz.py --engine random) ----------------
+# Hypothesis costs more per example than most targets; for millions of inputs the runner
+# draws from the same pools with the same edit operators using ``random`` directly.
+_OPS = ("flip", "set", "insert", "delete", "truncate", "duplicate")
+
+
+def _random_edits(rng: random.Random, max_edits: int = 6) -> list[tuple[str, int, int]]:
+    return [
+        (rng.choice(_OPS), rng.randrange(1 << 16), rng.randrange(256))
+        for _ in range(rng.randrange(max_edits + 1))
+    ]
+
+
+def _random_blob(rng: random.Random, pool: Sequence[bytes]) -> bytes:
+    if rng.random() < 0.25:
+        return rng.randbytes(rng.randrange(4097))
+    return _apply(rng.choice(pool), _random_edits(rng))
+
+
+def _random_json(rng: random.Random, depth: int = 0) -> Any:
+    kind = rng.randrange(8 if depth < 3 else 5)
+    if kind == 0:
+        return None
+    if kind == 1:
+        return rng.random() < 0.5
+    if kind == 2:
+        return rng.choice((0, -1, 1 << 70, rng.randrange(-(1 << 40), 1 << 40)))
+    if kind == 3:
+        return rng.choice((0.5, float("inf"), 1e308))
+    if kind == 4:
+        return rng.randbytes(rng.randrange(12)).decode("latin-1")
+    if kind == 5:
+        return [_random_json(rng, depth + 1) for _ in range(rng.randrange(4))]
+    return {str(rng.randrange(6)): _random_json(rng, depth + 1) for _ in range(rng.randrange(4))}
+
+
+def random_input(name: str, rng: random.Random) -> Any:
+    """One input for target ``name``, drawn like the hypothesis strategies above."""
+    s = seeds()
+    if name == "key_description":
+        return _random_blob(rng, s.key_descriptions)
+    if name == "certificate":
+        return _random_blob(rng, s.certificates)
+    if name == "apple_attestation":
+        return _random_blob(rng, s.attestations)
+    if name == "apple_assertion":
+        return _random_blob(rng, s.assertions)
+    if name == "android_chain":
+        chain = list(rng.choice(s.chains))
+        for _ in range(rng.randrange(3)):
+            at = rng.randrange(len(chain))
+            chain[at] = _apply(chain[at], _random_edits(rng, 4) or [("flip", 0, 0)])
+        shape = rng.randrange(7)
+        if shape == 1 and len(chain) > 1:
+            del chain[1]
+        elif shape == 2:
+            chain.insert(1, chain[0])
+        elif shape == 3:
+            chain.reverse()
+        return chain
+    if name == "key_proof":
+        roll = rng.random()
+        if roll < 0.5:
+            return _apply(s.key_proof.encode(), _random_edits(rng, 4)).decode("latin-1")
+        if roll < 0.85:
+            header = {"alg": "ES256", **{k: _random_json(rng) for k in rng.sample(("typ", "crit", "jwk", "kid"), rng.randrange(3))}}
+            payload = {k: _random_json(rng) for k in rng.sample(("aud", "challenge", "iat", "exp"), rng.randrange(5))}
+            parts = (json.dumps(header, default=str).encode(), json.dumps(payload, default=str).encode())
+            return ".".join((*(_b64url(p) for p in parts), _b64url(rng.randbytes(rng.randrange(80)))))
+        return rng.randbytes(rng.randrange(300)).decode("latin-1")
+    raise KeyError(name)
