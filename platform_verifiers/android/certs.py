@@ -169,7 +169,11 @@ def _extension_infos_from_pyca(extensions: x509.Extensions) -> tuple[ExtensionIn
     for ext in extensions:
         value = ext.value
         try:
-            raw = value.value if isinstance(value, x509.UnrecognizedExtension) else value.public_bytes()
+            raw = (
+                value.value
+                if isinstance(value, x509.UnrecognizedExtension)
+                else value.public_bytes()
+            )
         except NotImplementedError as exc:
             raise ValueError("extension cannot be re-encoded") from exc  # -> tolerant reader
         infos.append(ExtensionInfo(ext.oid.dotted_string, ext.critical, raw))

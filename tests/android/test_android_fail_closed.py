@@ -151,7 +151,11 @@ def test_classify_every_chain_vector_is_pinned() -> None:
 
 @pytest.mark.parametrize(
     "stem",
-    ["ka_tegu_sdk36_SB_EC_2026_ROOT", "ka_tegu_sdk37_TEE_MAX_USAGE_COUNT", "ka_tegu_sdk37_TEE_TRUSTED_CONF"],
+    [
+        "ka_tegu_sdk36_SB_EC_2026_ROOT",
+        "ka_tegu_sdk37_TEE_MAX_USAGE_COUNT",
+        "ka_tegu_sdk37_TEE_TRUSTED_CONF",
+    ],
 )
 def test_classify_ec_root_chains_carry_droid_ca2_under_root(stem: str) -> None:
     # The EC "Key Attestation CA1" chains use the same RKP intermediate name, so even
@@ -160,7 +164,9 @@ def test_classify_ec_root_chains_carry_droid_ca2_under_root(stem: str) -> None:
     assert x509.load_der_x509_certificate(ders[-2]).subject.rfc4514_string() == DROID_CA2
     certs = decode_chain(ders)
     anchor = find_anchor(certs, google_hardware_roots(), None)
-    renamed = load_anchor("not_rkp_only", anchor.certificate.public_bytes(serialization.Encoding.PEM), source="t")
+    renamed = load_anchor(
+        "not_rkp_only", anchor.certificate.public_bytes(serialization.Encoding.PEM), source="t"
+    )
     assert classify(certs, renamed, _spki(renamed)).rule.value == "droid_ca2_under_root"
 
 
@@ -195,7 +201,9 @@ def test_verify_droid_ca2_future_intermediate_fails_certificate_not_yet_valid() 
 
 
 def test_verify_droid_ca2_chain_below_root_expired_fails_certificate_expired() -> None:
-    synth = make_chain(under_root_name=DROID_CA2_NAME, intermediate_validity=EXPIRED, include_root=False)
+    synth = make_chain(
+        under_root_name=DROID_CA2_NAME, intermediate_validity=EXPIRED, include_root=False
+    )
     assert _code(synth.chain, [synth.anchor]) == "certificate_expired"
 
 
@@ -217,7 +225,10 @@ def test_classify_rkp_only_anchor_is_rkp_and_dated() -> None:
 def test_classify_serial_number_under_root_is_factory_and_undated() -> None:
     for window in (EXPIRED, FUTURE):
         synth = make_chain(under_root_name=factory_name(), intermediate_validity=window)
-        assert _classes(_verify(synth.chain, [synth.anchor])) == ("factory", "serial_number_under_root")
+        assert _classes(_verify(synth.chain, [synth.anchor])) == (
+            "factory",
+            "serial_number_under_root",
+        )
 
 
 def test_classify_serial_number_without_title_is_factory() -> None:
@@ -227,7 +238,9 @@ def test_classify_serial_number_without_title_is_factory() -> None:
 
 
 def test_classify_factory_below_root_uses_last_certificate() -> None:
-    synth = make_chain(under_root_name=factory_name(), intermediate_validity=EXPIRED, include_root=False)
+    synth = make_chain(
+        under_root_name=factory_name(), intermediate_validity=EXPIRED, include_root=False
+    )
     assert _classes(_verify(synth.chain, [synth.anchor]))[0] == "factory"
 
 
@@ -282,7 +295,9 @@ def test_verify_non_ca_leaf_issuer_on_unknown_chain_fails_intermediate_not_ca() 
 
 
 def test_verify_issuer_without_key_cert_sign_fails_intermediate_not_ca() -> None:
-    synth = make_chain(under_root_name=factory_name(), extra_extensions=[(2, KEY_USAGE_SIGN_ONLY, True)])
+    synth = make_chain(
+        under_root_name=factory_name(), extra_extensions=[(2, KEY_USAGE_SIGN_ONLY, True)]
+    )
     assert _code(synth.chain, [synth.anchor]) == "intermediate_not_ca"
 
 
@@ -296,7 +311,9 @@ def test_verify_factory_leaf_issuer_without_key_cert_sign_passes_like_sony() -> 
 
 
 def test_verify_rkp_leaf_issuer_without_key_cert_sign_fails_intermediate_not_ca() -> None:
-    synth = make_chain(under_root_name=DROID_CA2_NAME, extra_extensions=[(1, KEY_USAGE_SIGN_ONLY, True)])
+    synth = make_chain(
+        under_root_name=DROID_CA2_NAME, extra_extensions=[(1, KEY_USAGE_SIGN_ONLY, True)]
+    )
     assert _code(synth.chain, [synth.anchor]) == "intermediate_not_ca"
 
 
@@ -317,7 +334,9 @@ def test_verify_unknown_non_critical_extension_passes() -> None:
     _verify(synth.chain, [synth.anchor])
 
 
-@pytest.mark.parametrize("value", [b"\xff\xff", b"\x01", b"\xa1\x01\x08\x00"], ids=["garbage", "not-a-map", "trailing"])
+@pytest.mark.parametrize(
+    "value", [b"\xff\xff", b"\x01", b"\xa1\x01\x08\x00"], ids=["garbage", "not-a-map", "trailing"]
+)
 def test_verify_unreadable_provisioning_info_fails_extension_malformed(value: bytes) -> None:
     ext = x509.UnrecognizedExtension(PROVISIONING_INFO_OID, value)
     synth = make_chain(extra_extensions=[(1, ext, False)])
@@ -342,7 +361,10 @@ def test_verify_duplicate_basic_constraints_fails_extension_duplicate() -> None:
     upper = _duplicate_last_extension(synth.chain[2], synth.root.key)
     # synth intermediates carry basicConstraints last: the duplicate is basicConstraints
     assert decode_certificate(upper, 2).extensions[-1].oid == "2.5.29.19"
-    assert _code([synth.chain[0], synth.chain[1], upper, *synth.chain[3:]], [synth.anchor]) == "extension_duplicate"
+    assert (
+        _code([synth.chain[0], synth.chain[1], upper, *synth.chain[3:]], [synth.anchor])
+        == "extension_duplicate"
+    )
 
 
 def test_verify_garbage_basic_constraints_fails_certificate_malformed() -> None:
@@ -369,14 +391,22 @@ def test_verify_issuer_with_unknown_key_type_fails_chain_signature_invalid() -> 
     ec_oid = bytes.fromhex("06072a8648ce3d0201")  # id-ecPublicKey
     at = der.index(ec_oid)
     der[at + 4] ^= 0x40  # now an OID no key loader knows
-    assert _code([synth.chain[0], bytes(der), *synth.chain[2:]], [synth.anchor]) == "chain_signature_invalid"
+    assert (
+        _code([synth.chain[0], bytes(der), *synth.chain[2:]], [synth.anchor])
+        == "chain_signature_invalid"
+    )
 
 
 # -- revocation serial formatting --------------------------------------------------------
 @pytest.mark.parametrize("form", ["upper", "leading_zeros", "both", "spaces"])
 def test_verify_listed_serial_in_other_form_fails_certificate_revoked(form: str) -> None:
     synth = make_chain(leaf_serial=0xABCDEF)
-    key = {"upper": "ABCDEF", "leading_zeros": "0000abcdef", "both": "00ABCDEF", "spaces": " abcdef "}[form]
+    key = {
+        "upper": "ABCDEF",
+        "leading_zeros": "0000abcdef",
+        "both": "00ABCDEF",
+        "spaces": " abcdef ",
+    }[form]
     snapshot = parse_status_list(b'{"entries": {"%s": {"status": "REVOKED"}}}' % key.encode(), NOW)
     assert _code(synth.chain, [synth.anchor], revocation=snapshot) == "certificate_revoked"
 

@@ -22,7 +22,9 @@ from .test_android_http import Device, _android_settings, _problem
 
 
 @pytest.fixture
-def stack(make_settings: Any, tmp_path: Path, clock: MutableClock) -> Iterator[tuple[httpx.Client, TestRoot, AttesterService]]:
+def stack(
+    make_settings: Any, tmp_path: Path, clock: MutableClock
+) -> Iterator[tuple[httpx.Client, TestRoot, AttesterService]]:
     root = make_root()
     root_file = tmp_path / "root.pem"
     root_file.write_bytes(root.certificate.public_bytes(serialization.Encoding.PEM))
@@ -57,7 +59,9 @@ def test_android_http_registration_stores_class_and_rule(
     assert (facts["provisioning"], facts["provisioning_rule"]) == stored
 
 
-def test_android_http_expired_rkp_intermediate_rejected_403(stack: Any, clock: MutableClock) -> None:
+def test_android_http_expired_rkp_intermediate_rejected_403(
+    stack: Any, clock: MutableClock
+) -> None:
     http, root, _ = stack
     now = datetime.now(UTC)
     window = (now - timedelta(days=40), now - timedelta(days=2))
@@ -65,14 +69,20 @@ def test_android_http_expired_rkp_intermediate_rejected_403(stack: Any, clock: M
     _problem(device.register(), 403, "certificate_expired")
 
 
-def test_android_http_unknown_critical_extension_rejected_400(stack: Any, clock: MutableClock) -> None:
+def test_android_http_unknown_critical_extension_rejected_400(
+    stack: Any, clock: MutableClock
+) -> None:
     http, root, _ = stack
     ext = x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.99999.7"), b"\x05\x00")
     device = Device(http, root, clock, extra_extensions=[(1, ext, True)])
     _problem(device.register(), 400, "extension_critical_unknown")
 
 
-def test_android_http_non_ca_issuer_on_rkp_chain_rejected_403(stack: Any, clock: MutableClock) -> None:
+def test_android_http_non_ca_issuer_on_rkp_chain_rejected_403(
+    stack: Any, clock: MutableClock
+) -> None:
     http, root, _ = stack
-    device = Device(http, root, clock, under_root_name=DROID_CA2_NAME, intermediate_ca=[False, True])
+    device = Device(
+        http, root, clock, under_root_name=DROID_CA2_NAME, intermediate_ca=[False, True]
+    )
     _problem(device.register(), 403, "intermediate_not_ca")

@@ -19,7 +19,9 @@ from .synth import NONCE_OID, encode_nonce_extension, make_test_root
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 
 
-def _cert(extensions: list[tuple[x509.ExtensionType, bool]], *, ca: bool = False) -> x509.Certificate:
+def _cert(
+    extensions: list[tuple[x509.ExtensionType, bool]], *, ca: bool = False
+) -> x509.Certificate:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "t")])
     builder = (

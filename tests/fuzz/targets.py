@@ -119,7 +119,9 @@ def seeds() -> Seeds:
         environment="production",
         now=FUZZ_NOW,
     )
-    assertion = make_assertion(device_key, client_data_hash=client_data_hash, app_id=APP_ID, counter=5)
+    assertion = make_assertion(
+        device_key, client_data_hash=client_data_hash, app_id=APP_ID, counter=5
+    )
     instance = new_instance_key()
     return Seeds(
         chains=tuple(chains),
@@ -127,7 +129,9 @@ def seeds() -> Seeds:
         key_descriptions=tuple(key_descriptions),
         attestations=(attestation, *_real_apple("attestation")),
         assertions=(assertion, *_real_apple("assertion")),
-        key_proof=make_key_proof(instance, challenge=CHALLENGE, aud=AUDIENCE, iat=int(FUZZ_NOW.timestamp())),
+        key_proof=make_key_proof(
+            instance, challenge=CHALLENGE, aud=AUDIENCE, iat=int(FUZZ_NOW.timestamp())
+        ),
         key_proof_jwk=public_jwk(instance),
         android_anchors=(*google_hardware_roots(), synth.anchor),
         apple_anchors=(*apple_app_attest_roots(), root.anchor),
@@ -185,7 +189,9 @@ def blob(pool: Callable[[], Sequence[bytes]], *, max_size: int = 4096) -> st.Sea
 def chain_inputs() -> st.SearchStrategy[list[bytes]]:
     """A real or synthetic chain with one or two certificates mutated, dropped or repeated."""
 
-    def build(index: int, edits: list[tuple[int, list[tuple[str, int, int]]]], shape: int) -> list[bytes]:
+    def build(
+        index: int, edits: list[tuple[int, list[tuple[str, int, int]]]], shape: int
+    ) -> list[bytes]:
         chain = list(seeds().chains[index % len(seeds().chains)])
         for position, changes in edits:
             chain[position % len(chain)] = _apply(chain[position % len(chain)], changes)
@@ -207,7 +213,9 @@ def chain_inputs() -> st.SearchStrategy[list[bytes]]:
 
 _JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -222,7 +230,10 @@ def key_proof_inputs() -> st.SearchStrategy[str]:
     payload_keys = st.sampled_from(("aud", "challenge", "iat", "exp", "nonce"))
 
     def token(header: dict[str, Any], payload: dict[str, Any], signature: bytes) -> str:
-        parts = (json.dumps(header, default=str).encode(), json.dumps(payload, default=str).encode())
+        parts = (
+            json.dumps(header, default=str).encode(),
+            json.dumps(payload, default=str).encode(),
+        )
         return ".".join((*(_b64url(p) for p in parts), _b64url(signature)))
 
     structured = st.builds(
@@ -390,9 +401,23 @@ def random_input(name: str, rng: random.Random) -> Any:
         if roll < 0.5:
             return _apply(s.key_proof.encode(), _random_edits(rng, 4)).decode("latin-1")
         if roll < 0.85:
-            header = {"alg": "ES256", **{k: _random_json(rng) for k in rng.sample(("typ", "crit", "jwk", "kid"), rng.randrange(3))}}
-            payload = {k: _random_json(rng) for k in rng.sample(("aud", "challenge", "iat", "exp"), rng.randrange(5))}
-            parts = (json.dumps(header, default=str).encode(), json.dumps(payload, default=str).encode())
-            return ".".join((*(_b64url(p) for p in parts), _b64url(rng.randbytes(rng.randrange(80)))))
+            header = {
+                "alg": "ES256",
+                **{
+                    k: _random_json(rng)
+                    for k in rng.sample(("typ", "crit", "jwk", "kid"), rng.randrange(3))
+                },
+            }
+            payload = {
+                k: _random_json(rng)
+                for k in rng.sample(("aud", "challenge", "iat", "exp"), rng.randrange(5))
+            }
+            parts = (
+                json.dumps(header, default=str).encode(),
+                json.dumps(payload, default=str).encode(),
+            )
+            return ".".join(
+                (*(_b64url(p) for p in parts), _b64url(rng.randbytes(rng.randrange(80))))
+            )
         return rng.randbytes(rng.randrange(300)).decode("latin-1")
     raise KeyError(name)
