@@ -103,7 +103,7 @@ def seeds() -> Seeds:
     synth = make_chain(rkp=True)
     chains = [tuple(synth.chain), *_real_android_chains()]
     certificates = sorted({der for chain in chains for der in chain})
-    key_descriptions = []
+    key_descriptions: list[bytes] = []
     for chain in chains:
         try:
             key_descriptions.extend(decode_certificate(chain[0], 0).key_descriptions)
