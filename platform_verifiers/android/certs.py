@@ -83,8 +83,8 @@ class ChainCertificate:
     path_length: int | None
     key_descriptions: tuple[bytes, ...]  # values of every KeyDescription extension
     has_provisioning_info: bool
-    # Every extension in encoding order (duplicates kept), for platform_verifiers.android.
-    # extensions' fail-closed checks; defaulted so that other constructors keep working.
+    # Every extension in encoding order, duplicates kept, for the fail-closed checks of
+    # platform_verifiers/android/extensions.py; defaulted so other constructors still work.
     extensions: tuple[ExtensionInfo, ...] = ()
 
     @property

@@ -12,10 +12,10 @@ and https://developer.android.com/privacy-and-security/security-key-attestation#
   certificate that directly issues the leaf says cA=FALSE. Google accepts that chain.
   We accept a non-CA certificate only in that position (index 1); it cannot be an
   attested key because it carries no KeyDescription, which is what the forgery needs.
-  From index 2 upward cA=TRUE is required, and pathLenConstraint is honoured;
   That exception holds only on a factory chain (every RKP attestation key certificate
-  is a CA) and also covers the keyUsage keyCertSign bit, which that certificate lacks;
-  every other issuer with a keyUsage extension must have keyCertSign;
+  is a CA) and also covers the keyUsage keyCertSign bit, which that certificate lacks.
+  Every other issuer below the anchor needs cA=TRUE, and keyCertSign when it has a
+  keyUsage extension; pathLenConstraint is honoured;
 * leaf validity dates come from the device clock and are never checked. Factory
   intermediates outlive their dates in the field (Google ignores expiry for them); RKP
   intermediates are short-lived by design and must be valid at ``now``, and so must
