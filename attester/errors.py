@@ -53,6 +53,13 @@ STATUS: dict[str, int] = {
     "revocation_list_unavailable": 503,
     "counter_not_increasing": 409,
     "platform_not_supported": 400,
+    # Android chain checks that fail closed (issue 8): unreadable or contradictory
+    # certificates are malformed evidence (400); a non-CA issuer proves the wrong thing
+    "extension_duplicate": 400,
+    "extension_critical_unknown": 400,
+    "extension_malformed": 400,
+    "intermediate_not_ca": 403,
+    "extension_below_leaf": 403,
     # Apple App Attest: malformed evidence 400, evidence that proves the wrong thing 403
     "client_data_malformed": 400,
     "client_data_challenge_mismatch": 400,

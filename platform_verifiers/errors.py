@@ -4,6 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from pyasn1.error import PyAsn1Error
+
+#: What pyasn1 decoding of hostile bytes can raise besides ``PyAsn1Error``: the fuzz suite
+#: (tests/fuzz) found ``OverflowError`` from a huge length; the others are defensive.
+ASN1_DECODE_ERRORS: tuple[type[Exception], ...] = (
+    PyAsn1Error,
+    ValueError,
+    TypeError,
+    IndexError,
+    KeyError,
+    OverflowError,
+    RecursionError,
+)
+
 
 class VerificationError(Exception):
     """Evidence was rejected.

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
@@ -207,7 +208,10 @@ class AndroidPlatform:
         if attestation is None or chosen is None:
             assert first_error is not None
             raise first_error
-        leaf_key = attestation.leaf_public_key()
+        try:
+            leaf_key = attestation.leaf_public_key()
+        except (ValueError, UnsupportedAlgorithm):
+            leaf_key = None  # a key type this build cannot load (e.g. ML-DSA) is not P-256
         if not isinstance(leaf_key, ec.EllipticCurvePublicKey) or leaf_key.curve.name != "secp256r1":
             raise ProblemError("jwk_key_type_not_allowed", "the attested key must be EC P-256")
         kd = attestation.key_description
@@ -223,6 +227,7 @@ class AndroidPlatform:
                     "leaf": base64.b64encode(chain[0]).decode(),
                     "root": attestation.root_anchor,
                     "provisioning": str(attestation.provisioning.name),
+                    "provisioning_rule": attestation.provisioning_rule.value,
                     "security_level": attestation.security_level.name,
                     "attestation_version": kd.attestation_version,
                 },

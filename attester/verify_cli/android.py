@@ -139,6 +139,8 @@ def _success(result: AndroidAttestation) -> dict[str, Any]:
         "verdict": "pass",
         "root_anchor": result.root_anchor,
         "provisioning": result.provisioning.value,
+        # which rule of platform_verifiers.android.provisioning decided the class
+        "provisioning_rule": result.provisioning_rule.value,
         "security_level": result.security_level.name,
         "chain_serials": list(result.chain_serials),
         "key_description": describe(result.key_description),

@@ -5,7 +5,7 @@ Entry point: ``verify_android_attestation``.
 """
 
 from platform_verifiers.android.anchors import aosp_software_roots, google_hardware_roots
-from platform_verifiers.android.chain import MAX_CHAIN_LENGTH, Provisioning
+from platform_verifiers.android.chain import MAX_CHAIN_LENGTH
 from platform_verifiers.android.parse import (
     AttestationApplicationId,
     AuthorizationList,
@@ -17,6 +17,7 @@ from platform_verifiers.android.parse import (
     parse_key_description,
 )
 from platform_verifiers.android.policy import AndroidPolicy
+from platform_verifiers.android.provisioning import Provisioning, ProvisioningRule
 from platform_verifiers.android.revocation import RevocationSnapshot, parse_status_list
 from platform_verifiers.android.verify import AndroidAttestation, verify_android_attestation
 from platform_verifiers.linkcache import VerifiedLinkCache
@@ -30,6 +31,7 @@ __all__ = [
     "KeyDescription",
     "PackageInfo",
     "Provisioning",
+    "ProvisioningRule",
     "RevocationSnapshot",
     "RootOfTrust",
     "SecurityLevel",

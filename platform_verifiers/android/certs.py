@@ -27,7 +27,7 @@ from pyasn1.type import namedtype, univ
 from pyasn1_modules import rfc4055, rfc5280
 
 from platform_verifiers.android.schema import KEY_DESCRIPTION_OID, PROVISIONING_INFO_OID
-from platform_verifiers.errors import VerificationError
+from platform_verifiers.errors import ASN1_DECODE_ERRORS, VerificationError
 
 _BASIC_CONSTRAINTS_OID = "2.5.29.19"
 
@@ -59,6 +59,15 @@ class SignatureAlgorithm:
 
 
 @dataclass(frozen=True)
+class ExtensionInfo:
+    """One extension as it is encoded: the chain's fail-closed checks read these."""
+
+    oid: str
+    critical: bool
+    value: bytes  # the DER inside extnValue
+
+
+@dataclass(frozen=True)
 class ChainCertificate:
     """The facts about one chain certificate that the verifier uses."""
 
@@ -77,6 +86,9 @@ class ChainCertificate:
     # the key pyca loaded while decoding (None: not loadable by pyca), kept so that a
     # verification loads each key once; derived from spki_der, so not part of equality
     loaded_key: PublicKeyTypes | None = field(default=None, compare=False, repr=False)
+    # Every extension in encoding order, duplicates kept, for the fail-closed checks of
+    # platform_verifiers/android/extensions.py; defaulted so other constructors still work.
+    extensions: tuple[ExtensionInfo, ...] = ()
 
     @property
     def serial_hex(self) -> str:
@@ -105,7 +117,7 @@ def _pss(params_der: bytes | None) -> SignatureAlgorithm | None:
         return SignatureAlgorithm("rsa-pss", hashes.SHA1(), 20)
     try:
         params, _ = ber_decoder.decode(params_der, asn1Spec=rfc4055.RSASSA_PSS_params())
-    except PyAsn1Error:
+    except ASN1_DECODE_ERRORS:
         return None
     hash_oid = "1.3.14.3.2.26"
     if params["hashAlgorithm"].isValue:
@@ -147,11 +159,30 @@ def _split_certificate(der: bytes) -> tuple[bytes, bytes]:
     return bytes(outer["tbs"]), bytes(outer["alg"])
 
 
-def _extensions_from_tbs(tbs: Any) -> list[tuple[str, bytes]]:
+def _extension_infos_from_tbs(tbs: Any) -> tuple[ExtensionInfo, ...]:
     extensions = tbs["extensions"]
     if not extensions.isValue:
-        return []
-    return [(str(e["extnID"]), bytes(e["extnValue"])) for e in extensions]
+        return ()
+    return tuple(
+        ExtensionInfo(str(e["extnID"]), bool(e["critical"]), bytes(e["extnValue"]))
+        for e in extensions
+    )
+
+
+def _extension_infos_from_pyca(extensions: x509.Extensions) -> tuple[ExtensionInfo, ...]:
+    infos = []
+    for ext in extensions:
+        value = ext.value
+        try:
+            raw = (
+                value.value
+                if isinstance(value, x509.UnrecognizedExtension)
+                else value.public_bytes()
+            )
+        except NotImplementedError as exc:
+            raise ValueError("extension cannot be re-encoded") from exc  # -> tolerant reader
+        infos.append(ExtensionInfo(ext.oid.dotted_string, ext.critical, raw))
+    return tuple(infos)
 
 
 def _basic_constraints(value: bytes) -> tuple[bool, int | None]:
@@ -184,10 +215,15 @@ def _decode_with_pyasn1(der: bytes) -> ChainCertificate:
     tbs_raw, _ = _split_certificate(der)
     cert, _ = ber_decoder.decode(der, asn1Spec=rfc5280.Certificate())
     tbs = cert["tbsCertificate"]
+    if int(tbs["version"]) != 2:
+        # Only v3 certificates carry extensions, and every attestation certificate has
+        # some; an unknown version is not read leniently (pyca refuses it too).
+        raise ValueError("not an X.509 v3 certificate")
     alg = cert["signatureAlgorithm"]
     params = bytes(alg["parameters"]) if alg["parameters"].isValue else None
+    infos = _extension_infos_from_tbs(tbs)
     is_ca, path_length, key_descriptions, provisioning = _from_raw_extensions(
-        _extensions_from_tbs(tbs)
+        [(e.oid, e.value) for e in infos]
     )
     return ChainCertificate(
         der=der,
@@ -202,6 +238,7 @@ def _decode_with_pyasn1(der: bytes) -> ChainCertificate:
         path_length=path_length,
         key_descriptions=key_descriptions,
         has_provisioning_info=provisioning,
+        extensions=infos,
     )
 
 
@@ -212,10 +249,12 @@ def _decode_with_pyca(der: bytes) -> ChainCertificate:
     except ValueError:
         # e.g. an unparsable CRL Distribution Points: read the extension list raw.
         tbs, _ = ber_decoder.decode(cert.tbs_certificate_bytes, asn1Spec=rfc5280.TBSCertificate())
+        infos = _extension_infos_from_tbs(tbs)
         is_ca, path_length, key_descriptions, provisioning = _from_raw_extensions(
-            _extensions_from_tbs(tbs)
+            [(e.oid, e.value) for e in infos]
         )
     else:
+        infos = _extension_infos_from_pyca(extensions)
         is_ca, path_length = None, None
         key_descriptions_list: list[bytes] = []
         provisioning = False
@@ -254,6 +293,7 @@ def _decode_with_pyca(der: bytes) -> ChainCertificate:
         key_descriptions=key_descriptions,
         has_provisioning_info=provisioning,
         loaded_key=key,
+        extensions=infos,
     )
 
 
@@ -276,16 +316,25 @@ def _split_params(der: bytes) -> bytes | None:
     return bytes(alg["parameters"]) if alg["parameters"].isValue else None
 
 
+# What makes pyca (or our reading of its extensions) give up on a certificate.
+# InvalidVersion is not a ValueError: found by the fuzz suite (tests/fuzz).
+_PYCA_REFUSALS: tuple[type[Exception], ...] = (
+    *ASN1_DECODE_ERRORS,
+    x509.DuplicateExtension,
+    x509.InvalidVersion,
+)
+
+
 def decode_certificate(der: bytes, index: int) -> ChainCertificate:
     """Decode one DER certificate; ``certificate_malformed`` if neither reader can."""
     try:
         return _decode_with_pyca(der)
-    except (ValueError, x509.DuplicateExtension, PyAsn1Error, TypeError, KeyError, IndexError):
+    except _PYCA_REFUSALS:
         # pyca refuses it, or its extensions need the tolerant reader and that failed too
         pass
     try:
         return _decode_with_pyasn1(der)
-    except (PyAsn1Error, ValueError, TypeError, KeyError, IndexError) as exc:
+    except ASN1_DECODE_ERRORS as exc:
         raise _malformed(index, type(exc).__name__) from exc
 
 

@@ -12,15 +12,18 @@ and https://developer.android.com/privacy-and-security/security-key-attestation#
   certificate that directly issues the leaf says cA=FALSE. Google accepts that chain.
   We accept a non-CA certificate only in that position (index 1); it cannot be an
   attested key because it carries no KeyDescription, which is what the forgery needs.
-  From index 2 upward cA=TRUE is required, and pathLenConstraint is honoured;
+  That exception holds only on a factory chain (every RKP attestation key certificate
+  is a CA) and also covers the keyUsage keyCertSign bit, which that certificate lacks.
+  Every other issuer below the anchor needs cA=TRUE, and keyCertSign when it has a
+  keyUsage extension; pathLenConstraint is honoured;
 * leaf validity dates come from the device clock and are never checked. Factory
   intermediates outlive their dates in the field (Google ignores expiry for them); RKP
-  intermediates are short-lived by design and must be valid at ``now``.
+  intermediates are short-lived by design and must be valid at ``now``, and so must
+  those of a chain we cannot classify (fail closed).
 
-RKP is recognised by signed facts only an RKP chain has: a certificate carrying the
-ProvisioningInfo extension (1.3.6.1.4.1.11129.2.1.30), which RKP puts on every
-attestation key certificate, or an anchor that only RKP chains use (the 2025 EC root).
-An attacker cannot remove either from Google-signed certificates.
+Classification (factory, RKP, unknown) follows Google's ``provisioningMethod``; see
+``platform_verifiers.android.provisioning``. Extension checks (duplicates, unknown
+critical extensions, unreadable encodings) are in ``platform_verifiers.android.extensions``.
 """
 
 from __future__ import annotations
@@ -29,21 +32,21 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from enum import Enum
+
+from cryptography.exceptions import UnsupportedAlgorithm
 
 from platform_verifiers.anchors import TrustAnchor
 from platform_verifiers.android.certs import ChainCertificate, decode_certificate, signature_valid
+from platform_verifiers.android.extensions import check_extensions, may_sign_certificates
+from platform_verifiers.android.provisioning import (
+    Provisioning,
+    ProvisioningRule,
+    classify,
+)
 from platform_verifiers.errors import VerificationError
 from platform_verifiers.linkcache import VerifiedLinkCache
 
 MAX_CHAIN_LENGTH = 10
-# Anchors used only by remotely provisioned chains.
-RKP_ONLY_ANCHORS = frozenset({"google_hw_ec_p384_2025"})
-
-
-class Provisioning(Enum):
-    FACTORY = "factory"
-    RKP = "rkp"
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ class VerifiedChain:
     certificates: tuple[ChainCertificate, ...]
     anchor: TrustAnchor
     provisioning: Provisioning
+    provisioning_rule: ProvisioningRule
 
 
 def _fail(code: str, message: str, **detail: object) -> VerificationError:
@@ -87,7 +91,7 @@ def _decode_at(index: int, der: bytes) -> ChainCertificate:
 
 
 def check_structure(certs: Sequence[ChainCertificate]) -> None:
-    """Only the leaf has a KeyDescription; upper certificates are CAs (see module doc)."""
+    """Only the leaf has a KeyDescription; path lengths hold (CA bits: ``check_issuers``)."""
     for index, cert in enumerate(certs[1:], start=1):
         if cert.key_descriptions:
             raise _fail(
@@ -95,8 +99,6 @@ def check_structure(certs: Sequence[ChainCertificate]) -> None:
                 "a certificate above the leaf carries a key attestation extension",
                 index=index,
             )
-        if index >= 2 and cert.is_ca is not True:
-            raise _fail("intermediate_not_ca", "an intermediate is not a CA", index=index)
         # pathLenConstraint counts the intermediates below this CA (RFC 5280 4.2.1.9).
         if cert.path_length is not None and index - 1 > cert.path_length:
             raise _fail(
@@ -117,7 +119,7 @@ def _link_ok(
         return True
     try:
         issuer_key = issuer.public_key if isinstance(issuer, TrustAnchor) else issuer.public_key()
-    except ValueError:
+    except (ValueError, UnsupportedAlgorithm):  # UnsupportedAlgorithm: found by tests/fuzz
         return False
     ok = signature_valid(child, issuer_key)
     if ok and key is not None and cache is not None:
@@ -162,10 +164,22 @@ def find_anchor(
     raise _fail("chain_untrusted", "the chain does not end at a trusted root", length=len(certs))
 
 
-def provisioning_of(certs: Sequence[ChainCertificate], anchor: TrustAnchor) -> Provisioning:
-    if anchor.name in RKP_ONLY_ANCHORS or any(c.has_provisioning_info for c in certs[1:]):
-        return Provisioning.RKP
-    return Provisioning.FACTORY
+def check_issuers(
+    certs: Sequence[ChainCertificate], anchor_spki: bytes, provisioning: Provisioning
+) -> None:
+    """Every issuer is a CA allowed to sign certificates (the narrow exception: module doc)."""
+    for index, cert in enumerate(certs[1:], start=1):
+        if cert.spki_der == anchor_spki:
+            continue  # the root is trusted by its key
+        exempt = index == 1 and provisioning is Provisioning.FACTORY
+        if exempt:
+            continue
+        if cert.is_ca is not True or not may_sign_certificates(cert, index):
+            raise _fail(
+                "intermediate_not_ca",
+                "a certificate that issues another is not a CA allowed to sign certificates",
+                index=index,
+            )
 
 
 def check_validity(
@@ -174,8 +188,11 @@ def check_validity(
     provisioning: Provisioning,
     now: datetime,
 ) -> None:
-    """RKP intermediates must be valid at ``now``; factory ones and the leaf are not dated."""
-    if provisioning is not Provisioning.RKP:
+    """Intermediates of RKP and unknown chains must be valid at ``now``; see module doc.
+
+    Only factory chains skip the dates; the leaf's dates are never checked.
+    """
+    if provisioning is Provisioning.FACTORY:
         return
     anchor_spki = _spki(anchor)
     for index, cert in enumerate(certs[1:], start=1):
@@ -184,14 +201,14 @@ def check_validity(
         if now > cert.not_after:
             raise _fail(
                 "certificate_expired",
-                "an RKP intermediate has expired",
+                "an intermediate of a chain that is not factory provisioned has expired",
                 index=index,
                 not_after=cert.not_after.isoformat(),
             )
         if now < cert.not_before:
             raise _fail(
                 "certificate_not_yet_valid",
-                "an RKP intermediate is not yet valid",
+                "an intermediate of a chain that is not factory provisioned is not yet valid",
                 index=index,
                 not_before=cert.not_before.isoformat(),
             )
@@ -210,6 +227,14 @@ def verify_chain(
     check_structure(certs)
     check_signatures(certs, cache)
     anchor = find_anchor(certs, anchors, cache)
-    provisioning = provisioning_of(certs, anchor)
-    check_validity(certs, anchor, provisioning, now)
-    return VerifiedChain(certificates=certs, anchor=anchor, provisioning=provisioning)
+    anchor_spki = _spki(anchor)
+    check_extensions(certs, anchor_spki)
+    classification = classify(certs, anchor, anchor_spki)
+    check_issuers(certs, anchor_spki, classification.provisioning)
+    check_validity(certs, anchor, classification.provisioning, now)
+    return VerifiedChain(
+        certificates=certs,
+        anchor=anchor,
+        provisioning=classification.provisioning,
+        provisioning_rule=classification.rule,
+    )

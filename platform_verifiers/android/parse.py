@@ -16,11 +16,10 @@ from enum import IntEnum
 from typing import Any
 
 from pyasn1.codec.ber import decoder
-from pyasn1.error import PyAsn1Error
 from pyasn1.type import univ
 
 from platform_verifiers.android import schema
-from platform_verifiers.errors import VerificationError
+from platform_verifiers.errors import ASN1_DECODE_ERRORS, VerificationError
 
 
 class SecurityLevel(IntEnum):
@@ -156,7 +155,7 @@ def _malformed(why: str) -> VerificationError:
 def _decode(raw: bytes, spec: univ.Asn1Type) -> Any:
     try:
         value, rest = decoder.decode(raw, asn1Spec=spec)
-    except (PyAsn1Error, ValueError, TypeError, IndexError) as exc:
+    except ASN1_DECODE_ERRORS as exc:
         raise _malformed(type(exc).__name__) from exc
     if rest:
         raise _malformed("trailing data")

@@ -45,9 +45,21 @@ def parse_status_list(data: bytes, fetched_at: datetime) -> RevocationSnapshot:
     for serial, entry in document["entries"].items():
         if not isinstance(entry, dict) or not isinstance(entry.get("status"), str):
             raise _bad_list("entry without a status")
-        # Keys are documented as lowercase hex; normalise anyway so "ABC" cannot slip by.
-        entries[serial.strip().lower()] = entry["status"]
+        entries[normalise_serial(serial)] = entry["status"]
     return RevocationSnapshot(entries=MappingProxyType(entries), fetched_at=fetched_at)
+
+
+def normalise_serial(key: str) -> str:
+    """A list key in the form ``ChainCertificate.serial_hex`` uses: lowercase, no leading zeros.
+
+    Keys are documented as lowercase hex, but "00ABC" and "abc" name the same
+    certificate; matching them exactly would let a revoked serial slip by when the list
+    is written differently (fail open). A key that is not hex makes the list unreadable.
+    """
+    text = key.strip().lower()
+    if not text or any(c not in "0123456789abcdef" for c in text):
+        raise _bad_list("an entry key is not a hexadecimal serial number")
+    return format(int(text, 16), "x")
 
 
 def check_revocation(

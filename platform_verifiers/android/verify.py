@@ -12,18 +12,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from platform_verifiers.anchors import TrustAnchor
 from platform_verifiers.android.certs import ChainCertificate
-from platform_verifiers.android.chain import (
-    Provisioning,
-    verify_chain,
-)
+from platform_verifiers.android.chain import verify_chain
 from platform_verifiers.android.fastkd import decode_key_description
 from platform_verifiers.android.parse import KeyDescription, SecurityLevel
 from platform_verifiers.android.policy import AndroidPolicy, check_policy, effective_security_level
+from platform_verifiers.android.provisioning import Provisioning, ProvisioningRule
 from platform_verifiers.android.revocation import RevocationSnapshot, check_revocation
 from platform_verifiers.errors import VerificationError
 from platform_verifiers.linkcache import VerifiedLinkCache
@@ -39,6 +38,8 @@ class AndroidAttestation:
     root_anchor: str
     provisioning: Provisioning
     security_level: SecurityLevel  # effective: the lower of attestation and KeyMint
+    # the rule that classified the chain (provisioning.py); defaulted for other constructors
+    provisioning_rule: ProvisioningRule = ProvisioningRule.NO_RULE_MATCHED
 
     def leaf_public_key(self) -> PublicKeyTypes:
         """The attested key (the instance key that goes into ``cnf.jwk``)."""
@@ -49,7 +50,7 @@ def _leaf_key_or_none(leaf: ChainCertificate) -> PublicKeyTypes | None:
     # A key type this cryptography build cannot load is simply "not EC P-256" for policy.
     try:
         return leaf.public_key()
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         return None
 
 
@@ -74,7 +75,7 @@ def verify_android_attestation(
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError("now must be timezone-aware")
 
-    # 1. Chain: decode, structure, signatures, anchor, RKP validity.
+    # 1. Chain: decode, structure, signatures, anchor, extensions, class, issuers, dates.
     verified = verify_chain(chain, anchors, now, verified_cache)
     leaf = verified.certificates[0]
     serials = tuple(c.serial_hex for c in verified.certificates)
@@ -107,4 +108,5 @@ def verify_android_attestation(
         root_anchor=verified.anchor.name,
         provisioning=verified.provisioning,
         security_level=effective_security_level(kd),
+        provisioning_rule=verified.provisioning_rule,
     )

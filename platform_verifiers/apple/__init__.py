@@ -46,6 +46,8 @@ ATTESTATION_ERROR_CODES: frozenset[str] = frozenset(
         "counter_not_zero",
         "environment_mismatch",
         "credential_id_mismatch",
+        "extension_critical_unknown",
+        "extension_below_leaf",
     }
 )
 ASSERTION_ERROR_CODES: frozenset[str] = frozenset(

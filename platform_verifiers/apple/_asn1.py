@@ -13,8 +13,9 @@ On the wire the sequence holds one context-specific ``[1]`` EXPLICIT OCTET STRIN
 from __future__ import annotations
 
 from pyasn1.codec.der import decoder as der_decoder
-from pyasn1.error import PyAsn1Error
 from pyasn1.type import namedtype, tag, univ
+
+from ..errors import ASN1_DECODE_ERRORS
 
 APP_ATTEST_NONCE_OID = "1.2.840.113635.100.8.2"
 
@@ -43,7 +44,7 @@ def decode_app_attest_nonce(extension_value: bytes) -> bytes:
         return fast
     try:
         decoded, rest = der_decoder.decode(extension_value, asn1Spec=AppAttestNonce())
-    except PyAsn1Error as exc:
+    except ASN1_DECODE_ERRORS as exc:
         raise ValueError("nonce extension is not a valid AppAttestNonce") from exc
     if rest:
         raise ValueError("nonce extension has trailing bytes")

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from ..anchors import TrustAnchor
@@ -62,7 +62,7 @@ def _is_ca(cert: x509.Certificate) -> bool:
 def _signed_by(child: x509.Certificate, issuer: x509.Certificate) -> bool:
     try:
         child.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
         # ValueError: issuer name mismatch or bad algorithm parameters; TypeError:
         # unsupported key type. All mean "this issuer did not sign this child".
         return False
@@ -96,12 +96,52 @@ def load_chain(x5c: Sequence[bytes]) -> tuple[x509.Certificate, ...]:
     certs = []
     for index, der in enumerate(x5c):
         try:
-            certs.append(x509.load_der_x509_certificate(der))
-        except ValueError as exc:
+            cert = x509.load_der_x509_certificate(der)
+            # pyca parses names lazily: read them now so that a broken one is malformed
+            # evidence here, not an exception in the anchor match (found by tests/fuzz).
+            cert.issuer, cert.subject  # noqa: B018
+            certs.append(cert)
+        except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion: found by tests/fuzz
             raise VerificationError(
                 "attestation_malformed", "x5c holds an unparsable certificate", index=index
             ) from exc
     return tuple(certs)
+
+
+#: RFC 5280 4.2: a critical extension the verifier does not recognise rejects the
+#: certificate. Apple's App Attest certificates mark only these two critical.
+RECOGNISED_CRITICAL = frozenset({"2.5.29.19", "2.5.29.15"})
+_NONCE_OID = "1.2.840.113635.100.8.2"
+
+
+def check_extensions(certs: Sequence[x509.Certificate]) -> None:
+    """Unknown critical extensions, and a nonce extension above the credential certificate.
+
+    Codes: ``extension_critical_unknown``, ``extension_below_leaf`` (the same names as
+    the Android verifier), ``attestation_malformed`` for unparsable extension lists.
+    """
+    for index, cert in enumerate(certs):
+        try:
+            extensions = list(cert.extensions)
+        except (ValueError, x509.DuplicateExtension) as exc:
+            raise VerificationError(
+                "attestation_malformed", "a certificate's extensions are malformed", index=index
+            ) from exc
+        for ext in extensions:
+            oid = ext.oid.dotted_string
+            if ext.critical and oid not in RECOGNISED_CRITICAL:
+                raise VerificationError(
+                    "extension_critical_unknown",
+                    "a certificate carries a critical extension this verifier does not know",
+                    index=index,
+                    oid=oid,
+                )
+            if index > 0 and oid == _NONCE_OID:
+                raise VerificationError(
+                    "extension_below_leaf",
+                    "a certificate above the credential certificate carries a nonce",
+                    index=index,
+                )
 
 
 def verify_chain(
@@ -114,7 +154,8 @@ def verify_chain(
     """Check that ``certs`` (leaf first) chains to one of ``anchors`` and is valid at ``now``.
 
     Returns the anchor used. Error codes: ``certificate_expired``,
-    ``certificate_not_yet_valid``, ``chain_untrusted``, ``chain_signature_invalid``.
+    ``certificate_not_yet_valid``, ``chain_untrusted``, ``chain_signature_invalid``,
+    ``extension_critical_unknown``, ``extension_below_leaf``, ``attestation_malformed``.
     The leaf link is always verified; links above it may be served from ``verified_cache``.
     """
     if not anchors:
@@ -122,6 +163,7 @@ def verify_chain(
         raise ValueError("no trust anchors configured")
     for index, cert in enumerate(certs):
         _check_validity(cert, now, index=index)
+    check_extensions(certs)
     # Only the leaf may be an end-entity: otherwise the attested key could sign a "leaf".
     for index, cert in enumerate(certs[1:], start=1):
         if not _is_ca(cert):

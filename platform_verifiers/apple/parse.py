@@ -18,6 +18,7 @@ from typing import Any
 
 import cbor2
 
+from ..cbor import decode_single_cbor_item as _decode_single_cbor_item
 from ..errors import VerificationError
 
 APP_ATTEST_FORMAT = "apple-appattest"
@@ -92,18 +93,6 @@ class Assertion:
 
     signature: bytes
     auth_data: AuthenticatorData
-
-
-def _decode_single_cbor_item(data: bytes, *, code: str, what: str) -> Any:
-    """Decode exactly one CBOR item; trailing bytes mean the input is not what it claims."""
-    stream = io.BytesIO(data)
-    try:
-        item = cbor2.CBORDecoder(stream).decode()
-    except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError) as exc:
-        raise VerificationError(code, f"{what} is not valid CBOR") from exc
-    if stream.tell() != len(data):
-        raise VerificationError(code, f"{what} has bytes after the CBOR item")
-    return item
 
 
 def _cose_int(key_map: dict[Any, Any], label: int) -> int | None:

@@ -64,8 +64,27 @@ class SynthChain:
         return self.root.anchor
 
 
-def _name(cn: str) -> x509.Name:
+def _name(cn: str | x509.Name) -> x509.Name:
+    if isinstance(cn, x509.Name):
+        return cn
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def factory_name(serial: str = "87f4514475ba0a2b", title: str | None = "TEE") -> x509.Name:
+    """An OEM intermediate's subject as factory chains have it (serialNumber, title)."""
+    attributes = [x509.NameAttribute(NameOID.SERIAL_NUMBER, serial)]
+    if title is not None:
+        attributes.append(x509.NameAttribute(NameOID.TITLE, title))
+    return x509.Name(attributes)
+
+
+# The RKP intermediate directly under Google's roots (DER order: O first, then CN).
+DROID_CA2_NAME = x509.Name(
+    [
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Google LLC"),
+        x509.NameAttribute(NameOID.COMMON_NAME, "Droid CA2"),
+    ]
+)
 
 
 def make_root(common_name: str = "Synthetic Attestation Root") -> TestRoot:
@@ -211,7 +230,7 @@ def default_key_description(
 
 def make_certificate(
     *,
-    subject: str,
+    subject: str | x509.Name,
     issuer: x509.Name,
     public_key: ec.EllipticCurvePublicKey,
     signing_key: ec.EllipticCurvePrivateKey,
@@ -222,6 +241,7 @@ def make_certificate(
     provisioning_info: bool = False,
     serial: int | None = None,
     path_length: int | None = None,
+    extra_extensions: Sequence[tuple[x509.ExtensionType, bool]] = (),
 ) -> x509.Certificate:
     builder = (
         x509.CertificateBuilder()
@@ -244,6 +264,8 @@ def make_certificate(
         builder = builder.add_extension(
             x509.UnrecognizedExtension(PROVISIONING_INFO_OID, bytes.fromhex("a1010a")), False
         )
+    for extension, critical in extra_extensions:
+        builder = builder.add_extension(extension, critical)
     return builder.sign(signing_key, hashes.SHA256())
 
 
@@ -271,13 +293,19 @@ def make_chain(
     leaf_key: ec.EllipticCurvePrivateKey | None = None,
     leaf_signed_by: ec.EllipticCurvePrivateKey | None = None,
     leaf_serial: int | None = None,
+    under_root_name: x509.Name | None = None,
+    extra_extensions: Sequence[tuple[int, x509.ExtensionType, bool]] = (),
 ) -> SynthChain:
     """A chain leaf -> ``intermediates`` CAs -> test root, like a real device's.
 
     ``key_description`` overrides the encoded extension (e.g. truncated bytes);
     ``intermediate_ca`` sets each intermediate's cA flag, nearest the leaf first (None:
     no basicConstraints); ``rkp`` marks the leaf's issuer with ProvisioningInfo;
-    ``leaf_signed_by`` signs the leaf with another key (a broken signature).
+    ``leaf_signed_by`` signs the leaf with another key (a broken signature);
+    ``under_root_name`` names the intermediate the root signs (default ``CN=Synthetic
+    Intermediate N``, which classifies as unknown; ``factory_name()`` or
+    ``DROID_CA2_NAME`` for the other classes); ``extra_extensions`` adds (certificate
+    index, extension, critical) to the leaf (0) or an intermediate (1..).
     """
     root = root or make_root()
     now = datetime.now(UTC)
@@ -293,8 +321,9 @@ def make_chain(
     keys: list[ec.EllipticCurvePrivateKey] = []
     for depth in reversed(range(intermediates)):
         key = ec.generate_private_key(ec.SECP256R1())
+        top = depth == intermediates - 1
         cert = make_certificate(
-            subject=f"Synthetic Intermediate {depth}",
+            subject=under_root_name if top and under_root_name else f"Synthetic Intermediate {depth}",
             issuer=issuer_name,
             public_key=key.public_key(),
             signing_key=issuer_key,
@@ -303,6 +332,7 @@ def make_chain(
             not_after=not_after,
             provisioning_info=rkp and depth == 0,
             path_length=intermediate_path_length[depth] if intermediate_path_length else None,
+            extra_extensions=[(e, c) for i, e, c in extra_extensions if i == depth + 1],
         )
         upper.insert(0, cert)
         keys.insert(0, key)
@@ -333,6 +363,7 @@ def make_chain(
         not_after=datetime(2048, 1, 1, tzinfo=UTC),
         key_description=kd,
         serial=leaf_serial if leaf_serial is not None else 1,
+        extra_extensions=[(e, c) for i, e, c in extra_extensions if i == 0],
     )
     certs = [leaf, *upper] + ([root.certificate] if include_root else [])
     return SynthChain(

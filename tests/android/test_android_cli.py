@@ -145,3 +145,30 @@ def test_cli_subprocess_pass_exit_0() -> None:
         cwd=Path(__file__).resolve().parents[2],
     )
     assert run.returncode == 0 and json.loads(run.stdout)["verdict"] == "pass"
+
+
+@pytest.mark.parametrize(
+    ("vector", "at", "expected"),
+    [
+        (TEGU, TEGU_AT, ("rkp", "rkp_only_anchor")),
+        (PIXEL, PIXEL_AT, ("rkp", "droid_ca2_under_root")),
+        ("android/ka_sony_xperia10iii_sdk33_TEE_EC.pem", "2026-06-04T00:00:00Z", ("factory", "serial_number_under_root")),
+    ],
+    ids=["ec-root", "droid-ca2", "factory"],
+)
+def test_cli_real_chain_reports_provisioning_and_rule(
+    capsys: pytest.CaptureFixture[str], vector: str, at: str, expected: tuple[str, str]
+) -> None:
+    code, out = _run(capsys, "--chain", str(require_vectors() / vector), "--at", at)
+    assert code == 0, out
+    assert (out["provisioning"], out["provisioning_rule"]) == expected
+
+
+def test_cli_software_chain_is_unknown_and_dated(capsys: pytest.CaptureFixture[str]) -> None:
+    chain = str(require_vectors() / "android/warden_android_emulator_ec_software.pem")
+    args = ("--chain", chain, "--allow-software-root", "--min-security-level", "software")
+    code, out = _run(capsys, *args, "--at", "2023-04-17T15:10:01Z")
+    assert code == 0, out
+    assert (out["provisioning"], out["provisioning_rule"]) == ("unknown", "no_rule_matched")
+    code, out = _run(capsys, *args, "--at", "2090-01-01T00:00:00Z")
+    assert (code, out["code"]) == (1, "certificate_expired")

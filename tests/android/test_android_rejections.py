@@ -26,6 +26,7 @@ from .synth import (
     DEFAULT_SIGNER,
     default_key_description,
     extend_below_leaf,
+    factory_name,
     make_chain,
     make_root,
 )
@@ -68,7 +69,8 @@ def test_verify_good_synthetic_chain_passes() -> None:
     result = _verify(synth.chain, [synth.anchor])
     assert result.root_anchor == "synthetic_test_root"
     assert result.leaf_public_key() == synth.leaf_key.public_key()
-    assert result.provisioning.value == "factory"
+    # "CN=Synthetic Intermediate 1" under the root: neither factory nor RKP by Google's rules
+    assert result.provisioning.value == "unknown"
 
 
 def test_verify_chain_stopping_below_root_passes() -> None:
@@ -123,9 +125,9 @@ def test_verify_path_length_exceeded_fails_path_length_exceeded() -> None:
 
 
 def test_verify_non_ca_leaf_issuer_passes_like_google() -> None:
-    # Mirrors the real Sony Xperia 10 III chain (batch certificate with cA=FALSE).
-    synth = make_chain(intermediates=2, intermediate_ca=[False, True])
-    _verify(synth.chain, [synth.anchor])
+    # Mirrors the real Sony Xperia 10 III factory chain (batch certificate with cA=FALSE).
+    synth = make_chain(intermediates=2, intermediate_ca=[False, True], under_root_name=factory_name())
+    assert _verify(synth.chain, [synth.anchor]).provisioning.value == "factory"
 
 
 def test_verify_extension_below_leaf_fails_extension_below_leaf() -> None:
@@ -230,7 +232,7 @@ def test_verify_future_rkp_intermediate_fails_certificate_not_yet_valid() -> Non
 
 def test_verify_expired_factory_intermediate_passes() -> None:
     window = (NOW - timedelta(days=30), NOW - timedelta(days=1))
-    synth = make_chain(rkp=False, intermediate_validity=window)
+    synth = make_chain(rkp=False, intermediate_validity=window, under_root_name=factory_name())
     assert _verify(synth.chain, [synth.anchor]).provisioning.value == "factory"
 
 

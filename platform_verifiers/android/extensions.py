@@ -1,0 +1,97 @@
+"""Fail-closed checks on the extensions of an attestation chain (issue 8, item 3).
+
+RFC 5280 4.2: "A certificate-using system MUST reject the certificate if it encounters a
+critical extension it does not recognize"; an extension appears at most once. We also
+refuse an extension this verifier relies on whose encoding it cannot read, instead of
+treating it as absent:
+
+* ``extension_duplicate``: the same extension twice in one certificate (with two
+  basicConstraints, which one holds? pyca refuses such certificates; our tolerant reader
+  must too);
+* ``extension_critical_unknown``: a critical extension other than basicConstraints,
+  keyUsage and the KeyDescription (the only ones seen critical in ../shared/vectors);
+* ``extension_malformed``: a keyUsage or ProvisioningInfo (a CBOR map, see
+  https://source.android.com/docs/security/features/keystore/attestation#provisioninginfo-extension)
+  that does not decode.
+
+Certificates carrying the anchor's key are skipped: the root is trusted by its key,
+whatever its certificate says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pyasn1.codec.ber import decoder as ber_decoder
+from pyasn1_modules import rfc5280
+
+from platform_verifiers.android.certs import ChainCertificate, ExtensionInfo
+from platform_verifiers.android.schema import KEY_DESCRIPTION_OID, PROVISIONING_INFO_OID
+from platform_verifiers.cbor import decode_single_cbor_item
+from platform_verifiers.errors import ASN1_DECODE_ERRORS, VerificationError
+
+BASIC_CONSTRAINTS_OID = "2.5.29.19"
+KEY_USAGE_OID = "2.5.29.15"
+RECOGNISED_CRITICAL = frozenset({BASIC_CONSTRAINTS_OID, KEY_USAGE_OID, KEY_DESCRIPTION_OID})
+_KEY_CERT_SIGN = 5  # KeyUsage bit number (RFC 5280 4.2.1.3)
+
+
+def _malformed(index: int, oid: str) -> VerificationError:
+    return VerificationError(
+        "extension_malformed", "a certificate extension cannot be decoded", index=index, oid=oid
+    )
+
+
+def check_extensions(certs: Sequence[ChainCertificate], anchor_spki: bytes) -> None:
+    """Duplicates, unknown critical extensions and unreadable ProvisioningInfo are refused."""
+    for index, cert in enumerate(certs):
+        if index > 0 and cert.spki_der == anchor_spki:
+            continue
+        seen: set[str] = set()
+        for ext in cert.extensions:
+            if ext.oid in seen:
+                raise VerificationError(
+                    "extension_duplicate",
+                    "a certificate carries the same extension twice",
+                    index=index,
+                    oid=ext.oid,
+                )
+            seen.add(ext.oid)
+            if ext.critical and ext.oid not in RECOGNISED_CRITICAL:
+                raise VerificationError(
+                    "extension_critical_unknown",
+                    "a certificate carries a critical extension this verifier does not know",
+                    index=index,
+                    oid=ext.oid,
+                )
+            if ext.oid == PROVISIONING_INFO_OID:
+                info = decode_single_cbor_item(
+                    ext.value,
+                    code="extension_malformed",
+                    what="the ProvisioningInfo extension",
+                    index=index,
+                    oid=ext.oid,
+                )
+                if not isinstance(info, dict):
+                    raise _malformed(index, ext.oid)
+            elif ext.oid == KEY_USAGE_OID:
+                key_usage(ext, index)
+
+
+def key_usage(ext: ExtensionInfo, index: int) -> frozenset[int]:
+    """The KeyUsage bits that are set; ``extension_malformed`` when it does not decode."""
+    try:
+        bits, rest = ber_decoder.decode(ext.value, asn1Spec=rfc5280.KeyUsage())
+    except ASN1_DECODE_ERRORS as exc:
+        raise _malformed(index, ext.oid) from exc
+    if rest:
+        raise _malformed(index, ext.oid)
+    return frozenset(i for i, bit in enumerate(bits) if bit)
+
+
+def may_sign_certificates(cert: ChainCertificate, index: int) -> bool:
+    """keyUsage absent (no restriction) or with keyCertSign; basicConstraints is separate."""
+    for ext in cert.extensions:
+        if ext.oid == KEY_USAGE_OID:
+            return _KEY_CERT_SIGN in key_usage(ext, index)
+    return True
