@@ -201,11 +201,6 @@ class Store:
             )
             return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
-    def set_status(self, instance_id: str, status: str) -> None:
-        """Operator action: e.g. ``revoked``; a revoked instance neither renews nor re-registers."""
-        with self._sessions.begin() as session:
-            session.execute(update(Instance).where(Instance.id == instance_id).values(status=status))
-
     # -- issued attestations ---------------------------------------------------------
     def record_issued(
         self, *, jti: str, instance_id: str, kid: str, issued_at: datetime, expires_at: datetime
