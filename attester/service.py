@@ -93,8 +93,8 @@ class AttesterService:
             raise ProblemError(
                 "instance_already_registered", "this instance key is registered already"
             ) from None
-        except InstanceRevoked:
-            raise ProblemError("instance_revoked", "this instance key has been revoked") from None
+        except InstanceRevoked as exc:
+            raise not_active(exc.status) from None
         log.info(
             "instance registered",
             extra={"fields": {"platform": record.platform, "client_id": record.client_id}},
@@ -114,10 +114,8 @@ class AttesterService:
         )
         if instance is None:
             raise ProblemError("instance_not_found", "no instance is registered with this key")
-        if instance.status == "suspended":
-            raise ProblemError("instance_suspended", "this instance is suspended")
         if instance.status != "active":
-            raise ProblemError("instance_revoked", "this instance is no longer allowed to renew")
+            raise not_active(instance.status)
         app = self.settings.app(instance.client_id)
         if app is None:
             raise ProblemError("app_not_registered", "the instance's app is no longer configured")
@@ -178,7 +176,9 @@ class AttesterService:
         try:
             return self.status_lists.allocate(instance.id, expires_at=expires_at)
         except InstanceNotActive:
-            raise ProblemError("instance_revoked", "this instance is no longer allowed to renew") from None
+            # revoked or suspended between the status check and here: say which
+            current = self.store.instance_by_thumbprint(instance.key_thumbprint)
+            raise not_active(current.status if current else "revoked") from None
         except StatusListFull:
             log.error("status lists full: raise status_list.size or status_list.count")
             raise ProblemError("status_list_full", "no status list index is free", status=503) from None
@@ -232,6 +232,13 @@ class AttesterService:
         self.key_store.reload()
         self.key_store.active_signer(self.clock())
         return True
+
+
+def not_active(status: str) -> ProblemError:
+    """The refusal for an instance that is not active: suspended (may be reinstated) or revoked."""
+    if status == "suspended":
+        return ProblemError("instance_suspended", "this instance is suspended")
+    return ProblemError("instance_revoked", "this instance is no longer allowed to obtain attestations")
 
 
 def load_secret(path: Path) -> bytes:

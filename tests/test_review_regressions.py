@@ -145,6 +145,19 @@ def test_review_revoked_instance_cannot_re_register(stack: Any) -> None:
     assert again.status_code == 403 and again.json()["code"] == "instance_revoked"
 
 
+def test_review_suspended_instance_re_register_suspended(stack: Any) -> None:
+    live, root, _ = stack
+    service = live.server.config.app.state.service  # type: ignore[attr-defined]
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    with httpx.Client(base_url=live.url) as http:
+        first = _register(http, root, leaf_key=leaf_key)
+        assert first.status_code == 200, first.text
+        record = service.store.instance_by_thumbprint(first.json()["key_thumbprint"])
+        Admin.of(service).change_status(record.id, "suspend", actor="test", reason="check")
+        again = _register(http, root, leaf_key=leaf_key)
+    assert again.status_code == 403 and again.json()["code"] == "instance_suspended"
+
+
 def test_review_store_has_no_unaudited_status_change() -> None:
     # an instance's status changes only with its status-list bits and an audit record
     from attester.storage import Store

@@ -27,7 +27,11 @@ class AlreadyRegistered(Exception):
 
 
 class InstanceRevoked(Exception):
-    """The instance key belongs to an instance an operator revoked."""
+    """The instance key belongs to an instance an operator revoked or suspended."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(f"instance is {status}")
+        self.status = status  # "revoked" or "suspended"
 
 
 @dataclass(frozen=True)
@@ -158,7 +162,7 @@ class Store:
             row = session.scalar(select(Instance).where(Instance.key_thumbprint == key_thumbprint))
             if row is not None and row.status != "active":
                 # an operator's revocation is not undone by attesting the same key again
-                raise InstanceRevoked("instance is revoked")
+                raise InstanceRevoked(row.status)
             if row is not None and not (replace_same_key and row.platform == platform):
                 raise AlreadyRegistered("instance key already registered")
             if row is None:
