@@ -22,6 +22,7 @@ from attester.errors import ProblemError, from_verification, loggable
 from attester.routes import build_core_router
 from attester.service import AttesterService, Clock, build_service, utcnow
 from attester.settings import Settings, load_settings
+from keys.store import KeyStoreError
 from platform_verifiers.errors import VerificationError
 
 log = logging.getLogger("attester.http")
@@ -158,6 +159,15 @@ def _install_error_handlers(app: FastAPI) -> None:
             extra={"fields": {"code": problem.code, "detail": loggable(exc)}},
         )
         return problem_response(problem)
+
+    @app.exception_handler(KeyStoreError)
+    async def _no_signer(_: Request, exc: KeyStoreError) -> JSONResponse:
+        # nothing can be signed (issuance, Status List Tokens): the operator's fault, not the
+        # caller's; the reason (paths, kids) stays in the log
+        log.error("no usable signing key: %s", exc)
+        return problem_response(
+            ProblemError("signing_key_unavailable", "no signing key is available; try again later")
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

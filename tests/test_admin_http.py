@@ -246,3 +246,21 @@ def test_admin_http_reload_platform_rule_violation_refused(stack: Admin) -> None
     response = stack.admin.post("/apps/reload")
     _problem(response, 422, "registry_invalid")
     assert stack.admin.get("/apps").json()["apps"][0]["android"]["min_security_level"] == "tee"
+
+
+def _no_active_key(stack: Admin) -> None:
+    """Every signing key activates in a year: the key store has no active key now."""
+    store = stack.live.server.config.app.state.service.key_store  # type: ignore[attr-defined]
+    path = store.directory / "keys.json"
+    data = json.loads(path.read_text())
+    for record in data["keys"]:
+        record["activates_at"] = "2099-01-01T00:00:00+00:00"
+    path.write_text(json.dumps(data))
+
+
+def test_admin_http_no_active_key_issuance_unavailable(stack: Admin) -> None:
+    _no_active_key(stack)
+    response = stack.device.register()
+    _problem(response, 503, "signing_key_unavailable")
+    _problem(stack.http.get("/statuslists/0"), 503, "signing_key_unavailable")
+    _problem(stack.http.get("/healthz"), 503, "not_ready")
