@@ -24,6 +24,8 @@ from attester.storage.status_entries import StatusEntries
 from keys.store import KeyStatus
 
 ACTIONS = ("revoke", "suspend", "reinstate")
+REASON_MAX = 500  # characters of an operator's reason kept in the audit record
+LIMIT_MAX = 1000  # rows one listing returns at most (page with ``after``)
 
 
 def new_token() -> tuple[str, str]:
@@ -80,8 +82,8 @@ class Admin:
     def of(cls, service: AttesterService) -> Admin:
         return cls(service, AdminStore(service.store.engine))
 
-    def list_instances(self, **filters: Any) -> list[dict[str, Any]]:
-        return [instance_json(r) for r in self.store.instances(**filters)]
+    def list_instances(self, *, limit: int = 100, **filters: Any) -> list[dict[str, Any]]:
+        return [instance_json(r) for r in self.store.instances(limit=bounded(limit), **filters)]
 
     def show_instance(self, instance_id: str) -> dict[str, Any]:
         record = self.store.instance(instance_id)
@@ -96,6 +98,9 @@ class Admin:
         """Revoke, suspend or reinstate an instance and flip its JWTs' status-list entries."""
         if action not in ACTIONS:
             raise ProblemError("invalid_request", "unknown action")
+        # the API validates this too; the CLI comes through here only
+        if not 1 <= len(reason) <= REASON_MAX or any(ord(c) < 0x20 or ord(c) == 0x7F for c in reason):
+            raise ProblemError("invalid_request", f"the reason must be 1 to {REASON_MAX} printable characters")
         try:
             record, lists = self.store.change_status(
                 instance_id, action, actor=actor, reason=reason, now=self.service.clock()
@@ -148,7 +153,15 @@ class Admin:
         return key_statuses_json(self.service.key_store.statuses(self.service.clock()))
 
     def audit(self, *, target: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        return [r.to_json() for r in self.store.audit_records(target=target, limit=limit)]
+        return [r.to_json() for r in self.store.audit_records(target=target, limit=bounded(limit))]
+
+
+def bounded(limit: int) -> int:
+    """A page size the database is asked for: 1 .. LIMIT_MAX (a negative LIMIT is an error
+    on PostgreSQL and "no limit" on SQLite)."""
+    if not 1 <= limit <= LIMIT_MAX:
+        raise ProblemError("invalid_request", f"limit must be 1 to {LIMIT_MAX}")
+    return limit
 
 
 def key_statuses_json(statuses: list[KeyStatus]) -> list[dict[str, Any]]:

@@ -69,6 +69,19 @@ def test_cli_instances_revoke_needs_reason(tmp_path: Path) -> None:
     assert result.returncode == 2 and "--reason" in result.stderr
 
 
+def test_cli_instances_bounds_checked_like_the_api(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    instance_id, _ = _seed(data)
+    for limit in ("-1", "0", "1001"):
+        listed = _run("instances", "list", "--limit", limit, "--data-dir", str(data))
+        assert listed.returncode == 1 and json.loads(listed.stderr)["code"] == "invalid_request", limit
+    for reason in ("x" * 501, "line\nbreak", "\x7f"):
+        refused = _run("instances", "revoke", instance_id, "--reason", reason, "--data-dir", str(data))
+        assert refused.returncode == 1 and json.loads(refused.stderr)["code"] == "invalid_request"
+    shown = json.loads(_run("instances", "show", instance_id, "--data-dir", str(data)).stdout)
+    assert shown["status"] == "active"
+
+
 def test_cli_apps_list_and_check(tmp_path: Path) -> None:
     listed = _run("apps", "list", "--data-dir", str(tmp_path / "d"))
     assert listed.returncode == 0
