@@ -29,6 +29,7 @@ from attester.storage import (
     Store,
     create_store,
 )
+from attester.storage.admin import AdminStore
 from attester.storage.purge import PurgeCutoffs, purge
 from attester.storage.status_entries import InstanceNotActive, StatusEntries, StatusListFull
 from keys.jwks import JwksDocument, thumbprint
@@ -184,9 +185,12 @@ class AttesterService:
             raise ProblemError("status_list_full", "no status list index is free", status=503) from None
 
     # -- data lifecycle ----------------------------------------------------------------
-    def purge(self) -> dict[str, int]:
+    def purge(self, *, actor: str = "system:purge") -> dict[str, int]:
         """Delete expired challenges, expired issued-attestation rows and their status
-        indexes, and audit records past ``audit_retention_days`` (see storage/purge.py)."""
+        indexes, and audit records past ``audit_retention_days`` (see storage/purge.py).
+
+        A purge that deleted something is audited (``actor``: the CLI user, or the periodic
+        task inside ``serve``), so the trail shows when its own old records went."""
         now = self.clock()
         skew = timedelta(seconds=self.settings.clock_skew)
         # an index is freed only when no AS can still accept the JWT (exp + skew) nor hold
@@ -199,6 +203,10 @@ class AttesterService:
         )
         counts = purge(self.store.engine, cutoffs)
         log.info("purge", extra={"fields": counts})
+        if any(counts.values()):
+            AdminStore(self.store.engine).audit(
+                actor=actor, action="purge", now=now, after={"deleted": counts}
+            )
         return counts
 
     # -- publication -----------------------------------------------------------------

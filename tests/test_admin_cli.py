@@ -111,6 +111,26 @@ def test_cli_purge_deletes_expired(tmp_path: Path) -> None:
     assert json.loads(result.stdout)["deleted"] == {
         "challenges": 0, "status_entries": 1, "issued_attestations": 1, "audit": 0,
     }
+    from attester.storage.admin import AdminStore
+
+    service = build_service(load_settings(data_dir=data))
+    audit = AdminStore(service.store.engine).audit_records()
+    service.store.dispose()
+    assert [(a.action, a.actor[:4]) for a in audit] == [("purge", "cli:")]
+    assert audit[0].after == {"deleted": json.loads(result.stdout)["deleted"]}
+
+
+def test_cli_keys_rotate_audited(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    rotated = _run("keys", "rotate", "--data-dir", str(data))
+    assert rotated.returncode == 0, rotated.stderr
+    kid = json.loads(rotated.stdout)["kid"]
+    from attester.storage.admin import AdminStore
+
+    service = build_service(load_settings(data_dir=data))
+    audit = AdminStore(service.store.engine).audit_records(target=kid)
+    service.store.dispose()
+    assert [(a.action, a.actor[:4], a.after["kid"]) for a in audit] == [("keys.rotate", "cli:", kid)]
 
 
 def test_cli_admin_token_prints_matching_digest() -> None:

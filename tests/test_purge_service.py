@@ -39,4 +39,8 @@ def test_purge_runs_periodically_inside_serve(make_settings: Any, clock: Mutable
         while service.store.issued_for(instance) and time.monotonic() < deadline:
             time.sleep(0.1)
     assert service.store.issued_for(instance) == []
+    from attester.storage.admin import AdminStore
+
+    audit = AdminStore(service.store.engine).audit_records()
+    assert audit and audit[-1].action == "purge" and audit[-1].actor == "system:purge"
     service.store.dispose()
