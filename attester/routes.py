@@ -31,7 +31,12 @@ class RenewRequest(BaseModel):
 
 
 def _etag_matches(if_none_match: str | None, etag: str) -> bool:
-    return if_none_match is not None and etag in {tag.strip() for tag in if_none_match.split(",")}
+    """If-None-Match by weak comparison, ``*`` matching anything (RFC 9110 section 13.1.2):
+    a cache or proxy that marked our tag weak (``W/``) still gets its 304."""
+    if if_none_match is None:
+        return False
+    tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+    return "*" in tags or etag.removeprefix("W/") in tags
 
 
 def build_core_router(service: AttesterService) -> APIRouter:

@@ -188,10 +188,17 @@ def test_admin_http_status_change_needs_reason(stack: Admin) -> None:
 
 
 def test_admin_http_status_list_etag_not_modified(stack: Admin) -> None:
-    _registered(stack)
+    instance_id, _ = _registered(stack)
     first = stack.http.get("/statuslists/0")
     again = stack.http.get("/statuslists/0", headers={"If-None-Match": first.headers["etag"]})
     assert again.status_code == 304 and again.headers["etag"] == first.headers["etag"]
+    for header in ("W/" + first.headers["etag"], '"other", ' + first.headers["etag"], "*"):
+        assert stack.http.get("/statuslists/0", headers={"If-None-Match": header}).status_code == 304
+    assert stack.http.get("/statuslists/0", headers={"If-None-Match": '"other"'}).status_code == 200
+    # a revocation changes the list: the old tag no longer matches
+    assert stack.admin.post(f"/instances/{instance_id}/revoke", json={"reason": "x"}).status_code == 200
+    changed = stack.http.get("/statuslists/0", headers={"If-None-Match": first.headers["etag"]})
+    assert changed.status_code == 200 and changed.headers["etag"] != first.headers["etag"]
     _problem(stack.http.get("/statuslists/7"), 404, "not_found")
     _problem(stack.http.get("/statuslists/x"), 422, "invalid_request")
 
