@@ -193,9 +193,11 @@ class AttesterService:
         task inside ``serve``), so the trail shows when its own old records went."""
         now = self.clock()
         skew = timedelta(seconds=self.settings.clock_skew)
-        # an index is freed only when no AS can still accept the JWT (exp + skew) nor hold
-        # a cached list from the time the index was in use (+ ttl)
-        margin = skew + timedelta(seconds=self.settings.status_list.ttl)
+        # an index is freed only when no AS can still accept the JWT (exp + skew) nor still
+        # use a list signed while the index was in use: ttl asks an AS to refetch, but a
+        # list token is valid until its own exp, so the margin is the longer of the two
+        lists = self.settings.status_list
+        margin = skew + timedelta(seconds=max(lists.ttl, lists.lifetime))
         cutoffs = PurgeCutoffs(
             challenges=now - skew,
             attestations=now - margin,
