@@ -271,3 +271,23 @@ def test_admin_http_no_active_key_issuance_unavailable(stack: Admin) -> None:
     _problem(response, 503, "signing_key_unavailable")
     _problem(stack.http.get("/statuslists/0"), 503, "signing_key_unavailable")
     _problem(stack.http.get("/healthz"), 503, "not_ready")
+
+
+def test_admin_http_tokens_and_keys_never_in_responses_or_logs(
+    stack: Admin, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("DEBUG")
+    instance_id, _ = _registered(stack)
+    wrong = "Bearer " + TOKEN[::-1]
+    bodies = [stack.admin.get(path).text for path in ("/instances", f"/instances/{instance_id}", "/apps", "/keys")]
+    bodies.append(stack.admin.post(f"/instances/{instance_id}/suspend", json={"reason": "x"}).text)
+    bodies.append(stack.admin.get("/audit").text)
+    bodies.append(stack.http.get("/admin/v1/keys", headers={"Authorization": wrong}).text)
+    key_dir = stack.live.server.config.app.state.service.key_store.directory  # type: ignore[attr-defined]
+    private = [p.read_text().splitlines()[1] for p in key_dir.glob("*.pem")]  # a line of each PEM key
+    assert private
+    logged = "\n".join(r.getMessage() + repr(getattr(r, "fields", "")) for r in caplog.records)
+    for secret in (TOKEN, TOKEN[::-1], DIGEST, *private):
+        assert all(secret not in body for body in bodies)
+        assert secret not in logged
+    assert "admin authentication failed" in logged
