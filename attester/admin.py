@@ -121,7 +121,7 @@ class Admin:
 
     def reload_apps(self, *, actor: str, config: Path | None) -> dict[str, Any]:
         """Re-read the app registry from the configuration file (this replica only)."""
-        before = sorted(a.client_id for a in self.service.settings.apps)
+        before = registry_json(self.service.settings)
         try:
             updated = reload_registry(self.service.settings, load_settings(config))
             for platform in self.service.platforms.values():
@@ -138,15 +138,12 @@ class Admin:
         for platform in self.service.platforms.values():
             if hasattr(platform, "settings"):
                 platform.settings = updated
-        after = sorted(a.client_id for a in self.service.settings.apps)
+        after = registry_json(updated)
+        # the whole registry before and after: a policy change shows, not only app ids
         self.store.audit(
-            actor=actor,
-            action="apps.reload",
-            now=self.service.clock(),
-            before={"apps": before},
-            after={"apps": after},
+            actor=actor, action="apps.reload", now=self.service.clock(), before=before, after=after
         )
-        return {"apps": after}
+        return {"apps": sorted(after["apps"])}
 
     def keys(self) -> list[dict[str, Any]]:
         self.service.key_store.reload()
@@ -177,6 +174,11 @@ def key_statuses_json(statuses: list[KeyStatus]) -> list[dict[str, Any]]:
         }
         for s in statuses
     ]
+
+
+def registry_json(settings: Settings) -> dict[str, Any]:
+    """The app registry as the audit trail records it: every app's configured policy."""
+    return {"apps": {a.client_id: a.model_dump(mode="json") for a in settings.apps}}
 
 
 def reload_registry(current: Settings, fresh: Settings) -> Settings:

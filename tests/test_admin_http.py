@@ -219,6 +219,9 @@ def test_admin_http_app_without_status_list_issues_no_status(
     assert "status" not in _claims(attestation)
     audit = stack.admin.get("/audit").json()["audit"]
     assert audit[0]["action"] == "apps.reload" and audit[0]["actor"] == "ops"
+    # the policy change itself is in the record, not only the app ids
+    assert audit[0]["before"]["apps"][CLIENT_ID]["status_list"] is True
+    assert audit[0]["after"]["apps"][CLIENT_ID]["status_list"] is False
 
 
 def test_admin_http_reload_invalid_registry_refused(stack: Admin) -> None:

@@ -157,3 +157,17 @@ def test_http_admin_disabled_every_route_not_found(
         for method, template in admin_routes(enabled):
             response = http.request(method, _fill(template, "x"), json={"reason": "x"})
             assert response.status_code == 404 and response.json()["code"] == "not_found", template
+
+
+def test_http_garbage_renewal_nul_and_control_characters_4xx(
+    admin_server: tuple[LiveServer, FastAPI],
+) -> None:
+    # both databases: PostgreSQL refuses NUL in text, which must not become a 500
+    live, _ = admin_server
+    with httpx.Client(base_url=live.url, timeout=10) as http:
+        challenge = http.post("/v1/challenge").json()["challenge"]
+        for value in NASTY:
+            body = {"key_thumbprint": value, "challenge": challenge, "key_proof": "a.b.c"}
+            response = http.post("/v1/attestations/renew", json=body)
+            assert 400 <= response.status_code < 500, (value, response.text)
+            challenge = http.post("/v1/challenge").json()["challenge"]
