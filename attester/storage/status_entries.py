@@ -13,7 +13,7 @@ from __future__ import annotations
 import secrets
 from datetime import datetime
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -58,6 +58,12 @@ class StatusEntries:
                     .values(list_id=list_id, version=0)
                     .on_conflict_do_nothing()
                 )
+
+    def extent(self) -> tuple[int, int]:
+        """The highest list id and the highest index any stored entry holds (-1, -1: none)."""
+        with self._sessions() as session:
+            row = session.execute(select(func.max(StatusEntry.list_id), func.max(StatusEntry.idx))).one()
+            return (-1 if row[0] is None else int(row[0]), -1 if row[1] is None else int(row[1]))
 
     def allocate(
         self, instance_id: str, *, expires_at: datetime, lists: int, size: int
