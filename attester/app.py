@@ -40,6 +40,23 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 PLATFORM_MODULES = ("attester.platforms.android", "attester.platforms.apple")
 
 
+def validate_platform_rules(settings: Settings) -> None:
+    """The registry rules the platform modules add (module-level ``validate_settings``);
+    raises ConfigError. The running service applies them when it builds its platforms."""
+    import importlib
+
+    for module_name in PLATFORM_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        validate = getattr(module, "validate_settings", None)
+        if validate is not None:
+            validate(settings)
+
+
 def problem_response(error: ProblemError, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(
         error.body(logs.request_id.get()),

@@ -142,7 +142,10 @@ def cmd_apps_list(args: argparse.Namespace) -> int:
 
 def cmd_apps_check(args: argparse.Namespace) -> int:
     """Validate a registry/configuration file offline; ConfigError exits 2 with the field."""
+    from attester.app import validate_platform_rules
+
     settings = load_settings(Path(args.file))
+    validate_platform_rules(settings)  # the same rules as start-up and apps/reload
     print(json.dumps({"valid": True, "apps": [a.client_id for a in settings.apps]}))
     return 0
 

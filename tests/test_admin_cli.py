@@ -94,6 +94,14 @@ def test_cli_apps_list_and_check(tmp_path: Path) -> None:
     refused = _run("apps", "check", str(bad))
     assert refused.returncode == 2 and "configured twice" in refused.stderr
     assert _run("apps", "check", str(tmp_path / "missing.toml")).returncode == 2
+    software = write_config(
+        tmp_path / "software.toml",
+        {"apps": [{"client_id": "a", "android": {
+            "package_names": ["p"], "signing_cert_sha256": ["00" * 32], "min_security_level": "software",
+        }}]},
+    )
+    platform_rule = _run("apps", "check", str(software))  # a rule the Android platform adds
+    assert platform_rule.returncode == 2 and "allow_software_level" in platform_rule.stderr
 
 
 def test_cli_purge_deletes_expired(tmp_path: Path) -> None:

@@ -248,6 +248,10 @@ class AndroidPlatform:
         check_policy(kd, serialization.load_der_public_key(leaf.spki_der), policy_for(app.android))
 
 
+# registry rules of this platform, for ``attester apps check`` (no platform is built there)
+validate_settings = AndroidPlatform.validate_settings
+
+
 def plug_in(service: AttesterService) -> tuple[AndroidPlatform, APIRouter]:
     platform = AndroidPlatform(service.settings)
     router = APIRouter()
