@@ -10,7 +10,7 @@ without a token learns nothing about a route's shape. Routes decode, call one
 # no `from __future__ import annotations`: FastAPI must see the local `Actor` dependency
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -63,7 +63,7 @@ def authenticated_route(tokens: tuple[AdminToken, ...]) -> type[APIRoute]:
     from attester.app import problem_response
 
     class AdminRoute(APIRoute):
-        def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
             handler = super().get_route_handler()
 
             async def authenticated(request: Request) -> Response:
