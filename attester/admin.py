@@ -26,6 +26,8 @@ from keys.certs import chain_expiry
 from keys.store import KeyStore
 
 ACTIONS = ("revoke", "suspend", "reinstate")
+REASON_MAX = 500  # characters of an operator's reason kept in the audit record
+LIMIT_MAX = 1000  # rows one listing returns at most (page with ``after``)
 
 
 def new_token() -> tuple[str, str]:
@@ -82,8 +84,8 @@ class Admin:
     def of(cls, service: AttesterService) -> Admin:
         return cls(service, AdminStore(service.store.engine))
 
-    def list_instances(self, **filters: Any) -> list[dict[str, Any]]:
-        return [instance_json(r) for r in self.store.instances(**filters)]
+    def list_instances(self, *, limit: int = 100, **filters: Any) -> list[dict[str, Any]]:
+        return [instance_json(r) for r in self.store.instances(limit=bounded(limit), **filters)]
 
     def show_instance(self, instance_id: str) -> dict[str, Any]:
         record = self.store.instance(instance_id)
@@ -98,6 +100,9 @@ class Admin:
         """Revoke, suspend or reinstate an instance and flip its JWTs' status-list entries."""
         if action not in ACTIONS:
             raise ProblemError("invalid_request", "unknown action")
+        # the API validates this too; the CLI comes through here only
+        if not 1 <= len(reason) <= REASON_MAX or any(ord(c) < 0x20 or ord(c) == 0x7F for c in reason):
+            raise ProblemError("invalid_request", f"the reason must be 1 to {REASON_MAX} printable characters")
         try:
             record, lists = self.store.change_status(
                 instance_id, action, actor=actor, reason=reason, now=self.service.clock()
@@ -118,7 +123,7 @@ class Admin:
 
     def reload_apps(self, *, actor: str, config: Path | None) -> dict[str, Any]:
         """Re-read the app registry from the configuration file (this replica only)."""
-        before = sorted(a.client_id for a in self.service.settings.apps)
+        before = registry_json(self.service.settings)
         try:
             updated = reload_registry(self.service.settings, load_settings(config))
             for platform in self.service.platforms.values():
@@ -135,22 +140,27 @@ class Admin:
         for platform in self.service.platforms.values():
             if hasattr(platform, "settings"):
                 platform.settings = updated
-        after = sorted(a.client_id for a in self.service.settings.apps)
+        after = registry_json(updated)
+        # the whole registry before and after: a policy change shows, not only app ids
         self.store.audit(
-            actor=actor,
-            action="apps.reload",
-            now=self.service.clock(),
-            before={"apps": before},
-            after={"apps": after},
+            actor=actor, action="apps.reload", now=self.service.clock(), before=before, after=after
         )
-        return {"apps": after}
+        return {"apps": sorted(after["apps"])}
 
     def keys(self) -> list[dict[str, Any]]:
         self.service.key_store.reload()
         return key_statuses_json(self.service.key_store, self.service.clock())
 
     def audit(self, *, target: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        return [r.to_json() for r in self.store.audit_records(target=target, limit=limit)]
+        return [r.to_json() for r in self.store.audit_records(target=target, limit=bounded(limit))]
+
+
+def bounded(limit: int) -> int:
+    """A page size the database is asked for: 1 .. LIMIT_MAX (a negative LIMIT is an error
+    on PostgreSQL and "no limit" on SQLite)."""
+    if not 1 <= limit <= LIMIT_MAX:
+        raise ProblemError("invalid_request", f"limit must be 1 to {LIMIT_MAX}")
+    return limit
 
 
 def key_statuses_json(key_store: KeyStore, now: datetime) -> list[dict[str, Any]]:
@@ -173,6 +183,11 @@ def key_statuses_json(key_store: KeyStore, now: datetime) -> list[dict[str, Any]
             }
         )
     return rows
+
+
+def registry_json(settings: Settings) -> dict[str, Any]:
+    """The app registry as the audit trail records it: every app's configured policy."""
+    return {"apps": {a.client_id: a.model_dump(mode="json") for a in settings.apps}}
 
 
 def reload_registry(current: Settings, fresh: Settings) -> Settings:

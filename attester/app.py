@@ -23,6 +23,7 @@ from attester.errors import ProblemError, from_verification, loggable
 from attester.routes import build_core_router, document_sources
 from attester.service import AttesterService, Clock, build_service, utcnow
 from attester.settings import Settings, load_settings
+from keys.store import KeyStoreError
 from platform_verifiers.errors import VerificationError
 
 log = logging.getLogger("attester.http")
@@ -38,6 +39,23 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # Each platform module offers ``plug_in(service) -> (Platform, APIRouter)``.
 PLATFORM_MODULES = ("attester.platforms.android", "attester.platforms.apple")
+
+
+def validate_platform_rules(settings: Settings) -> None:
+    """The registry rules the platform modules add (module-level ``validate_settings``);
+    raises ConfigError. The running service applies them when it builds its platforms."""
+    import importlib
+
+    for module_name in PLATFORM_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        validate = getattr(module, "validate_settings", None)
+        if validate is not None:
+            validate(settings)
 
 
 def problem_response(error: ProblemError, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -159,6 +177,15 @@ def _install_error_handlers(app: FastAPI) -> None:
             extra={"fields": {"code": problem.code, "detail": loggable(exc)}},
         )
         return problem_response(problem)
+
+    @app.exception_handler(KeyStoreError)
+    async def _no_signer(_: Request, exc: KeyStoreError) -> JSONResponse:
+        # nothing can be signed (issuance, Status List Tokens): the operator's fault, not the
+        # caller's; the reason (paths, kids) stays in the log
+        log.error("no usable signing key: %s", exc)
+        return problem_response(
+            ProblemError("signing_key_unavailable", "no signing key is available; try again later")
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

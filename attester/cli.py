@@ -149,7 +149,10 @@ def cmd_apps_list(args: argparse.Namespace) -> int:
 
 def cmd_apps_check(args: argparse.Namespace) -> int:
     """Validate a registry/configuration file offline; ConfigError exits 2 with the field."""
+    from attester.app import validate_platform_rules
+
     settings = load_settings(Path(args.file))
+    validate_platform_rules(settings)  # the same rules as start-up and apps/reload
     print(json.dumps({"valid": True, "apps": [a.client_id for a in settings.apps]}))
     return 0
 
@@ -159,7 +162,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
 
     service = build_service(_settings(args))
     try:
-        print(json.dumps({"deleted": service.purge()}))
+        print(json.dumps({"deleted": service.purge(actor=_cli_actor())}))
     finally:
         service.store.dispose()
     return 0
@@ -201,17 +204,29 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     except KeyStoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(
-        json.dumps(
-            {
-                "kid": record.kid,
-                "state": "next",
-                "backend": record.backend,
-                "activates_at": record.activates_at.isoformat(),
-            }
-        )
-    )
+    result = {
+        "kid": record.kid,
+        "state": "next",
+        "backend": record.backend,
+        "activates_at": record.activates_at.isoformat(),
+    }
+    _audit_cli(settings, "keys.rotate", target=record.kid, after=result)
+    print(json.dumps(result))
     return 0
+
+
+def _audit_cli(settings: Settings, action: str, *, target: str, after: Any) -> None:
+    """The audit record of a CLI action that does not go through :class:`Admin`."""
+    from attester.storage import create_store
+    from attester.storage.admin import AdminStore
+
+    store = create_store(settings.resolved_database_url)
+    try:
+        AdminStore(store.engine).audit(
+            actor=_cli_actor(), action=action, target=target, now=datetime.now(UTC), after=after
+        )
+    finally:
+        store.dispose()
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:

@@ -51,9 +51,10 @@ DocumentSource = Callable[[], Document]
 
 
 def etag_matches(if_none_match: str, etag: str) -> bool:
-    """Whether an ``If-None-Match`` value names ``etag`` (a list of tags, or ``*``)."""
-    tags = {tag.strip() for tag in if_none_match.split(",")}
-    return etag in tags or "*" in tags
+    """If-None-Match by weak comparison, ``*`` matching anything (RFC 9110 section 13.1.2):
+    a cache or proxy that marked our tag weak (``W/``) still gets its 304."""
+    tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+    return "*" in tags or etag.removeprefix("W/") in tags
 
 
 class CachedDocuments:

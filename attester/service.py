@@ -35,6 +35,7 @@ from attester.storage import (
     Store,
     create_store,
 )
+from attester.storage.admin import AdminStore
 from attester.storage.purge import PurgeCutoffs, purge
 from attester.storage.status_entries import InstanceNotActive, StatusEntries, StatusListFull
 from attester.storage.store import IssueInTransaction
@@ -118,9 +119,9 @@ class AttesterService:
             raise ProblemError(
                 "instance_already_registered", "this instance key is registered already"
             ) from None
-        except InstanceRevoked:
+        except InstanceRevoked as exc:
             self._burn(redemption, now)
-            raise ProblemError("instance_revoked", "this instance key has been revoked") from None
+            raise not_active(exc.status) from None
         self.challenges.redeemed(now)
         log.info(
             "instance registered",
@@ -176,10 +177,8 @@ class AttesterService:
         )
         if instance is None:
             raise ProblemError("instance_not_found", "no instance is registered with this key")
-        if instance.status == "suspended":
-            raise ProblemError("instance_suspended", "this instance is suspended")
         if instance.status != "active":
-            raise ProblemError("instance_revoked", "this instance is no longer allowed to renew")
+            raise not_active(instance.status)
         app = self.settings.app(instance.client_id)
         if app is None:
             raise ProblemError("app_not_registered", "the instance's app is no longer configured")
@@ -258,21 +257,27 @@ class AttesterService:
         expires_at = now + timedelta(seconds=self.issuer.lifetime(app))
         try:
             return self.status_lists.allocate(instance_id, expires_at=expires_at, session=session)
-        except InstanceNotActive:
-            raise ProblemError("instance_revoked", "this instance is no longer allowed to renew") from None
+        except InstanceNotActive as exc:
+            # revoked or suspended between the status check and here: say which
+            raise not_active(exc.status) from None
         except StatusListFull:
             log.error("status lists full: raise status_list.size or status_list.count")
             raise ProblemError("status_list_full", "no status list index is free", status=503) from None
 
     # -- data lifecycle ----------------------------------------------------------------
-    def purge(self) -> dict[str, int]:
+    def purge(self, *, actor: str = "system:purge") -> dict[str, int]:
         """Delete expired challenges, expired issued-attestation rows and their status
-        indexes, and audit records past ``audit_retention_days`` (see storage/purge.py)."""
+        indexes, and audit records past ``audit_retention_days`` (see storage/purge.py).
+
+        A purge that deleted something is audited (``actor``: the CLI user, or the periodic
+        task inside ``serve``), so the trail shows when its own old records went."""
         now = self.clock()
         skew = timedelta(seconds=self.settings.clock_skew)
-        # an index is freed only when no AS can still accept the JWT (exp + skew) nor hold
-        # a cached list from the time the index was in use (+ ttl)
-        margin = skew + timedelta(seconds=self.settings.status_list.ttl)
+        # an index is freed only when no AS can still accept the JWT (exp + skew) nor still
+        # use a list signed while the index was in use: ttl asks an AS to refetch, but a
+        # list token is valid until its own exp, so the margin is the longer of the two
+        lists = self.settings.status_list
+        margin = skew + timedelta(seconds=max(lists.ttl, lists.lifetime))
         cutoffs = PurgeCutoffs(
             challenges=now - skew,
             attestations=now - margin,
@@ -280,6 +285,10 @@ class AttesterService:
         )
         counts = purge(self.store.engine, cutoffs)
         log.info("purge", extra={"fields": counts})
+        if any(counts.values()):
+            AdminStore(self.store.engine).audit(
+                actor=actor, action="purge", now=now, after={"deleted": counts}
+            )
         return counts
 
     # -- publication -----------------------------------------------------------------
@@ -313,6 +322,13 @@ class AttesterService:
         self.key_store.reload()
         self.key_store.active_signer(self.clock())
         return True
+
+
+def not_active(status: str) -> ProblemError:
+    """The refusal for an instance that is not active: suspended (may be reinstated) or revoked."""
+    if status == "suspended":
+        return ProblemError("instance_suspended", "this instance is suspended")
+    return ProblemError("instance_revoked", "this instance is no longer allowed to obtain attestations")
 
 
 def load_secret(path: Path) -> bytes:

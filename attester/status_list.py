@@ -29,7 +29,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from attester.issuance import sign_compact
-from attester.settings import StatusListSettings
+from attester.settings import ConfigError, StatusListSettings
 from attester.storage.status_entries import StatusEntries
 from keys.jwks import b64url
 from keys.store import KeyStore
@@ -79,6 +79,19 @@ class StatusLists:
         self._lock = threading.Lock()
 
     def ensure_lists(self) -> None:
+        """Create the lists' version rows; refuse settings that would drop live entries.
+
+        Lowering ``status_list.count`` or ``size`` below an index still held (by a JWT that
+        may be alive) would make its list 404 or too short for that index: a verifier
+        would reject a valid JWT, or a revocation would no longer be published.
+        """
+        max_list, max_idx = self._entries.extent()
+        if max_list >= self._settings.count or max_idx >= self._settings.size:
+            raise ConfigError(
+                f"status_list.count = {self._settings.count} / status_list.size = "
+                f"{self._settings.size} are too small for stored entries (list {max_list}, "
+                f"index {max_idx}): keep them until those JWTs expired and were purged"
+            )
         self._entries.ensure_lists(self._settings.count)
 
     def uri(self, list_id: int) -> str:

@@ -69,6 +69,19 @@ def test_cli_instances_revoke_needs_reason(tmp_path: Path) -> None:
     assert result.returncode == 2 and "--reason" in result.stderr
 
 
+def test_cli_instances_bounds_checked_like_the_api(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    instance_id, _ = _seed(data)
+    for limit in ("-1", "0", "1001"):
+        listed = _run("instances", "list", "--limit", limit, "--data-dir", str(data))
+        assert listed.returncode == 1 and json.loads(listed.stderr)["code"] == "invalid_request", limit
+    for reason in ("x" * 501, "line\nbreak", "\x7f"):
+        refused = _run("instances", "revoke", instance_id, "--reason", reason, "--data-dir", str(data))
+        assert refused.returncode == 1 and json.loads(refused.stderr)["code"] == "invalid_request"
+    shown = json.loads(_run("instances", "show", instance_id, "--data-dir", str(data)).stdout)
+    assert shown["status"] == "active"
+
+
 def test_cli_apps_list_and_check(tmp_path: Path) -> None:
     listed = _run("apps", "list", "--data-dir", str(tmp_path / "d"))
     assert listed.returncode == 0
@@ -81,6 +94,14 @@ def test_cli_apps_list_and_check(tmp_path: Path) -> None:
     refused = _run("apps", "check", str(bad))
     assert refused.returncode == 2 and "configured twice" in refused.stderr
     assert _run("apps", "check", str(tmp_path / "missing.toml")).returncode == 2
+    software = write_config(
+        tmp_path / "software.toml",
+        {"apps": [{"client_id": "a", "android": {
+            "package_names": ["p"], "signing_cert_sha256": ["00" * 32], "min_security_level": "software",
+        }}]},
+    )
+    platform_rule = _run("apps", "check", str(software))  # a rule the Android platform adds
+    assert platform_rule.returncode == 2 and "allow_software_level" in platform_rule.stderr
 
 
 def test_cli_purge_deletes_expired(tmp_path: Path) -> None:
@@ -98,6 +119,26 @@ def test_cli_purge_deletes_expired(tmp_path: Path) -> None:
     assert json.loads(result.stdout)["deleted"] == {
         "challenges": 0, "status_entries": 1, "issued_attestations": 1, "audit": 0,
     }
+    from attester.storage.admin import AdminStore
+
+    service = build_service(load_settings(data_dir=data))
+    audit = AdminStore(service.store.engine).audit_records()
+    service.store.dispose()
+    assert [(a.action, a.actor[:4]) for a in audit] == [("purge", "cli:")]
+    assert audit[0].after == {"deleted": json.loads(result.stdout)["deleted"]}
+
+
+def test_cli_keys_rotate_audited(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    rotated = _run("keys", "rotate", "--data-dir", str(data))
+    assert rotated.returncode == 0, rotated.stderr
+    kid = json.loads(rotated.stdout)["kid"]
+    from attester.storage.admin import AdminStore
+
+    service = build_service(load_settings(data_dir=data))
+    audit = AdminStore(service.store.engine).audit_records(target=kid)
+    service.store.dispose()
+    assert [(a.action, a.actor[:4], a.after["kid"]) for a in audit] == [("keys.rotate", "cli:", kid)]
 
 
 def test_cli_admin_token_prints_matching_digest() -> None:

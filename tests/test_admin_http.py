@@ -5,6 +5,7 @@ registry reload, keys, audit; and the admin API on its own port only."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,10 +189,17 @@ def test_admin_http_status_change_needs_reason(stack: Admin) -> None:
 
 
 def test_admin_http_status_list_etag_not_modified(stack: Admin) -> None:
-    _registered(stack)
+    instance_id, _ = _registered(stack)
     first = stack.http.get("/statuslists/0")
     again = stack.http.get("/statuslists/0", headers={"If-None-Match": first.headers["etag"]})
     assert again.status_code == 304 and again.headers["etag"] == first.headers["etag"]
+    for header in ("W/" + first.headers["etag"], '"other", ' + first.headers["etag"], "*"):
+        assert stack.http.get("/statuslists/0", headers={"If-None-Match": header}).status_code == 304
+    assert stack.http.get("/statuslists/0", headers={"If-None-Match": '"other"'}).status_code == 200
+    # a revocation changes the list: the old tag no longer matches
+    assert stack.admin.post(f"/instances/{instance_id}/revoke", json={"reason": "x"}).status_code == 200
+    changed = stack.http.get("/statuslists/0", headers={"If-None-Match": first.headers["etag"]})
+    assert changed.status_code == 200 and changed.headers["etag"] != first.headers["etag"]
     _problem(stack.http.get("/statuslists/7"), 404, "not_found")
     _problem(stack.http.get("/statuslists/x"), 422, "invalid_request")
 
@@ -212,6 +220,9 @@ def test_admin_http_app_without_status_list_issues_no_status(
     assert "status" not in _claims(attestation)
     audit = stack.admin.get("/audit").json()["audit"]
     assert audit[0]["action"] == "apps.reload" and audit[0]["actor"] == "ops"
+    # the policy change itself is in the record, not only the app ids
+    assert audit[0]["before"]["apps"][CLIENT_ID]["status_list"] is True
+    assert audit[0]["after"]["apps"][CLIENT_ID]["status_list"] is False
 
 
 def test_admin_http_reload_invalid_registry_refused(stack: Admin) -> None:
@@ -246,3 +257,42 @@ def test_admin_http_reload_platform_rule_violation_refused(stack: Admin) -> None
     response = stack.admin.post("/apps/reload")
     _problem(response, 422, "registry_invalid")
     assert stack.admin.get("/apps").json()["apps"][0]["android"]["min_security_level"] == "tee"
+
+
+def _no_active_key(stack: Admin) -> None:
+    """Every signing key activates in a year: the key store has no active key now."""
+    store = stack.live.server.config.app.state.service.key_store  # type: ignore[attr-defined]
+    path = store.directory / "keys.json"
+    data = json.loads(path.read_text())
+    for record in data["keys"]:
+        record["activates_at"] = "2099-01-01T00:00:00+00:00"
+    path.write_text(json.dumps(data))
+    time.sleep(1.1)  # issuance looks at keys.json at most once a second (KeyStore.reload)
+
+
+def test_admin_http_no_active_key_issuance_unavailable(stack: Admin) -> None:
+    _no_active_key(stack)
+    response = stack.device.register()
+    _problem(response, 503, "signing_key_unavailable")
+    _problem(stack.http.get("/statuslists/0"), 503, "signing_key_unavailable")
+    _problem(stack.http.get("/healthz"), 503, "not_ready")
+
+
+def test_admin_http_tokens_and_keys_never_in_responses_or_logs(
+    stack: Admin, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("DEBUG")
+    instance_id, _ = _registered(stack)
+    wrong = "Bearer " + TOKEN[::-1]
+    bodies = [stack.admin.get(path).text for path in ("/instances", f"/instances/{instance_id}", "/apps", "/keys")]
+    bodies.append(stack.admin.post(f"/instances/{instance_id}/suspend", json={"reason": "x"}).text)
+    bodies.append(stack.admin.get("/audit").text)
+    bodies.append(stack.http.get("/admin/v1/keys", headers={"Authorization": wrong}).text)
+    key_dir = stack.live.server.config.app.state.service.key_store.directory  # type: ignore[attr-defined]
+    private = [p.read_text().splitlines()[1] for p in key_dir.glob("*.pem")]  # a line of each PEM key
+    assert private
+    logged = "\n".join(r.getMessage() + repr(getattr(r, "fields", "")) for r in caplog.records)
+    for secret in (TOKEN, TOKEN[::-1], DIGEST, *private):
+        assert all(secret not in body for body in bodies)
+        assert secret not in logged
+    assert "admin authentication failed" in logged

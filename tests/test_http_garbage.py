@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
+import re
+import urllib.parse
+from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
-from tests.support import LiveServer
+from attester.app import create_app
+from tests.support import LiveServer, live_server
 
 MARKER = "QmFkQnl0ZXNNYXJrZXI"  # would show up if a response echoed input
 
@@ -52,3 +59,115 @@ def test_http_garbage_bodies_get_4xx_problem_without_echo(server: LiveServer, po
                 assert response.headers["content-type"].startswith("application/problem+json")
                 assert MARKER not in response.text
                 assert isinstance(response.json()["code"], str)
+
+
+# -- admin API (every route, both databases) -------------------------------------------
+ADMIN_TOKEN = "garbage-test-admin-token-0123456789abcdef"
+NASTY = ["\x00", "x\x00y", MARKER * 20, "é\u202e", "%", "'; DROP TABLE instances; --", "-1", "9" * 40, " "]
+
+
+@pytest.fixture
+def admin_server(make_settings: Any, database_url: str, clock: Any) -> Iterator[tuple[LiveServer, FastAPI]]:
+    digest = hashlib.sha256(ADMIN_TOKEN.encode()).hexdigest()
+    settings = make_settings(
+        database_url=database_url, admin={"enabled": True, "tokens": [{"name": "ops", "sha256": digest}]}
+    )
+    app = create_app(settings, clock=clock)
+    with live_server(app) as live:
+        yield live, app
+    app.state.service.store.dispose()
+
+
+def admin_routes(app: FastAPI) -> list[tuple[str, str]]:
+    """(method, path template) of every route the app serves under /admin/v1 (its OpenAPI
+    paths: every route of the app, included routers too)."""
+    paths = app.openapi()["paths"]
+    return [
+        (method.upper(), path)
+        for path, operations in sorted(paths.items())
+        if path.startswith("/admin/v1")
+        for method in sorted(operations)
+    ]
+
+
+def _fill(template: str, value: str) -> str:
+    """The template with every {param} replaced by ``value`` (percent-encoded)."""
+    quoted = urllib.parse.quote(value, safe="")
+    return re.sub(r"\{[^}]+\}", quoted, template)
+
+
+def test_http_garbage_admin_routes_get_4xx_problem_without_echo(
+    admin_server: tuple[LiveServer, FastAPI],
+) -> None:
+    live, app = admin_server
+    rng = random.Random(20261201)
+    routes = admin_routes(app)
+    assert len(routes) >= 7
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    with httpx.Client(base_url=live.url, timeout=10, headers=auth) as http:
+        for method, template in routes:
+            requests: list[tuple[str, dict[str, str], bytes | None]] = []
+            for value in NASTY:
+                path = _fill(template, value)
+                params = {k: value for k in ("client_id", "platform", "key_thumbprint", "status", "after", "limit", "target")}
+                requests.append((path, params, None))
+            if method == "POST":
+                path = _fill(template, "revoke" if "{action}" in template else "x")
+                requests += [(path, {}, body) for body in _bodies(rng)]
+                requests += [(path, {}, json.dumps({"reason": value}).encode()) for value in NASTY]
+            for path, params, body in requests:
+                response = http.request(
+                    method, path, params=params, content=body, headers={"content-type": "application/json"}
+                )
+                assert 200 <= response.status_code < 500, (method, path, params, response.text)
+                if response.status_code >= 400:
+                    assert response.headers["content-type"].startswith("application/problem+json")
+                    assert isinstance(response.json()["code"], str)
+                assert MARKER not in response.text, (method, path)
+
+
+@pytest.mark.parametrize("authorization", [None, "Bearer wrong", "Bearer " + ADMIN_TOKEN[:-1], "Basic x", ""])
+def test_http_admin_every_route_without_valid_token_unauthorized(
+    admin_server: tuple[LiveServer, FastAPI], authorization: str | None
+) -> None:
+    live, app = admin_server
+    headers = {} if authorization is None else {"Authorization": authorization}
+    with httpx.Client(base_url=live.url, timeout=10) as http:
+        for method, template in admin_routes(app):
+            # garbage bodies and parameters too: authentication comes before any parsing
+            for body in (None, b"{", b'{"reason": "x"}'):
+                response = http.request(
+                    method,
+                    _fill(template, "x"),
+                    params={"limit": "-5"},
+                    content=body,
+                    headers={**headers, "content-type": "application/json"},
+                )
+                assert response.status_code == 401, (method, template, body, response.text)
+                assert response.json()["code"] == "admin_unauthorized"
+                assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_http_admin_disabled_every_route_not_found(
+    admin_server: tuple[LiveServer, FastAPI], server: LiveServer
+) -> None:
+    _, enabled = admin_server
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    with httpx.Client(base_url=server.url, timeout=10, headers=auth) as http:
+        for method, template in admin_routes(enabled):
+            response = http.request(method, _fill(template, "x"), json={"reason": "x"})
+            assert response.status_code == 404 and response.json()["code"] == "not_found", template
+
+
+def test_http_garbage_renewal_nul_and_control_characters_4xx(
+    admin_server: tuple[LiveServer, FastAPI],
+) -> None:
+    # both databases: PostgreSQL refuses NUL in text, which must not become a 500
+    live, _ = admin_server
+    with httpx.Client(base_url=live.url, timeout=10) as http:
+        challenge = http.post("/v1/challenge").json()["challenge"]
+        for value in NASTY:
+            body = {"key_thumbprint": value, "challenge": challenge, "key_proof": "a.b.c"}
+            response = http.post("/v1/attestations/renew", json=body)
+            assert 400 <= response.status_code < 500, (value, response.text)
+            challenge = http.post("/v1/challenge").json()["challenge"]

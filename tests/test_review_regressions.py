@@ -18,6 +18,7 @@ from pyasn1.codec.der import encoder as der_encoder
 from pyasn1.type import univ
 from pyasn1_modules import rfc5280
 
+from attester.admin import Admin
 from attester.app import create_app
 from attester.errors import ProblemError
 from attester.keyproof import parse_instance_jwk
@@ -138,9 +139,30 @@ def test_review_revoked_instance_cannot_re_register(stack: Any) -> None:
         first = _register(http, root, leaf_key=leaf_key)
         assert first.status_code == 200, first.text
         record = service.store.instance_by_thumbprint(first.json()["key_thumbprint"])
-        service.store.set_status(record.id, "revoked")
+        # the audited operator path (status-list bits, audit row), the only way to revoke
+        Admin.of(service).change_status(record.id, "revoke", actor="test", reason="stolen")
         again = _register(http, root, leaf_key=leaf_key)
     assert again.status_code == 403 and again.json()["code"] == "instance_revoked"
+
+
+def test_review_suspended_instance_re_register_suspended(stack: Any) -> None:
+    live, root, _ = stack
+    service = live.server.config.app.state.service  # type: ignore[attr-defined]
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    with httpx.Client(base_url=live.url) as http:
+        first = _register(http, root, leaf_key=leaf_key)
+        assert first.status_code == 200, first.text
+        record = service.store.instance_by_thumbprint(first.json()["key_thumbprint"])
+        Admin.of(service).change_status(record.id, "suspend", actor="test", reason="check")
+        again = _register(http, root, leaf_key=leaf_key)
+    assert again.status_code == 403 and again.json()["code"] == "instance_suspended"
+
+
+def test_review_store_has_no_unaudited_status_change() -> None:
+    # an instance's status changes only with its status-list bits and an audit record
+    from attester.storage import Store
+
+    assert not hasattr(Store, "set_status")
 
 
 def test_review_instance_jwk_non_canonical_rejected() -> None:

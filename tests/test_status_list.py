@@ -20,6 +20,7 @@ from jwcrypto import jwk, jws
 from attester.service import AttesterService
 from attester.status_list import BITS, MEDIA_TYPE, TYP, encode_statuses
 from attester.storage.admin import AdminStore
+from attester.storage.status_entries import StatusEntries
 from tests.support import MutableClock
 
 # draft-ietf-oauth-status-list-20, section 4.1: the 1-bit example (16 statuses, bytes B9 A3)
@@ -152,3 +153,19 @@ def test_status_token_resigned_when_half_lifetime_passed(service: AttesterServic
     assert first is not None and second is not None and second.token != first.token
     _, claims = _verify_token(service, second.token)
     assert claims["iat"] == int(clock.now.timestamp())
+
+
+def test_status_lists_shrunk_below_stored_entries_refused(make_settings: Any, clock: MutableClock) -> None:
+    from attester.service import build_service
+    from attester.settings import ConfigError
+
+    service = build_service(make_settings(status_list={"count": 2, "size": 20000}), clock=clock)
+    instance = _instance(service)
+    entries = StatusEntries(service.store.engine)
+    while (extent := entries.extent())[0] < 1 or extent[1] < 10000:  # random: a few draws
+        service.status_lists.allocate(instance, expires_at=clock() + timedelta(hours=1))
+    service.store.dispose()
+    for smaller in ({"count": 1, "size": 20000}, {"count": 2, "size": 10000}):
+        with pytest.raises(ConfigError, match="too small"):
+            build_service(make_settings(status_list=smaller), clock=clock)
+    build_service(make_settings(status_list={"count": 3, "size": 20000}), clock=clock).store.dispose()

@@ -272,6 +272,10 @@ class AndroidPlatform:
         check_policy(kd, leaf.public_key(), policy_for(app.android))
 
 
+# registry rules of this platform, for ``attester apps check`` (no platform is built there)
+validate_settings = AndroidPlatform.validate_settings
+
+
 def plug_in(service: AttesterService) -> tuple[AndroidPlatform, APIRouter]:
     platform = AndroidPlatform(service.settings)
     router = APIRouter()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import secrets
 from datetime import datetime
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -24,6 +24,10 @@ ALLOCATION_TRIES = 32
 
 class InstanceNotActive(Exception):
     """The instance is revoked or suspended (or gone): no new JWT may carry a status index."""
+
+    def __init__(self, instance_id: str, status: str) -> None:
+        super().__init__(f"instance {instance_id} is {status}")
+        self.status = status  # "revoked", "suspended" (a missing instance counts as revoked)
 
 
 class StatusListFull(Exception):
@@ -59,6 +63,12 @@ class StatusEntries:
                     .on_conflict_do_nothing()
                 )
 
+    def extent(self) -> tuple[int, int]:
+        """The highest list id and the highest index any stored entry holds (-1, -1: none)."""
+        with self._sessions() as session:
+            row = session.execute(select(func.max(StatusEntry.list_id), func.max(StatusEntry.idx))).one()
+            return (-1 if row[0] is None else int(row[0]), -1 if row[1] is None else int(row[1]))
+
     def allocate(
         self, instance_id: str, *, expires_at: datetime, lists: int, size: int
     ) -> tuple[int, int]:
@@ -73,7 +83,8 @@ class StatusEntries:
     ) -> tuple[int, int]:
         """:meth:`allocate` inside the caller's transaction (registration, renewal)."""
         if not lock_instance(session, instance_id, only_active=True):
-            raise InstanceNotActive(instance_id)
+            status = session.scalar(select(Instance.status).where(Instance.id == instance_id))
+            raise InstanceNotActive(instance_id, status or "revoked")
         for _ in range(ALLOCATION_TRIES):
             list_id, idx = secrets.randbelow(lists), secrets.randbelow(size)
             result = session.execute(

@@ -28,7 +28,11 @@ class AlreadyRegistered(Exception):
 
 
 class InstanceRevoked(Exception):
-    """The instance key belongs to an instance an operator revoked."""
+    """The instance key belongs to an instance an operator revoked or suspended."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(f"instance is {status}")
+        self.status = status  # "revoked" or "suspended"
 
 
 class ChallengeAlreadyRedeemed(Exception):
@@ -238,7 +242,7 @@ class Store:
             row = session.scalar(select(Instance).where(Instance.key_thumbprint == key_thumbprint))
             if row is not None and row.status != "active":
                 # an operator's revocation is not undone by attesting the same key again
-                raise InstanceRevoked("instance is revoked")
+                raise InstanceRevoked(row.status)
             if row is not None and not (replace_same_key and row.platform == platform):
                 raise AlreadyRegistered("instance key already registered")
             if row is None:
@@ -296,11 +300,6 @@ class Store:
                 .where(Instance.id == instance_id)
                 .values(apple_receipt=receipt, apple_risk_metric=risk_metric, apple_receipt_refreshed_at=now)
             )
-
-    def set_status(self, instance_id: str, status: str) -> None:
-        """Operator action: e.g. ``revoked``; a revoked instance neither renews nor re-registers."""
-        with self._sessions.begin() as session:
-            session.execute(update(Instance).where(Instance.id == instance_id).values(status=status))
 
     # -- issued attestations ---------------------------------------------------------
     def record_issued(
