@@ -19,7 +19,9 @@ from attester.challenges import Challenge, ChallengeService
 from attester.errors import ProblemError
 from attester.issuance import AttestationIssuer, IssuedAttestation
 from attester.keyproof import parse_instance_jwk, verify_key_proof
+from attester.metrics import Metrics, Outcome, service_gauges
 from attester.platforms import Platform, VerifiedInstance
+from attester.ratelimit import RateLimits, build_rate_limits
 from attester.settings import MAX_ATTESTATION_LIFETIME, AppConfig, Settings
 from attester.storage import (
     AlreadyRegistered,
@@ -49,18 +51,32 @@ class AttesterService:
     issuer: AttestationIssuer
     clock: Clock
     platforms: dict[str, Platform]
+    metrics: Metrics
+    rate_limits: RateLimits
 
     # -- challenge -------------------------------------------------------------------
     def new_challenge(self) -> dict[str, Any]:
+        self.metrics.challenges_issued.inc()
         return {
             "challenge": self.challenges.issue(self.clock()),
             "expires_in": int(self.challenges.lifetime.total_seconds()),
         }
 
     # -- registration ----------------------------------------------------------------
+    def redeem_challenge(self, text: object, now: datetime) -> Challenge:
+        """Redeem a challenge, counting the outcome (``redeemed`` or the problem code)."""
+        try:
+            redeemed = self.challenges.redeem(text, now)
+        except ProblemError as exc:
+            self.metrics.challenge_redemptions.labels(exc.code).inc()
+            raise
+        self.metrics.challenge_redemptions.labels("redeemed").inc()
+        return redeemed
+
     def register(
         self,
         *,
+        platform: str,
         challenge: object,
         key_proof: object,
         verify: Callable[[Challenge, datetime], VerifiedInstance],
@@ -68,11 +84,24 @@ class AttesterService:
         """Redeem the challenge, verify evidence and key proof, store, issue.
 
         The challenge is redeemed first, so a failed attempt burns it too: evidence
-        cannot be retried against the same challenge.
+        cannot be retried against the same challenge. The app's rate limit is counted
+        once the evidence named the app (the per-IP limit ran before anything else).
         """
+        with self.metrics.outcome("registration", platform):
+            return self._register(platform, challenge, key_proof, verify)
+
+    def _register(
+        self,
+        platform: str,
+        challenge: object,
+        key_proof: object,
+        verify: Callable[[Challenge, datetime], VerifiedInstance],
+    ) -> dict[str, Any]:
         now = self.clock()
-        redeemed = self.challenges.redeem(challenge, now)
-        verified = verify(redeemed, now)
+        redeemed = self.redeem_challenge(challenge, now)
+        with self.metrics.timed(self.metrics.verification_duration.labels(platform, "registration")):
+            verified = verify(redeemed, now)
+        self.rate_limits.hit_app("registration", verified.app.client_id)
         jwk, _ = parse_instance_jwk(verified.instance_jwk)
         self.check_key_proof(key_proof, jwk=jwk, challenge=redeemed, now=now)
         try:
@@ -100,9 +129,13 @@ class AttesterService:
     # -- renewal ---------------------------------------------------------------------
     def renew(self, request: Mapping[str, Any]) -> dict[str, Any]:
         """A new JWT for a registered instance: fresh challenge, key proof, platform re-check."""
+        with self.metrics.outcome("renewal") as outcome:
+            return self._renew(request, outcome)
+
+    def _renew(self, request: Mapping[str, Any], outcome: Outcome) -> dict[str, Any]:
         now = self.clock()
         key_thumbprint = request.get("key_thumbprint")
-        redeemed = self.challenges.redeem(request.get("challenge"), now)
+        redeemed = self.redeem_challenge(request.get("challenge"), now)
         instance = (
             self.store.instance_by_thumbprint(key_thumbprint)
             if isinstance(key_thumbprint, str) and len(key_thumbprint) <= 64
@@ -110,6 +143,8 @@ class AttesterService:
         )
         if instance is None:
             raise ProblemError("instance_not_found", "no instance is registered with this key")
+        outcome.platform = instance.platform
+        self.rate_limits.hit_app("renewal", instance.client_id)
         if instance.status != "active":
             raise ProblemError("instance_revoked", "this instance is no longer allowed to renew")
         app = self.settings.app(instance.client_id)
@@ -127,7 +162,8 @@ class AttesterService:
         platform = self.platforms.get(instance.platform)
         if platform is None:
             raise ProblemError("platform_not_supported", "renewal is not available for this platform")
-        platform.renew(instance, dict(request), app=app, challenge=redeemed, now=now)
+        with self.metrics.timed(self.metrics.verification_duration.labels(platform.name, "renewal")):
+            platform.renew(instance, dict(request), app=app, challenge=redeemed, now=now)
         return self._issue(instance, app, now)
 
     # -- shared steps ----------------------------------------------------------------
@@ -145,17 +181,18 @@ class AttesterService:
         )
 
     def _issue(self, instance: InstanceRecord, app: AppConfig, now: datetime) -> dict[str, Any]:
-        issued: IssuedAttestation = self.issuer.issue(
-            app=app, instance_jwk=instance.instance_jwk, now=now
-        )
-        # recorded before we answer: nothing we hand out is unaccounted for after a crash
-        self.store.record_issued(
-            jti=issued.reference,
-            instance_id=instance.id,
-            kid=issued.kid,
-            issued_at=issued.issued_at,
-            expires_at=issued.expires_at,
-        )
+        with self.metrics.timed(self.metrics.issuance_duration):
+            issued: IssuedAttestation = self.issuer.issue(
+                app=app, instance_jwk=instance.instance_jwk, now=now
+            )
+            # recorded before we answer: nothing we hand out is unaccounted for after a crash
+            self.store.record_issued(
+                jti=issued.reference,
+                instance_id=instance.id,
+                kid=issued.kid,
+                issued_at=issued.issued_at,
+                expires_at=issued.expires_at,
+            )
         return {
             "client_attestation": issued.jwt,
             "token_type": "oauth-client-attestation+jwt",
@@ -189,12 +226,33 @@ class AttesterService:
             "client_attestation_lifetime": self.settings.attestation_lifetime,
         }
 
-    def ready(self) -> bool:
-        with self.store.engine.connect() as connection:
-            connection.exec_driver_sql("SELECT 1")
-        self.key_store.reload()
-        self.key_store.active_signer(self.clock())
-        return True
+    def readiness(self) -> dict[str, str]:
+        """Each readiness check and its state: ``ok`` or why not (RUNBOOK, "Health").
+
+        The database answers, an active signing key is loaded, and every platform that
+        depends on a revocation list has one that is not stale.
+        """
+        now = self.clock()
+        checks: dict[str, str] = {}
+        try:
+            with self.store.engine.connect() as connection:
+                connection.exec_driver_sql("SELECT 1")
+            checks["database"] = "ok"
+        except Exception:  # noqa: BLE001 - readiness reports, it does not raise
+            log.warning("readiness: database unreachable", exc_info=True)
+            checks["database"] = "unreachable"
+        try:
+            self.key_store.reload()
+            self.key_store.active_signer(now)
+            checks["signing_key"] = "ok"
+        except Exception:  # noqa: BLE001
+            log.warning("readiness: no active signing key", exc_info=True)
+            checks["signing_key"] = "unavailable"
+        for name in sorted(self.platforms):
+            report = getattr(self.platforms[name], "readiness", None)
+            if report is not None:
+                checks.update(report(now))
+        return checks
 
 
 def load_secret(path: Path) -> bytes:
@@ -222,6 +280,7 @@ def build_service(
     *,
     clock: Clock = utcnow,
     platforms: dict[str, Platform] | None = None,
+    metrics: Metrics | None = None,
 ) -> AttesterService:
     """Open storage and keys (creating them on first start) and wire the use cases."""
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -231,6 +290,7 @@ def build_service(
     retention = timedelta(seconds=MAX_ATTESTATION_LIFETIME + settings.clock_skew)
     key_store = KeyStore(settings.resolved_key_dir, retention=retention)
     key_store.ensure_initialised(now)
+    metrics = metrics or Metrics()
     secret = load_secret(settings.challenge_secret_file or settings.data_dir / "challenge.key")
     challenges = ChallengeService(
         secret=secret,
@@ -245,7 +305,7 @@ def build_service(
         default_lifetime=settings.attestation_lifetime,
         iat_granularity=settings.iat_granularity,
     )
-    return AttesterService(
+    service = AttesterService(
         settings=settings,
         store=store,
         key_store=key_store,
@@ -253,4 +313,10 @@ def build_service(
         issuer=issuer,
         clock=clock,
         platforms=dict(platforms or {}),
+        metrics=metrics,
+        rate_limits=build_rate_limits(
+            settings, engine=store.engine, clock=lambda: clock().timestamp(), metrics=metrics
+        ),
     )
+    metrics.add_live(lambda: service_gauges(service))
+    return service

@@ -24,6 +24,14 @@ from attester.android_revocation import RevocationFetcher
 from attester.challenges import Challenge
 from attester.codec import decode_base64
 from attester.errors import ProblemError
+from attester.openapi import (
+    CHALLENGE_PROBLEMS,
+    ISSUANCE_PROBLEMS,
+    JWK_PROBLEMS,
+    KEY_PROOF_PROBLEMS,
+    REQUEST_PROBLEMS,
+    problem_responses,
+)
 from attester.platforms import VerifiedInstance
 from attester.routes import NO_STORE
 from attester.settings import AndroidAppConfig, AppConfig, ConfigError, Settings
@@ -70,6 +78,36 @@ class AndroidRegistration(BaseModel):
     client_id: Annotated[str | None, Field(max_length=255)] = None
     # Play Integrity verdicts are not evaluated yet; the field is accepted and ignored
     integrity_token: Annotated[str | None, Field(max_length=16384)] = None
+
+
+REGISTRATION_PROBLEMS = (
+    *REQUEST_PROBLEMS,
+    *CHALLENGE_PROBLEMS,
+    *KEY_PROOF_PROBLEMS,
+    *JWK_PROBLEMS,
+    *ISSUANCE_PROBLEMS,
+    "rate_limited",
+    "app_not_registered",
+    "instance_already_registered",
+    "instance_revoked",
+    "policy_violation",
+    "chain_empty",
+    "chain_too_long",
+    "certificate_malformed",
+    "chain_untrusted",
+    "chain_signature_invalid",
+    "intermediate_not_ca",
+    "extension_below_leaf",
+    "path_length_exceeded",
+    "certificate_expired",
+    "certificate_not_yet_valid",
+    "certificate_revoked",
+    "revocation_list_stale",
+    "revocation_list_unavailable",
+    "key_description_missing",
+    "key_description_malformed",
+    "challenge_mismatch",
+)
 
 
 def policy_for(app: AndroidAppConfig) -> AndroidPolicy:
@@ -151,6 +189,31 @@ class AndroidPlatform:
                 log.warning("Android revocation list is stale; accepting (allow_stale_revocation)")
             return snapshot, None
         return snapshot, limit
+
+    def readiness(self, now: datetime) -> dict[str, str]:
+        """``android_revocation_list``: ok, stale or unavailable (fetched when due).
+
+        Only when an Android app is configured; ``allow_stale_revocation`` makes a stale or
+        missing list ready, as it makes registrations accept it.
+        """
+        if not any(app.android for app in self.settings.apps):
+            return {}
+        android = self.settings.android
+        snapshot = self.fetcher.get(now)
+        if snapshot is None:
+            state = "unavailable"
+        elif now - snapshot.fetched_at > timedelta(seconds=android.revocation_max_staleness):
+            state = "stale"
+        else:
+            state = "ok"
+        if state != "ok" and android.allow_stale_revocation:
+            state = "ok"
+        return {"android_revocation_list": state}
+
+    def revocation_list_age(self, now: datetime) -> float | None:
+        """Seconds since the list in use was fetched (None before the first fetch)."""
+        snapshot = self.fetcher.snapshot
+        return None if snapshot is None else (now - snapshot.fetched_at).total_seconds()
 
     # -- registration ----------------------------------------------------------------
     def candidates(self, client_id: str | None) -> list[AppConfig]:
@@ -247,9 +310,14 @@ def plug_in(service: AttesterService) -> tuple[AndroidPlatform, APIRouter]:
     platform = AndroidPlatform(service.settings)
     router = APIRouter()
 
-    @router.post("/v1/android/attestations")
+    @router.post(
+        "/v1/android/attestations",
+        dependencies=service.rate_limits.dependencies("registration"),
+        responses=problem_responses(*REGISTRATION_PROBLEMS),
+    )
     def register(body: AndroidRegistration) -> JSONResponse:
         result = service.register(
+            platform=platform.name,
             challenge=body.challenge,
             key_proof=body.key_proof,
             verify=lambda challenge, now: platform.verify(body, challenge, now),
