@@ -30,12 +30,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from attester import logs
     from attester.app import create_app
+    from attester.metrics import MULTIPROC_ENV
 
     settings = _settings(args)
     logs.configure(settings.log_level)
     if args.workers > 1:
         # workers are separate processes: hand them the same configuration by environment
         os.environ["ATTESTER_DATA_DIR"] = str(settings.data_dir.resolve())
+        if settings.metrics.enabled:
+            os.environ[MULTIPROC_ENV] = str(_fresh_metrics_dir(settings))
         if args.config:
             os.environ["ATTESTER_CONFIG"] = str(Path(args.config).resolve())
         from attester.service import build_service
@@ -49,6 +52,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             workers=args.workers,
             log_config=None,
             access_log=False,
+            # the client address is the peer; X-Forwarded-For only via trusted_proxies
+            proxy_headers=False,
         )
     else:
         uvicorn.run(
@@ -57,8 +62,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
             port=args.port,
             log_config=None,
             access_log=False,
+            # the client address is the peer; X-Forwarded-For only via trusted_proxies
+            proxy_headers=False,
         )
     return 0
+
+
+def _fresh_metrics_dir(settings: Settings) -> Path:
+    """An empty directory for prometheus-client's multiprocess files (one set per run).
+
+    Workers write their counters there and a scrape on any worker sums them. Left-over
+    files from an earlier run would be counted again, so the directory is emptied first;
+    an operator's own ``PROMETHEUS_MULTIPROC_DIR`` is used (and emptied) when set.
+    """
+    from attester.metrics import MULTIPROC_ENV
+
+    configured = os.environ.get(MULTIPROC_ENV)
+    directory = Path(configured) if configured else settings.data_dir.resolve() / "metrics"
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for leftover in directory.glob("*.db"):
+        leftover.unlink()
+    return directory
 
 
 def _key_store(args: argparse.Namespace) -> tuple[Settings, Any]:
