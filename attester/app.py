@@ -237,7 +237,7 @@ def create_app(
     if settings.docs.enabled:
         _install_docs(app, settings)
     _install_error_handlers(app)
-    service.metrics.bind_routes(app.routes)
+    service.metrics.bind_routes(app)
     app.add_middleware(
         RequestContext,
         max_body=settings.max_body_bytes,

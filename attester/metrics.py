@@ -4,7 +4,8 @@ https://prometheus.io/docs/instrumenting/writing_exporters/ and prometheus-clien
 multiprocess mode (https://prometheus.github.io/client_python/multiprocess/).
 
 Label values are bounded: requests are labelled by **route template** (``/v1/challenge``,
-never the raw path; unknown paths are ``unmatched``), methods outside the usual set are
+``/admin/v1/instances/{id}``; never the raw path, unknown paths are ``unmatched``), so
+routes added later are covered without changes here; methods outside the usual set are
 ``other``, and error codes are the service's fixed codes. Counters and histograms live in a
 registry per :class:`Metrics` (nothing global, nothing at import). Gauges that describe
 shared state (key states, revocation-list age) are computed when scraped.
@@ -17,6 +18,7 @@ returns the sum over all workers.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED = "unmatched"
+PATH_CACHE_SIZE = 4096
 # verification and issuance take milliseconds (ES256, chain walks), requests up to seconds
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -114,31 +117,48 @@ class Metrics:
         # (route, method, status) -> (counter child, histogram child): labels() takes a lock
         # and builds a tuple each time; the cache keeps the per-request cost to two adds
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-        self._routes: list[Any] = []
+        self._app: Any = None
+        self._templates: list[tuple[re.Pattern[str], str]] | None = None
+        # raw path -> template; bounded, so random paths cannot grow it without limit
+        self._by_path: dict[str, str] = {}
 
     # -- requests --------------------------------------------------------------------
-    def bind_routes(self, routes: Iterable[Any]) -> None:
-        """Routes to match requests that were answered before routing (413, 415)."""
-        self._routes = list(routes)
+    def bind_routes(self, app: Any) -> None:
+        """The app whose route templates label requests (read on the first request)."""
+        self._app = app
+        self._templates = None
+        self._by_path.clear()
 
-    def route_template(self, scope: dict[str, Any] | Any) -> str:
-        route = scope.get("route")
-        path = getattr(route, "path", None)
-        if isinstance(path, str):
-            return path
-        from starlette.routing import Match
+    def _compile_templates(self) -> list[tuple[re.Pattern[str], str]]:
+        # full templates, router prefixes included: the OpenAPI paths plus plain routes
+        # such as /docs. Read from the public OpenAPI generator, not FastAPI's internals.
+        from fastapi.openapi.utils import get_openapi
+        from starlette.routing import compile_path
 
-        for candidate in self._routes:
-            match, _ = candidate.matches(scope)
-            if match is not Match.NONE:
-                return str(candidate.path)
-        return UNMATCHED
+        routes = list(getattr(self._app, "routes", ()))
+        templates = set(get_openapi(title="routes", version="0", routes=routes).get("paths", {}))
+        templates |= {r.path for r in routes if isinstance(getattr(r, "path", None), str)}
+        compiled = [(compile_path(t)[0], t) for t in sorted(templates)]
+        # literal templates first, so /items/new wins over /items/{id}
+        return sorted(compiled, key=lambda pair: ("{" in pair[1], pair[1]))
+
+    def route_template(self, path: str) -> str:
+        """The route template a raw path matches, or ``unmatched`` (bounded labels)."""
+        template = self._by_path.get(path)
+        if template is not None:
+            return template
+        if self._templates is None:
+            self._templates = self._compile_templates() if self._app is not None else []
+        template = next((t for regex, t in self._templates if regex.match(path)), UNMATCHED)
+        if len(path) <= 256 and len(self._by_path) < PATH_CACHE_SIZE:
+            self._by_path[path] = template
+        return template
 
     def observe_request(self, scope: Any, status: int, seconds: float) -> None:
         """Called by the request middleware once per HTTP request."""
         method = scope.get("method", "")
         method = method if method in METHODS else "other"
-        route = self.route_template(scope)
+        route = self.route_template(scope.get("path", ""))
         key = (route, method, status)
         children = self._children.get(key)
         if children is None:
