@@ -208,7 +208,7 @@ class Metrics:
         registry = self.registry
         if self.multiprocess_dir:
             registry = CollectorRegistry(auto_describe=False)
-            MultiProcessCollector(registry, path=self.multiprocess_dir)
+            MultiProcessCollector(registry, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
             for collector in self._live:
                 registry.register(collector)
         return generate_latest(registry), CONTENT_TYPE_LATEST

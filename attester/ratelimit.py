@@ -112,9 +112,11 @@ class DatabaseCounterStorage(Storage):
     def incr(self, key: str, expiry: int, amount: int = 1) -> int:
         now = self.clock()
         table = RateLimitCounter.__table__
-        stmt = self._insert(table).values(key=key[:MAX_KEY], count=amount, expires_at=now + expiry)
+        insert = self._insert(table).values(  # type: ignore[arg-type]
+            key=key[:MAX_KEY], count=amount, expires_at=now + expiry
+        )
         expired = table.c.expires_at <= now
-        stmt = stmt.on_conflict_do_update(
+        stmt = insert.on_conflict_do_update(
             index_elements=[table.c.key],
             set_={
                 "count": case((expired, amount), else_=table.c.count + amount),

@@ -186,14 +186,18 @@ def test_ratelimit_database_storage_holds_across_two_replicas(
         )
         for name in ("a", "b")
     ]
-    with live_server(apps[0]) as a, live_server(apps[1]) as b:
-        with httpx.Client(base_url=a.url) as http_a, httpx.Client(base_url=b.url) as http_b:
-            assert [http_a.post("/v1/challenge").status_code for _ in range(2)] == [200, 200]
-            assert [http_b.post("/v1/challenge").status_code for _ in range(2)] == [200, 200]
-            _assert_rate_limited(http_a.post("/v1/challenge"), window=60)
-            _assert_rate_limited(http_b.post("/v1/challenge"), window=60)
-            clock.advance(61)
-            assert http_b.post("/v1/challenge").status_code == 200
+    with (
+        live_server(apps[0]) as a,
+        live_server(apps[1]) as b,
+        httpx.Client(base_url=a.url) as http_a,
+        httpx.Client(base_url=b.url) as http_b,
+    ):
+        assert [http_a.post("/v1/challenge").status_code for _ in range(2)] == [200, 200]
+        assert [http_b.post("/v1/challenge").status_code for _ in range(2)] == [200, 200]
+        _assert_rate_limited(http_a.post("/v1/challenge"), window=60)
+        _assert_rate_limited(http_b.post("/v1/challenge"), window=60)
+        clock.advance(61)
+        assert http_b.post("/v1/challenge").status_code == 200
     for app in apps:
         app.state.service.store.dispose()
 

@@ -12,10 +12,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from attester.app import create_app
 from tests.support import MutableClock, live_server
 
+from . import test_android_http as android_http
 from .status_server import StatusServer
 from .synth import DEFAULT_PACKAGE, DEFAULT_SIGNER, TestRoot
 from .test_android_http import CLIENT_ID, Device, _android_settings
-from .test_android_http import root, root_file, status  # noqa: F401 - fixtures
+
+# the Android HTTP tests' fixtures: a loopback status list, a test root and its PEM file
+status, root, root_file = android_http.status, android_http.root, android_http.root_file
 
 
 def samples(http: httpx.Client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
