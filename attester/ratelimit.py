@@ -18,7 +18,6 @@ import ipaddress
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from fastapi import Request
 from limits import RateLimitItem, parse_many
@@ -229,27 +228,25 @@ class RateLimits:
     def client(self, request: Request) -> str:
         return client_key(self.address(request), self.ipv6_prefix)
 
-    def dependencies(self, endpoint: str) -> list[Any]:
-        """``dependencies=`` for a route: the per-IP limit of ``endpoint`` (none when off).
+    def check_ip(self, endpoint: str, request: Request) -> None:
+        """Count the caller's request to ``endpoint`` (first thing a limited route does).
 
-        An async check for the in-memory storage (no thread hop on the hot path), a plain
-        one for the database storage (FastAPI runs it in the thread pool).
+        Called from the route body rather than as a FastAPI dependency: resolving a
+        dependency costs more than the check itself.
         """
-        from fastapi import Depends
-
-        if (endpoint, "ip") not in self._rules:
-            return []
-        if isinstance(self.storage, MemoryStorage):
-
-            async def check_async(request: Request) -> None:
-                self.hit(endpoint, "ip", self.client(request))
-
-            return [Depends(check_async)]
-
-        def check(request: Request) -> None:
+        if (endpoint, "ip") in self._rules:
             self.hit(endpoint, "ip", self.client(request))
 
-        return [Depends(check)]
+    async def check_ip_async(self, endpoint: str, request: Request) -> None:
+        """:meth:`check_ip` for async routes: the database storage runs in the thread pool."""
+        if (endpoint, "ip") not in self._rules:
+            return
+        if isinstance(self.storage, MemoryStorage):
+            self.hit(endpoint, "ip", self.client(request))
+        else:
+            from starlette.concurrency import run_in_threadpool
+
+            await run_in_threadpool(self.hit, endpoint, "ip", self.client(request))
 
 
 def build_rate_limits(

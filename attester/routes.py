@@ -1,7 +1,7 @@
 """Core routes: liveness, readiness, metrics, JWKS, metadata, challenge, renewal.
 
 Each decodes, calls, responds. ``responses=`` document the problem codes of each endpoint
-(attester/openapi.py); ``dependencies=`` carry the per-IP rate limits (attester/ratelimit.py).
+(attester/openapi.py); limited routes start with the per-IP check (attester/ratelimit.py).
 """
 
 from __future__ import annotations
@@ -131,21 +131,15 @@ def build_core_router(service: AttesterService) -> APIRouter:
             headers={"Cache-Control": f"public, max-age={service.settings.jwks_max_age}"},
         )
 
-    @router.post(
-        "/v1/challenge",
-        dependencies=limits.dependencies("challenge"),
-        responses=problem_responses(*CHALLENGE_ENDPOINT_PROBLEMS),
-    )
-    async def challenge() -> JSONResponse:
+    @router.post("/v1/challenge", responses=problem_responses(*CHALLENGE_ENDPOINT_PROBLEMS))
+    async def challenge(request: Request) -> JSONResponse:
+        await limits.check_ip_async("challenge", request)
         return JSONResponse(service.new_challenge(), headers=NO_STORE)
 
-    @router.post(
-        "/v1/attestations/renew",
-        dependencies=limits.dependencies("renewal"),
-        responses=problem_responses(*RENEWAL_PROBLEMS),
-    )
-    def renew(body: RenewRequest) -> JSONResponse:
-        request: dict[str, Any] = body.model_dump()
-        return JSONResponse(service.renew(request), headers=NO_STORE)
+    @router.post("/v1/attestations/renew", responses=problem_responses(*RENEWAL_PROBLEMS))
+    def renew(body: RenewRequest, request: Request) -> JSONResponse:
+        limits.check_ip("renewal", request)
+        fields: dict[str, Any] = body.model_dump()
+        return JSONResponse(service.renew(fields), headers=NO_STORE)
 
     return router

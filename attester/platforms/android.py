@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -310,12 +310,9 @@ def plug_in(service: AttesterService) -> tuple[AndroidPlatform, APIRouter]:
     platform = AndroidPlatform(service.settings)
     router = APIRouter()
 
-    @router.post(
-        "/v1/android/attestations",
-        dependencies=service.rate_limits.dependencies("registration"),
-        responses=problem_responses(*REGISTRATION_PROBLEMS),
-    )
-    def register(body: AndroidRegistration) -> JSONResponse:
+    @router.post("/v1/android/attestations", responses=problem_responses(*REGISTRATION_PROBLEMS))
+    def register(body: AndroidRegistration, request: Request) -> JSONResponse:
+        service.rate_limits.check_ip("registration", request)
         result = service.register(
             platform=platform.name,
             challenge=body.challenge,

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -366,12 +366,9 @@ def plug_in(service: AttesterService) -> tuple[Platform, APIRouter]:
     )
     router = APIRouter()
 
-    @router.post(
-        "/v1/apple/attestations",
-        dependencies=service.rate_limits.dependencies("registration"),
-        responses=problem_responses(*REGISTRATION_PROBLEMS),
-    )
-    def register(body: AppleAttestationRequest) -> JSONResponse:
+    @router.post("/v1/apple/attestations", responses=problem_responses(*REGISTRATION_PROBLEMS))
+    def register(body: AppleAttestationRequest, request: Request) -> JSONResponse:
+        service.rate_limits.check_ip("registration", request)
         evidence = AppleEvidence.decode(body)
 
         def verify(challenge: Challenge, now: datetime) -> VerifiedInstance:
