@@ -148,14 +148,20 @@ def test_metrics_several_workers_summed(tmp_path: Path) -> None:
             assert httpx.get(url + "/.well-known/jwks.json").status_code == 200
         counts = {requests_of(scrape(httpx.Client(base_url=url)), "/.well-known/jwks.json", "GET", 200) for _ in range(6)}
     assert counts == {40.0}
-    assert (data / "metrics").is_dir()
 
 
-def test_metrics_several_workers_leftovers_cleared(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    (data / "metrics").mkdir(parents=True)
-    (data / "metrics" / "counter_999.db").write_bytes(b"stale")
-    with serving(data, "--workers", "2") as url:
+def test_metrics_several_workers_operator_dir_emptied_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator's PROMETHEUS_MULTIPROC_DIR is used, without an earlier run's counts."""
+    directory = tmp_path / "multiproc"
+    directory.mkdir()
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(directory))
+    with serving(tmp_path / "data", "--workers", "2") as url:
+        for _ in range(3):
+            assert httpx.get(url + "/.well-known/jwks.json").status_code == 200
+    with serving(tmp_path / "data", "--workers", "2") as url:
         assert httpx.get(url + "/.well-known/jwks.json").status_code == 200
-        assert scrape(httpx.Client(base_url=url))  # a stale file would break the scrape
-    assert not (data / "metrics" / "counter_999.db").exists()
+        samples = scrape(httpx.Client(base_url=url))
+    assert requests_of(samples, "/.well-known/jwks.json", "GET", 200) == 1
+    assert list(directory.glob("*.db"))
