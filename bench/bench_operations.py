@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.support import free_port, wait_until_healthy  # noqa: E402
+from tests.support import free_port, wait_until_healthy
 
 POST_SCRIPT = 'wrk.method = "POST"\nwrk.headers["Content-Length"] = "0"\n'
 CONFIGS = {
