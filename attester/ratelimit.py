@@ -14,6 +14,7 @@ IPv6 clients are counted per prefix (``rate_limits.ipv6_prefix``, /64 by default
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import math
 import time
@@ -86,6 +87,14 @@ def client_key(address: ipaddress.IPv4Address | ipaddress.IPv6Address | None, ip
 
 
 # -- database storage ----------------------------------------------------------------------
+def _stored_key(key: str) -> str:
+    """The key as stored: long keys (an app's client_id may be 255 characters) are hashed
+    rather than cut, so two apps cannot share a counter."""
+    if len(key) <= MAX_KEY:
+        return key
+    return key[:160] + "#" + hashlib.sha256(key.encode()).hexdigest()
+
+
 class DatabaseCounterStorage(Storage):
     """Fixed-window counters in the ``rate_limit_counters`` table (holds across replicas).
 
@@ -112,7 +121,7 @@ class DatabaseCounterStorage(Storage):
         now = self.clock()
         table = RateLimitCounter.__table__
         insert = self._insert(table).values(  # type: ignore[arg-type]
-            key=key[:MAX_KEY], count=amount, expires_at=now + expiry
+            key=_stored_key(key), count=amount, expires_at=now + expiry
         )
         expired = table.c.expires_at <= now
         stmt = insert.on_conflict_do_update(
@@ -133,7 +142,7 @@ class DatabaseCounterStorage(Storage):
         table = RateLimitCounter.__table__
         with self.engine.connect() as connection:
             row = connection.execute(
-                select(table.c.count, table.c.expires_at).where(table.c.key == key[:MAX_KEY])
+                select(table.c.count, table.c.expires_at).where(table.c.key == _stored_key(key))
             ).first()
         if row is None or row[1] <= self.clock():
             return None
@@ -161,7 +170,7 @@ class DatabaseCounterStorage(Storage):
 
     def clear(self, key: str) -> None:
         with self.engine.begin() as connection:
-            connection.execute(delete(RateLimitCounter).where(RateLimitCounter.key == key[:MAX_KEY]))
+            connection.execute(delete(RateLimitCounter).where(RateLimitCounter.key == _stored_key(key)))
 
     def purge(self, now: float) -> int:
         """Drop counters whose window has passed."""

@@ -79,6 +79,17 @@ def test_ratelimit_database_window_counts_and_restarts(database_url: str) -> Non
         store.dispose()
 
 
+def test_ratelimit_database_long_keys_kept_apart(database_url: str) -> None:
+    store = create_store(database_url)
+    storage = DatabaseCounterStorage(store.engine)
+    one, other = "app/" + "x" * 300 + "1", "app/" + "x" * 300 + "2"
+    try:
+        assert storage.incr(one, 60) == 1 and storage.incr(other, 60) == 1
+        assert storage.get(one) == 1 and storage.get(other) == 1
+    finally:
+        store.dispose()
+
+
 def test_ratelimit_database_two_replicas_lose_no_hit(database_url: str) -> None:
     """Two engines (two replicas) hammer one key from several threads: the count is exact."""
     stores = [create_store(database_url), create_store(database_url, migrate=False)]
