@@ -13,7 +13,13 @@ import pytest
 from limits import parse
 
 from attester.app import create_app
-from attester.ratelimit import DatabaseCounterStorage, client_address, client_key, parse_networks
+from attester.ratelimit import (
+    DatabaseCounterStorage,
+    LocalCounterStorage,
+    client_address,
+    client_key,
+    parse_networks,
+)
 from attester.settings import ConfigError
 from attester.storage import create_store
 from tests.support import LiveServer, MutableClock, live_server
@@ -88,6 +94,21 @@ def test_ratelimit_database_long_keys_kept_apart(database_url: str) -> None:
         assert storage.get(one) == 1 and storage.get(other) == 1
     finally:
         store.dispose()
+
+
+def test_ratelimit_memory_window_counts_restarts_and_purges() -> None:
+    now = [1_800_000_000.0]
+    storage = LocalCounterStorage(clock=lambda: now[0])
+    assert [storage.incr("k", 60) for _ in range(3)] == [1, 2, 3]
+    assert storage.get("k") == 3 and storage.get_expiry("k") == now[0] + 60
+    now[0] += 61
+    assert storage.get("k") == 0 and storage.incr("k", 60) == 1
+    for i in range(LocalCounterStorage.PURGE_EVERY):  # many one-off callers, then time passes
+        storage.incr(f"ip-{i}", 1)
+    now[0] += 120
+    for _ in range(LocalCounterStorage.PURGE_EVERY):
+        storage.incr("k", 60)
+    assert len(storage._counters) == 1  # expired windows do not pile up
 
 
 def test_ratelimit_database_two_replicas_lose_no_hit(database_url: str) -> None:
