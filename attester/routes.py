@@ -79,6 +79,38 @@ def build_core_router(service: AttesterService) -> APIRouter:
     router = APIRouter()
     limits = service.rate_limits
 
+    @router.get("/.well-known/jwks.json", responses=problem_responses("internal_error"))
+    async def jwks(if_none_match: Annotated[str | None, Header()] = None) -> Response:
+        document = service.jwks()
+        headers = {
+            "Cache-Control": f"public, max-age={service.settings.jwks_max_age}",
+            "ETag": document.etag,
+        }
+        if if_none_match is not None and document.etag in {
+            tag.strip() for tag in if_none_match.split(",")
+        }:
+            return Response(status_code=304, headers=headers)
+        return Response(document.body, media_type="application/jwk-set+json", headers=headers)
+
+    @router.get("/.well-known/client-attester", responses=problem_responses("internal_error"))
+    async def metadata() -> JSONResponse:
+        return JSONResponse(
+            service.metadata(),
+            headers={"Cache-Control": f"public, max-age={service.settings.jwks_max_age}"},
+        )
+
+    @router.post("/v1/challenge", responses=problem_responses(*CHALLENGE_ENDPOINT_PROBLEMS))
+    async def challenge(request: Request) -> JSONResponse:
+        await limits.check_ip_async("challenge", request)
+        return JSONResponse(service.new_challenge(), headers=NO_STORE)
+
+    @router.post("/v1/attestations/renew", responses=problem_responses(*RENEWAL_PROBLEMS))
+    def renew(body: RenewRequest, request: Request) -> JSONResponse:
+        limits.check_ip("renewal", request)
+        fields: dict[str, Any] = body.model_dump()
+        return JSONResponse(service.renew(fields), headers=NO_STORE)
+
+    # operational routes last: routes are matched in order, the JWKS and challenge first
     @router.get("/healthz", tags=["operation"])
     async def healthz() -> JSONResponse:
         """Liveness: the process answers. Readiness (database, key, lists) is ``/readyz``."""
@@ -110,36 +142,5 @@ def build_core_router(service: AttesterService) -> APIRouter:
                 raise ProblemError("not_found", "no such resource", status=404)
             body, content_type = service.metrics.render()
             return Response(body, media_type=content_type, headers=NO_STORE)
-
-    @router.get("/.well-known/jwks.json", responses=problem_responses("internal_error"))
-    async def jwks(if_none_match: Annotated[str | None, Header()] = None) -> Response:
-        document = service.jwks()
-        headers = {
-            "Cache-Control": f"public, max-age={service.settings.jwks_max_age}",
-            "ETag": document.etag,
-        }
-        if if_none_match is not None and document.etag in {
-            tag.strip() for tag in if_none_match.split(",")
-        }:
-            return Response(status_code=304, headers=headers)
-        return Response(document.body, media_type="application/jwk-set+json", headers=headers)
-
-    @router.get("/.well-known/client-attester", responses=problem_responses("internal_error"))
-    async def metadata() -> JSONResponse:
-        return JSONResponse(
-            service.metadata(),
-            headers={"Cache-Control": f"public, max-age={service.settings.jwks_max_age}"},
-        )
-
-    @router.post("/v1/challenge", responses=problem_responses(*CHALLENGE_ENDPOINT_PROBLEMS))
-    async def challenge(request: Request) -> JSONResponse:
-        await limits.check_ip_async("challenge", request)
-        return JSONResponse(service.new_challenge(), headers=NO_STORE)
-
-    @router.post("/v1/attestations/renew", responses=problem_responses(*RENEWAL_PROBLEMS))
-    def renew(body: RenewRequest, request: Request) -> JSONResponse:
-        limits.check_ip("renewal", request)
-        fields: dict[str, Any] = body.model_dump()
-        return JSONResponse(service.renew(fields), headers=NO_STORE)
 
     return router
