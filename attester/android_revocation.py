@@ -115,6 +115,11 @@ class RevocationFetcher:
             log.warning("could not write revocation cache: %s", exc)
         return snapshot
 
+    @property
+    def snapshot(self) -> RevocationSnapshot | None:
+        """The snapshot held now, without fetching (for metrics)."""
+        return self._snapshot
+
     def get(self, now: datetime) -> RevocationSnapshot | None:
         """The current snapshot, refetched only once the cached one is stale."""
         if now.tzinfo is None:

@@ -19,7 +19,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from attester import logs
 from attester.documents import CachedDocuments
-from attester.errors import ProblemError, from_verification, loggable
+from attester.errors import PROBLEM_JSON, ProblemError, from_verification, loggable
+from attester.metrics import metrics_from_environment
 from attester.routes import build_core_router, document_sources
 from attester.service import AttesterService, Clock, build_service, utcnow
 from attester.settings import Settings, load_settings
@@ -28,7 +29,6 @@ from platform_verifiers.errors import VerificationError
 
 log = logging.getLogger("attester.http")
 
-PROBLEM_JSON = "application/problem+json"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._\-]{1,64}")
 
 Scope = MutableMapping[str, Any]
@@ -74,9 +74,17 @@ class RequestContext:
     endless body is answered 413 without buffering more than ``max_body`` bytes.
     """
 
-    def __init__(self, app: ASGIApp, *, max_body: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body: int,
+        observe: Callable[[Scope, int, float], None] | None = None,
+    ) -> None:
         self.app = app
         self.max_body = max_body
+        # metrics: called once per request with the scope (its route), status and duration
+        self.observe = observe
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -129,6 +137,9 @@ class RequestContext:
 
             await self.app(scope, replay, send_with_id)
         finally:
+            elapsed = time.perf_counter() - started
+            if self.observe is not None:
+                self.observe(scope, status_holder[0], elapsed)
             log.info(
                 "request",
                 extra={
@@ -137,7 +148,7 @@ class RequestContext:
                         "method": scope.get("method"),
                         "path": scope.get("path"),
                         "status": status_holder[0],
-                        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                        "duration_ms": round(elapsed * 1000, 2),
                     }
                 },
             )
@@ -167,7 +178,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ProblemError)
     async def _problem(_: Request, exc: ProblemError) -> JSONResponse:
         log.info("rejected", extra={"fields": {"code": exc.code, "status": exc.status}})
-        return problem_response(exc)
+        return problem_response(exc, headers=exc.headers)
 
     @app.exception_handler(VerificationError)
     async def _verification(_: Request, exc: VerificationError) -> JSONResponse:
@@ -275,7 +286,7 @@ def create_app(
     """
     import importlib
 
-    service = service or build_service(settings, clock=clock)
+    service = service or build_service(settings, clock=clock, metrics=metrics_from_environment())
     routers: list[APIRouter] = [build_core_router(service)]
     if settings.admin.enabled and settings.admin.port is None:
         routers.append(_admin_router(service))
@@ -293,15 +304,20 @@ def create_app(
     app = FastAPI(
         title="Client Attester",
         version="0.1.0",
+        description=API_DESCRIPTION,
         docs_url=None,
         redoc_url=None,
         lifespan=_lifespan(service),
+        openapi_url="/openapi.json" if settings.docs.enabled else None,
     )
     app.state.service = service
     for router in routers:
         app.include_router(router)
+    if settings.docs.enabled:
+        _install_docs(app, settings)
     _install_error_handlers(app)
-    # inside RequestContext (request id, access log), before the router
+    service.metrics.bind_routes(app)
+    # inside RequestContext (request id, access log, metrics), before the router
     app.add_middleware(
         CachedDocuments,
         sources=document_sources(service),
@@ -309,8 +325,36 @@ def create_app(
             ProblemError("method_not_allowed", "method not allowed on this resource", status=405)
         ),
     )
-    app.add_middleware(RequestContext, max_body=settings.max_body_bytes)
+    app.add_middleware(
+        RequestContext,
+        max_body=settings.max_body_bytes,
+        observe=service.metrics.observe_request if settings.metrics.enabled else None,
+    )
     return app
+
+
+API_DESCRIPTION = (
+    "Verifies Android Key Attestation and Apple App Attest evidence and issues Client "
+    "Attestation JWTs (draft-ietf-oauth-attestation-based-client-auth). Every rejection is "
+    "RFC 9457 application/problem+json with a stable `code`; each operation lists the codes "
+    "it can answer with (also as `x-problem-codes` in each response)."
+)
+
+
+def _install_docs(app: FastAPI, settings: Settings) -> None:
+    """Swagger UI at /docs over /openapi.json; its assets' URLs are settings."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.responses import HTMLResponse
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="Client Attester API",
+            swagger_js_url=settings.docs.swagger_js_url,
+            swagger_css_url=settings.docs.swagger_css_url,
+            swagger_favicon_url="data:,",
+        )
 
 
 def app_from_environment() -> FastAPI:

@@ -11,6 +11,7 @@ import importlib
 import json
 import os
 import sys
+import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from attester import logs
     from attester.app import create_app
+    from attester.metrics import MULTIPROC_ENV
     from attester.service import build_service
 
     settings = _settings(args)
@@ -46,19 +48,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers > 1:
         # workers are separate processes: hand them the same configuration by environment
         os.environ["ATTESTER_DATA_DIR"] = str(settings.data_dir.resolve())
+        # our own temporary metrics directory is removed at exit, an operator's is kept
+        created = settings.metrics.enabled and not os.environ.get(MULTIPROC_ENV)
+        if settings.metrics.enabled:
+            os.environ[MULTIPROC_ENV] = str(_fresh_metrics_dir())
         if args.config:
             os.environ["ATTESTER_CONFIG"] = str(Path(args.config).resolve())
         build_service(settings).store.dispose()  # migrate and create keys once, up front
-        uvicorn.run(
-            "attester.app:app_from_environment",
-            factory=True,
-            host=args.host,
-            port=args.port,
-            workers=args.workers,
-            log_config=None,
-            access_log=False,
-            **SERVER_OPTIONS,
-        )
+        try:
+            uvicorn.run(
+                "attester.app:app_from_environment",
+                factory=True,
+                host=args.host,
+                port=args.port,
+                workers=args.workers,
+                log_config=None,
+                access_log=False,
+                # the client address is the peer; X-Forwarded-For only via trusted_proxies
+                proxy_headers=False,
+                **SERVER_OPTIONS,
+            )
+        finally:
+            if created:
+                import shutil
+
+                shutil.rmtree(os.environ[MULTIPROC_ENV], ignore_errors=True)
     else:
         uvicorn.run(
             create_app(settings, service=service),
@@ -66,6 +80,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             port=args.port,
             log_config=None,
             access_log=False,
+            # the client address is the peer; X-Forwarded-For only via trusted_proxies
+            proxy_headers=False,
             **SERVER_OPTIONS,
         )
     return 0
@@ -174,6 +190,25 @@ def cmd_admin_token(args: argparse.Namespace) -> int:
     token, digest = new_token()
     print(json.dumps({"name": args.name, "token": token, "sha256": digest}))
     return 0
+
+def _fresh_metrics_dir() -> Path:
+    """An empty directory for prometheus-client's multiprocess files (one set per run).
+
+    Workers write their counters there and a scrape on any worker sums them. It must be
+    private to this host and this run: left-over files would be counted again, and a
+    directory shared with another replica would mix both. So by default it is a new
+    temporary directory; an operator's own ``PROMETHEUS_MULTIPROC_DIR`` is emptied first.
+    """
+    from attester.metrics import MULTIPROC_ENV
+
+    configured = os.environ.get(MULTIPROC_ENV)
+    if not configured:
+        return Path(tempfile.mkdtemp(prefix="attester-metrics-"))
+    directory = Path(configured)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for leftover in directory.glob("*.db"):
+        leftover.unlink()
+    return directory
 
 
 def _key_store(args: argparse.Namespace) -> tuple[Settings, Any]:

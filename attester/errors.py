@@ -7,6 +7,7 @@ from typing import Any
 from platform_verifiers.errors import VerificationError
 
 PROBLEM_TYPE_BASE = "urn:client-attester:error:"
+PROBLEM_JSON = "application/problem+json"
 
 # Every code the service can answer with, and its status. Unknown verification codes
 # fall back to 400: the evidence was rejected.
@@ -60,6 +61,15 @@ STATUS: dict[str, int] = {
     "extension_malformed": 400,
     "intermediate_not_ca": 403,
     "extension_below_leaf": 403,
+    # Android chain and KeyDescription faults (answered 400 by the fallback before they
+    # were listed here; listed so the API documentation names them)
+    "certificate_malformed": 400,
+    "chain_empty": 400,
+    "chain_too_long": 400,
+    "challenge_mismatch": 400,
+    "path_length_exceeded": 400,
+    "key_description_missing": 400,
+    "key_description_malformed": 400,
     # Apple App Attest: malformed evidence 400, evidence that proves the wrong thing 403
     "client_data_malformed": 400,
     "client_data_challenge_mismatch": 400,
@@ -105,9 +115,12 @@ STATUS: dict[str, int] = {
     "receipt_stale": 403,
     "receipt_exchange_rejected": 403,
     "receipt_exchange_unavailable": 503,
+    # operation
+    "rate_limited": 429,
     # our own faults
     "internal_error": 500,
     "signing_key_unavailable": 503,
+    "not_ready": 503,
 }
 
 
@@ -116,13 +129,23 @@ class ProblemError(Exception):
 
     ``title`` is short and fixed per situation; it never contains the caller's bytes.
     ``extra`` members are structured and safe (rule names, required values).
+    ``headers`` are sent with the response (e.g. ``Retry-After``).
     """
 
-    def __init__(self, code: str, title: str, *, status: int | None = None, **extra: Any) -> None:
+    def __init__(
+        self,
+        code: str,
+        title: str,
+        *,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
         super().__init__(title)
         self.code = code
         self.title = title
         self.status = status or STATUS.get(code, 400)
+        self.headers = headers
         self.extra = extra
 
     def body(self, request_id: str | None = None) -> dict[str, Any]:

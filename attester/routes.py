@@ -1,5 +1,9 @@
-"""Core routes: health, status lists, challenge, renewal (each decodes, calls, responds); JWKS and
-metadata documents."""
+"""Core routes: liveness, readiness, metrics, JWKS, metadata, status lists, challenge,
+renewal.
+
+Each decodes, calls, responds. ``responses=`` document the problem codes of each endpoint
+(attester/openapi.py); limited routes start with the per-IP check (attester/ratelimit.py).
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,22 @@ import functools
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Header, Response
+from fastapi import APIRouter, Header, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from attester.documents import Document, DocumentSource, etag_matches
 from attester.errors import ProblemError
+from attester.openapi import (
+    CHALLENGE_PROBLEMS,
+    ISSUANCE_PROBLEMS,
+    JWK_PROBLEMS,
+    KEY_PROOF_PROBLEMS,
+    REQUEST_PROBLEMS,
+    problem_responses,
+)
+from attester.ratelimit import parse_networks
 from attester.service import AttesterService
 from attester.status_list import MEDIA_TYPE as STATUS_LIST_MEDIA_TYPE
 from keys.jwks import JwksDocument
@@ -21,6 +34,52 @@ from keys.jwks import JwksDocument
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 ShortText = Annotated[str, Field(max_length=4096)]
+
+RENEWAL_PROBLEMS = (
+    *REQUEST_PROBLEMS,
+    *CHALLENGE_PROBLEMS,
+    *KEY_PROOF_PROBLEMS,
+    *ISSUANCE_PROBLEMS,
+    "rate_limited",
+    "instance_not_found",
+    "instance_revoked",
+    "app_not_registered",
+    "registration_too_old",
+    "platform_not_supported",
+    # Android: the stored chain and KeyDescription are re-checked
+    "chain_untrusted",
+    "certificate_revoked",
+    "revocation_list_stale",
+    "revocation_list_unavailable",
+    "policy_violation",
+    # Apple: an App Attest assertion over fresh client_data
+    "client_data_malformed",
+    "client_data_challenge_mismatch",
+    "client_data_key_mismatch",
+    *JWK_PROBLEMS,
+    "assertion_malformed",
+    "assertion_signature_invalid",
+    "app_id_mismatch",
+    "counter_not_increasing",
+    # Apple: the fraud metric, when the app caps it and the stored receipt is due for refresh
+    "receipt_malformed",
+    "receipt_signature_invalid",
+    "receipt_signer_not_authorized",
+    "receipt_app_id_mismatch",
+    "receipt_key_mismatch",
+    "receipt_type_unexpected",
+    "receipt_not_yet_valid",
+    "receipt_expired",
+    "receipt_stale",
+    "receipt_exchange_rejected",
+    "receipt_exchange_unavailable",
+)
+CHALLENGE_ENDPOINT_PROBLEMS = (
+    "request_too_large",
+    "unsupported_media_type",
+    "internal_error",
+    "rate_limited",
+)
 
 
 class RenewRequest(BaseModel):
@@ -62,16 +121,31 @@ def document_sources(service: AttesterService) -> dict[str, DocumentSource]:
 
 def build_core_router(service: AttesterService) -> APIRouter:
     router = APIRouter()
+    limits = service.rate_limits
 
-    @router.get("/healthz")
-    def healthz() -> JSONResponse:
-        try:
-            service.ready()
-        except Exception:  # noqa: BLE001 - readiness reports, it does not raise
-            raise ProblemError("not_ready", "the service is not ready", status=503) from None
-        return JSONResponse({"status": "ok"}, headers=NO_STORE)
+    sources = document_sources(service)
 
-    @router.get("/statuslists/{list_id}")
+    def published(path: str, if_none_match: str | None) -> Response:
+        document = sources[path]()
+        headers = {"Cache-Control": document.cache_control, "ETag": document.etag}
+        if if_none_match is not None and etag_matches(if_none_match, document.etag):
+            return Response(status_code=304, headers=headers)
+        return Response(document.body, media_type=document.media_type, headers=headers)
+
+    # GET of these two is answered from cached bytes by CachedDocuments before the router;
+    # the routes give them their OpenAPI entries and metrics labels (and serve HEAD-less tests)
+    @router.get(JWKS_PATH, responses=problem_responses("internal_error"))
+    async def jwks(if_none_match: Annotated[str | None, Header()] = None) -> Response:
+        return published(JWKS_PATH, if_none_match)
+
+    @router.get(METADATA_PATH, responses=problem_responses("internal_error"))
+    async def metadata(if_none_match: Annotated[str | None, Header()] = None) -> Response:
+        return published(METADATA_PATH, if_none_match)
+
+    @router.get(
+        "/statuslists/{list_id}",
+        responses=problem_responses("not_found", "signing_key_unavailable"),
+    )
     async def status_list(
         list_id: int, if_none_match: Annotated[str | None, Header()] = None
     ) -> Response:
@@ -90,13 +164,48 @@ def build_core_router(service: AttesterService) -> APIRouter:
             return Response(status_code=304, headers=headers)
         return Response(signed.token, media_type=STATUS_LIST_MEDIA_TYPE, headers=headers)
 
-    @router.post("/v1/challenge")
-    async def challenge() -> JSONResponse:
+    @router.post("/v1/challenge", responses=problem_responses(*CHALLENGE_ENDPOINT_PROBLEMS))
+    async def challenge(request: Request) -> JSONResponse:
+        await limits.check_ip_async("challenge", request)
         return JSONResponse(service.new_challenge(), headers=NO_STORE)
 
-    @router.post("/v1/attestations/renew")
-    def renew(body: RenewRequest) -> JSONResponse:
-        request: dict[str, Any] = body.model_dump()
-        return JSONResponse(service.renew(request), headers=NO_STORE)
+    @router.post("/v1/attestations/renew", responses=problem_responses(*RENEWAL_PROBLEMS))
+    def renew(body: RenewRequest, request: Request) -> JSONResponse:
+        limits.check_ip("renewal", request)
+        fields: dict[str, Any] = body.model_dump()
+        return JSONResponse(service.renew(fields), headers=NO_STORE)
+
+    # operational routes last: routes are matched in order, the JWKS and challenge first
+    @router.get("/healthz", tags=["operation"])
+    async def healthz() -> JSONResponse:
+        """Liveness: the process answers. Readiness (database, key, lists) is ``/readyz``."""
+        return JSONResponse({"status": "ok"}, headers=NO_STORE)
+
+    @router.get("/readyz", tags=["operation"], responses=problem_responses("not_ready"))
+    def readyz() -> JSONResponse:
+        """Readiness: database reachable, an active signing key, revocation lists not stale."""
+        checks = service.readiness()
+        failing = sorted(name for name, state in checks.items() if state != "ok")
+        if failing:
+            raise ProblemError(
+                "not_ready",
+                "the service is not ready",
+                headers=NO_STORE,
+                checks=checks,
+                not_ready=failing,
+            )
+        return JSONResponse({"status": "ready", "checks": checks}, headers=NO_STORE)
+
+    if service.settings.metrics.enabled:
+        allowed = parse_networks(service.settings.metrics.allowed_networks)
+
+        @router.get("/metrics", tags=["operation"], responses=problem_responses("not_found"))
+        def metrics(request: Request) -> Response:
+            """Prometheus text exposition, for callers in ``metrics.allowed_networks``."""
+            address = limits.address(request)
+            if address is None or not any(address in network for network in allowed):
+                raise ProblemError("not_found", "no such resource", status=404)
+            body, content_type = service.metrics.render()
+            return Response(body, media_type=content_type, headers=NO_STORE)
 
     return router

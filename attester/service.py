@@ -21,7 +21,9 @@ from attester.challenges import Challenge, ChallengeService, replayed
 from attester.errors import ProblemError
 from attester.issuance import AttestationIssuer, IssuedAttestation
 from attester.keyproof import parse_instance_jwk, verify_key_proof
+from attester.metrics import Metrics, Outcome, service_gauges
 from attester.platforms import Platform, VerifiedInstance
+from attester.ratelimit import RateLimits, build_rate_limits
 from attester.settings import AppConfig, Settings
 from attester.signing_keys import build_key_store
 from attester.status_list import StatusLists
@@ -61,18 +63,40 @@ class AttesterService:
     clock: Clock
     platforms: dict[str, Platform]
     status_lists: StatusLists
+    metrics: Metrics
+    rate_limits: RateLimits
 
     # -- challenge -------------------------------------------------------------------
     def new_challenge(self) -> dict[str, Any]:
+        self.metrics.challenges_issued.inc()
         return {
             "challenge": self.challenges.issue(self.clock()),
             "expires_in": int(self.challenges.lifetime.total_seconds()),
         }
 
     # -- registration ----------------------------------------------------------------
+    def _check_challenge(self, text: object, now: datetime) -> tuple[Challenge, Redemption]:
+        """Check a challenge before use, counting a refusal by its problem code."""
+        try:
+            return self.challenges.check_unused(text, now)
+        except ProblemError as exc:
+            self.metrics.challenge_redemptions.labels(exc.code).inc()
+            raise
+
+    def _redeemed(self, now: datetime) -> None:
+        """The challenge's redemption committed with the attempt's other writes."""
+        self.challenges.redeemed(now)
+        self.metrics.challenge_redemptions.labels("redeemed").inc()
+
+    def _replayed(self) -> ProblemError:
+        """Another request redeemed the challenge first (on any replica)."""
+        self.metrics.challenge_redemptions.labels("challenge_replayed").inc()
+        return replayed()
+
     def register(
         self,
         *,
+        platform: str,
         challenge: object,
         key_proof: object,
         verify: Callable[[Challenge, datetime], VerifiedInstance],
@@ -84,11 +108,27 @@ class AttesterService:
         instance and the issued JWT in one transaction (one fsync instead of three, the
         largest cost of a registration after verification); of two concurrent uses of
         one challenge only one commits, and the other's JWT is never handed out.
+        The app's rate limit is counted once the evidence named the app (the per-IP limit
+        ran before anything else).
         """
+        with self.metrics.outcome("registration", platform):
+            return self._register(platform, challenge, key_proof, verify)
+
+    def _register(
+        self,
+        platform: str,
+        challenge: object,
+        key_proof: object,
+        verify: Callable[[Challenge, datetime], VerifiedInstance],
+    ) -> dict[str, Any]:
         now = self.clock()
-        checked, redemption = self.challenges.check_unused(challenge, now)
+        checked, redemption = self._check_challenge(challenge, now)
         try:
-            verified = verify(checked, now)
+            with self.metrics.timed(
+                self.metrics.verification_duration.labels(platform, "registration")
+            ):
+                verified = verify(checked, now)
+            self.rate_limits.hit_app("registration", verified.app.client_id)
             jwk, _ = parse_instance_jwk(verified.instance_jwk)
             self.check_key_proof(key_proof, jwk=jwk, challenge=checked, now=now)
             if verified.online is not None:  # Google's or Apple's services, once all else passed
@@ -110,7 +150,7 @@ class AttesterService:
                 **verified.stored,
             )
         except ChallengeAlreadyRedeemed:
-            raise replayed() from None
+            raise self._replayed() from None
         except ProblemError:  # signing or status allocation failed: nothing was committed
             self._burn(redemption, now)
             raise
@@ -122,7 +162,7 @@ class AttesterService:
         except InstanceRevoked as exc:
             self._burn(redemption, now)
             raise not_active(exc.status) from None
-        self.challenges.redeemed(now)
+        self._redeemed(now)
         log.info(
             "instance registered",
             extra={"fields": {"platform": record.platform, "client_id": record.client_id}},
@@ -131,9 +171,11 @@ class AttesterService:
 
     def _burn(self, redemption: Redemption, now: datetime) -> None:
         try:
-            self.challenges.burn(redemption, now)
+            self.challenges.burn(redemption, now)  # a failed attempt uses the challenge up
         except ProblemError:
             pass  # used concurrently by another request: burnt either way
+        else:
+            self.metrics.challenge_redemptions.labels("redeemed").inc()
 
     # -- renewal ---------------------------------------------------------------------
     def renew(self, request: Mapping[str, Any]) -> dict[str, Any]:
@@ -142,10 +184,14 @@ class AttesterService:
         As for registration, a failed attempt burns the challenge at once and a successful
         one commits the redemption with the issued JWT (one commit).
         """
+        with self.metrics.outcome("renewal") as outcome:
+            return self._renew(request, outcome)
+
+    def _renew(self, request: Mapping[str, Any], outcome: Outcome) -> dict[str, Any]:
         now = self.clock()
-        checked, redemption = self.challenges.check_unused(request.get("challenge"), now)
+        checked, redemption = self._check_challenge(request.get("challenge"), now)
         try:
-            instance, app = self._renewable(request, checked, now)
+            instance, app = self._renewable(request, checked, now, outcome)
         except Exception:
             self._burn(redemption, now)
             raise
@@ -158,15 +204,15 @@ class AttesterService:
                 redemption=redemption,
             )
         except ChallengeAlreadyRedeemed:
-            raise replayed() from None
+            raise self._replayed() from None
         except ProblemError:
             self._burn(redemption, now)
             raise
-        self.challenges.redeemed(now)
+        self._redeemed(now)
         return self._response(signed[0], instance, now)
 
     def _renewable(
-        self, request: Mapping[str, Any], challenge: Challenge, now: datetime
+        self, request: Mapping[str, Any], challenge: Challenge, now: datetime, outcome: Outcome
     ) -> tuple[InstanceRecord, AppConfig]:
         """The instance and its app, after every renewal check (platform's included)."""
         key_thumbprint = request.get("key_thumbprint")
@@ -177,6 +223,8 @@ class AttesterService:
         )
         if instance is None:
             raise ProblemError("instance_not_found", "no instance is registered with this key")
+        outcome.platform = instance.platform
+        self.rate_limits.hit_app("renewal", instance.client_id)
         if instance.status != "active":
             raise not_active(instance.status)
         app = self.settings.app(instance.client_id)
@@ -194,7 +242,8 @@ class AttesterService:
         platform = self.platforms.get(instance.platform)
         if platform is None:
             raise ProblemError("platform_not_supported", "renewal is not available for this platform")
-        platform.renew(instance, dict(request), app=app, challenge=challenge, now=now)
+        with self.metrics.timed(self.metrics.verification_duration.labels(platform.name, "renewal")):
+            platform.renew(instance, dict(request), app=app, challenge=challenge, now=now)
         return instance, app
 
     # -- shared steps ----------------------------------------------------------------
@@ -231,9 +280,10 @@ class AttesterService:
             status = None
             if app.status_list:
                 status = self._status_claim(session, instance_id, app, now)
-            issued = self.issuer.issue(
-                app=app, instance_jwk=instance_jwk, now=now, status=status, extra_claims=claims
-            )
+            with self.metrics.timed(self.metrics.issuance_duration):
+                issued = self.issuer.issue(
+                    app=app, instance_jwk=instance_jwk, now=now, status=status, extra_claims=claims
+                )
             signed.append(issued)
             return IssuedRow(issued.reference, issued.kid, issued.issued_at, issued.expires_at)
 
@@ -316,12 +366,33 @@ class AttesterService:
             "client_attestation_lifetime": self.settings.attestation_lifetime,
         }
 
-    def ready(self) -> bool:
-        with self.store.engine.connect() as connection:
-            connection.exec_driver_sql("SELECT 1")
-        self.key_store.reload()
-        self.key_store.active_signer(self.clock())
-        return True
+    def readiness(self) -> dict[str, str]:
+        """Each readiness check and its state: ``ok`` or why not (RUNBOOK, "Health").
+
+        The database answers, an active signing key is loaded, and every platform that
+        depends on a revocation list has one that is not stale.
+        """
+        now = self.clock()
+        checks: dict[str, str] = {}
+        try:
+            with self.store.engine.connect() as connection:
+                connection.exec_driver_sql("SELECT 1")
+            checks["database"] = "ok"
+        except Exception:  # readiness reports, it does not raise
+            log.warning("readiness: database unreachable", exc_info=True)
+            checks["database"] = "unreachable"
+        try:
+            self.key_store.reload()
+            self.key_store.active_signer(now)
+            checks["signing_key"] = "ok"
+        except Exception:
+            log.warning("readiness: no active signing key", exc_info=True)
+            checks["signing_key"] = "unavailable"
+        for name in sorted(self.platforms):
+            report = getattr(self.platforms[name], "readiness", None)
+            if report is not None:
+                checks.update(report(now))
+        return checks
 
 
 def not_active(status: str) -> ProblemError:
@@ -356,6 +427,7 @@ def build_service(
     *,
     clock: Clock = utcnow,
     platforms: dict[str, Platform] | None = None,
+    metrics: Metrics | None = None,
 ) -> AttesterService:
     """Open storage and keys (creating them on first start) and wire the use cases."""
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -363,6 +435,7 @@ def build_service(
     store = create_store(settings.resolved_database_url)
     key_store = build_key_store(settings)
     key_store.ensure_initialised(now)
+    metrics = metrics or Metrics()
     secret = load_secret(settings.challenge_secret_file or settings.data_dir / "challenge.key")
     challenges = ChallengeService(
         secret=secret,
@@ -388,7 +461,7 @@ def build_service(
         clock=clock,
     )
     status_lists.ensure_lists()
-    return AttesterService(
+    service = AttesterService(
         settings=settings,
         store=store,
         key_store=key_store,
@@ -397,4 +470,10 @@ def build_service(
         clock=clock,
         platforms=dict(platforms or {}),
         status_lists=status_lists,
+        metrics=metrics,
+        rate_limits=build_rate_limits(
+            settings, engine=store.engine, clock=lambda: clock().timestamp(), metrics=metrics
+        ),
     )
+    metrics.add_live(lambda: service_gauges(service))
+    return service

@@ -302,6 +302,91 @@ class AdminSettings(_Strict):
         return self
 
 
+def _check_limits(value: str) -> str:
+    """A rate in the ``limits`` notation (``"20/minute"``, ``"5/second;100/hour"``), or "" (off)."""
+    if value.strip():
+        from limits import parse_many
+
+        try:
+            parse_many(value)
+        except ValueError:
+            raise ValueError(
+                "must be rates like '20/minute' or '5/second;100/hour' (or '' for no limit)"
+            ) from None
+    return value.strip()
+
+
+class RateLimitSettings(_Strict):
+    """Per client IP and per app limits on the endpoints that do work (README, "Rate limits").
+
+    Defaults are sized so a carrier-grade NAT with many real users behind one address is
+    not refused, while one caller cannot keep the verifiers busy.
+    """
+
+    enabled: bool = True
+    # "memory": per process (a replica or worker counts alone); "database": a counter table
+    # in database_url, shared by every replica and worker
+    storage: Literal["memory", "database"] = "memory"
+    challenge_per_ip: str = "120/minute"
+    registration_per_ip: str = "30/minute;300/hour"
+    renewal_per_ip: str = "120/minute"
+    registration_per_app: str = "3000/minute"
+    renewal_per_app: str = "12000/minute"
+    # IPv6 clients are counted per prefix: one host usually holds a whole /64
+    ipv6_prefix: int = Field(default=64, ge=32, le=128)
+
+    @field_validator(
+        "challenge_per_ip",
+        "registration_per_ip",
+        "renewal_per_ip",
+        "registration_per_app",
+        "renewal_per_app",
+    )
+    @classmethod
+    def _rates(cls, value: str) -> str:
+        return _check_limits(value)
+
+
+class MetricsSettings(_Strict):
+    """Prometheus ``/metrics`` (README, "Metrics")."""
+
+    enabled: bool = True
+    # who may scrape: client addresses (after trusted_proxies) in these networks; others get 404
+    allowed_networks: tuple[str, ...] = (
+        "127.0.0.0/8",
+        "::1/128",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "fc00::/7",
+    )
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _networks(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        return _check_networks(values)
+
+
+class DocsSettings(_Strict):
+    """OpenAPI at ``/openapi.json`` and Swagger UI at ``/docs``."""
+
+    enabled: bool = True
+    # the browser of whoever opens /docs loads these (the service itself fetches nothing)
+    swagger_js_url: str = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"
+    swagger_css_url: str = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css"
+
+
+def _check_networks(values: tuple[str, ...]) -> tuple[str, ...]:
+    import ipaddress
+
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP network (e.g. 10.0.0.0/8)") from None
+    return values
+
+
 class Settings(BaseSettings):
     """Everything the service reads at start-up."""
 
@@ -340,6 +425,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     apps: tuple[AppConfig, ...] = ()
+    # reverse proxies (IP networks) whose X-Forwarded-For is believed; none by default, so
+    # a caller cannot choose the address it is rate limited by
+    trusted_proxies: tuple[str, ...] = ()
+    rate_limits: RateLimitSettings = RateLimitSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    docs: DocsSettings = DocsSettings()
     android: AndroidSettings = AndroidSettings()
     apple: AppleSettings = AppleSettings()
     status_list: StatusListSettings = StatusListSettings()
@@ -355,6 +446,11 @@ class Settings(BaseSettings):
         if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
             raise ValueError("must be an http(s) URL without query or fragment")
         return value.rstrip("/")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        return _check_networks(values)
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

@@ -14,6 +14,10 @@ fi
 if ! command -v softhsm2-util >/dev/null && command -v apt-get >/dev/null; then
     apt-get update -qq && apt-get install -y -qq softhsm2 >/dev/null
 fi
+# wrk, the loopback load generator of bench/bench_operations.py (not needed by the tests)
+if ! command -v wrk >/dev/null && command -v apt-get >/dev/null; then
+    apt-get install -y -qq wrk >/dev/null || true
+fi
 # node-oidc-provider, the real authorization server of the end-to-end tests
 if [ -f tests/e2e/as/package-lock.json ] && [ ! -d tests/e2e/as/node_modules ]; then
     npm ci --prefix tests/e2e/as --no-audit --no-fund --loglevel=error

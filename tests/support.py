@@ -59,7 +59,10 @@ class LiveServer:
 @contextmanager
 def live_server(app: Any) -> Iterator[LiveServer]:
     """Run ``app`` with uvicorn on a free loopback port in a thread."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, access_log=False)
+    # as `attester serve`: uvicorn must not rewrite the client address from X-Forwarded-For
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, log_config=None, access_log=False, proxy_headers=False
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

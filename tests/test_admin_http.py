@@ -275,7 +275,8 @@ def test_admin_http_no_active_key_issuance_unavailable(stack: Admin) -> None:
     response = stack.device.register()
     _problem(response, 503, "signing_key_unavailable")
     _problem(stack.http.get("/statuslists/0"), 503, "signing_key_unavailable")
-    _problem(stack.http.get("/healthz"), 503, "not_ready")
+    _problem(stack.http.get("/readyz"), 503, "not_ready")
+    assert stack.http.get("/healthz").status_code == 200  # liveness: the process answers
 
 
 def test_admin_http_tokens_and_keys_never_in_responses_or_logs(

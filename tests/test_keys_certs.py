@@ -47,8 +47,8 @@ def _config(tmp_path: Path, **extra: Any) -> list[str]:
 
 def _init_keys(args: list[str]) -> str:
     """Create the first key as ``attester serve`` does on first start; return its kid."""
-    from attester.signing_keys import build_key_store
     from attester.settings import load_settings
+    from attester.signing_keys import build_key_store
 
     store = build_key_store(load_settings(Path(args[1]), data_dir=Path(args[3])))
     created = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=1)  # before `clock`

@@ -61,7 +61,7 @@ def _attempt(service: AttesterService, challenge: str, *, fail: bool = False) ->
                                 stored={}, replace_same_key=False)
 
     try:
-        service.register(challenge=challenge, key_proof=proof, verify=verify)
+        service.register(platform="android", challenge=challenge, key_proof=proof, verify=verify)
     except ProblemError as exc:
         return exc.code
     return "ok"
@@ -88,7 +88,7 @@ def test_register_success_records_issued_jwt(service: AttesterService) -> None:
     proof = make_key_proof(key, challenge=challenge, aud=service.settings.issuer,
                            iat=int(service.clock().timestamp()))
     result = service.register(
-        challenge=challenge, key_proof=proof,
+        platform="android", challenge=challenge, key_proof=proof,
         verify=lambda _c, _n: VerifiedInstance(platform="android", app=_app(), instance_jwk=public_jwk(key)),
     )
     record = service.store.instance_by_thumbprint(result["key_thumbprint"])

@@ -110,8 +110,9 @@ def test_review_key_proof_surrogate_challenge_is_mismatch(stack: Any) -> None:
 def test_review_key_proof_deeply_nested_header_is_malformed(stack: Any) -> None:
     live, _, _ = stack
     header = base64.urlsafe_b64encode(b"[" * 5000 + b"]" * 5000).rstrip(b"=").decode()
-    from attester.keyproof import verify_key_proof
     from datetime import UTC, datetime, timedelta
+
+    from attester.keyproof import verify_key_proof
 
     with pytest.raises(ProblemError) as info:
         verify_key_proof(
@@ -175,13 +176,14 @@ def test_review_instance_jwk_non_canonical_rejected() -> None:
 
 
 def test_review_apple_duplicate_extension_is_malformed() -> None:
-    from datetime import UTC, datetime
     import hashlib
+    from datetime import UTC, datetime
+
+    import cbor2
 
     from platform_verifiers.apple import verify_attestation
     from platform_verifiers.errors import VerificationError
     from tests.apple.synth import make_attestation, make_test_root
-    import cbor2
 
     root = make_test_root()
     client_data_hash = hashlib.sha256(b"client data").digest()

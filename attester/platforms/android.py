@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -25,6 +25,14 @@ from attester.android_revocation import RevocationFetcher
 from attester.challenges import Challenge
 from attester.codec import decode_base64
 from attester.errors import ProblemError
+from attester.openapi import (
+    CHALLENGE_PROBLEMS,
+    ISSUANCE_PROBLEMS,
+    JWK_PROBLEMS,
+    KEY_PROOF_PROBLEMS,
+    REQUEST_PROBLEMS,
+    problem_responses,
+)
 from attester.platforms import VerifiedInstance
 from attester.routes import NO_STORE
 from attester.settings import AndroidAppConfig, AppConfig, ConfigError, Settings
@@ -71,6 +79,52 @@ class AndroidRegistration(BaseModel):
     client_id: Annotated[str | None, Field(max_length=255)] = None
     # Play Integrity token (standard or classic); see attester/android_integrity.py
     integrity_token: Annotated[str | None, Field(max_length=16384)] = None
+
+
+REGISTRATION_PROBLEMS = (
+    *REQUEST_PROBLEMS,
+    *CHALLENGE_PROBLEMS,
+    *KEY_PROOF_PROBLEMS,
+    *JWK_PROBLEMS,
+    *ISSUANCE_PROBLEMS,
+    "rate_limited",
+    "app_not_registered",
+    "instance_already_registered",
+    "instance_revoked",
+    "policy_violation",
+    # fail-closed chain checks (issue 8)
+    "extension_duplicate",
+    "extension_critical_unknown",
+    "extension_malformed",
+    # Play Integrity (issue 10)
+    "integrity_not_configured",
+    "integrity_token_required",
+    "integrity_token_malformed",
+    "integrity_token_invalid",
+    "integrity_payload_malformed",
+    "integrity_binding_mismatch",
+    "integrity_package_mismatch",
+    "integrity_certificate_mismatch",
+    "integrity_token_stale",
+    "integrity_token_future",
+    "integrity_decode_unavailable",
+    "chain_empty",
+    "chain_too_long",
+    "certificate_malformed",
+    "chain_untrusted",
+    "chain_signature_invalid",
+    "intermediate_not_ca",
+    "extension_below_leaf",
+    "path_length_exceeded",
+    "certificate_expired",
+    "certificate_not_yet_valid",
+    "certificate_revoked",
+    "revocation_list_stale",
+    "revocation_list_unavailable",
+    "key_description_missing",
+    "key_description_malformed",
+    "challenge_mismatch",
+)
 
 
 def policy_for(app: AndroidAppConfig) -> AndroidPolicy:
@@ -165,6 +219,31 @@ class AndroidPlatform:
                 log.warning("Android revocation list is stale; accepting (allow_stale_revocation)")
             return snapshot, None
         return snapshot, limit
+
+    def readiness(self, now: datetime) -> dict[str, str]:
+        """``android_revocation_list``: ok, stale or unavailable (fetched when due).
+
+        Only when an Android app is configured; ``allow_stale_revocation`` makes a stale or
+        missing list ready, as it makes registrations accept it.
+        """
+        if not any(app.android for app in self.settings.apps):
+            return {}
+        android = self.settings.android
+        snapshot = self.fetcher.get(now)
+        if snapshot is None:
+            state = "unavailable"
+        elif now - snapshot.fetched_at > timedelta(seconds=android.revocation_max_staleness):
+            state = "stale"
+        else:
+            state = "ok"
+        if state != "ok" and android.allow_stale_revocation:
+            state = "ok"
+        return {"android_revocation_list": state}
+
+    def revocation_list_age(self, now: datetime) -> float | None:
+        """Seconds since the list in use was fetched (None before the first fetch)."""
+        snapshot = self.fetcher.snapshot
+        return None if snapshot is None else (now - snapshot.fetched_at).total_seconds()
 
     # -- registration ----------------------------------------------------------------
     def candidates(self, client_id: str | None) -> list[AppConfig]:
@@ -280,9 +359,11 @@ def plug_in(service: AttesterService) -> tuple[AndroidPlatform, APIRouter]:
     platform = AndroidPlatform(service.settings)
     router = APIRouter()
 
-    @router.post("/v1/android/attestations")
-    def register(body: AndroidRegistration) -> JSONResponse:
+    @router.post("/v1/android/attestations", responses=problem_responses(*REGISTRATION_PROBLEMS))
+    def register(body: AndroidRegistration, request: Request) -> JSONResponse:
+        service.rate_limits.check_ip("registration", request)
         result = service.register(
+            platform=platform.name,
             challenge=body.challenge,
             key_proof=body.key_proof,
             verify=lambda challenge, now: platform.verify(body, challenge, now),

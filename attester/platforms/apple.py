@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -30,6 +30,14 @@ from attester.challenges import Challenge
 from attester.codec import decode_base64
 from attester.errors import ProblemError
 from attester.keyproof import parse_instance_jwk
+from attester.openapi import (
+    CHALLENGE_PROBLEMS,
+    ISSUANCE_PROBLEMS,
+    JWK_PROBLEMS,
+    KEY_PROOF_PROBLEMS,
+    REQUEST_PROBLEMS,
+    problem_responses,
+)
 from attester.platforms import Platform, VerifiedInstance
 from attester.routes import NO_STORE
 from attester.service import AttesterService
@@ -53,6 +61,52 @@ log = logging.getLogger("attester.apple")
 PLATFORM = "apple"
 MAX_CLIENT_DATA_CHARS = 4096
 KEY_ID_BYTES = 32  # SHA-256 of the App Attest public key
+
+
+REGISTRATION_PROBLEMS = (
+    *REQUEST_PROBLEMS,
+    *CHALLENGE_PROBLEMS,
+    *KEY_PROOF_PROBLEMS,
+    *JWK_PROBLEMS,
+    *ISSUANCE_PROBLEMS,
+    "rate_limited",
+    "app_not_registered",
+    "app_ambiguous",
+    "instance_already_registered",
+    "instance_revoked",
+    "client_data_malformed",
+    "client_data_challenge_mismatch",
+    "attestation_too_large",
+    "attestation_malformed",
+    "attestation_format_unsupported",
+    "nonce_extension_missing",
+    "nonce_extension_malformed",
+    "certificate_expired",
+    "certificate_not_yet_valid",
+    "chain_signature_invalid",
+    "chain_untrusted",
+    "nonce_mismatch",
+    "key_id_mismatch",
+    "credential_id_mismatch",
+    "app_id_mismatch",
+    "counter_not_zero",
+    "environment_mismatch",
+    # fail-closed chain checks (issue 8)
+    "extension_below_leaf",
+    "extension_critical_unknown",
+    # the receipt exchanged with Apple for the fraud metric (issue 10)
+    "receipt_malformed",
+    "receipt_signature_invalid",
+    "receipt_signer_not_authorized",
+    "receipt_app_id_mismatch",
+    "receipt_key_mismatch",
+    "receipt_type_unexpected",
+    "receipt_not_yet_valid",
+    "receipt_expired",
+    "receipt_stale",
+    "receipt_exchange_rejected",
+    "receipt_exchange_unavailable",
+)
 
 
 def _base64_chars(n_bytes: int) -> int:
@@ -335,14 +389,16 @@ def plug_in(service: AttesterService) -> tuple[Platform, APIRouter]:
     )
     router = APIRouter()
 
-    @router.post("/v1/apple/attestations")
-    def register(body: AppleAttestationRequest) -> JSONResponse:
+    @router.post("/v1/apple/attestations", responses=problem_responses(*REGISTRATION_PROBLEMS))
+    def register(body: AppleAttestationRequest, request: Request) -> JSONResponse:
+        service.rate_limits.check_ip("registration", request)
         evidence = AppleEvidence.decode(body)
 
         def verify(challenge: Challenge, now: datetime) -> VerifiedInstance:
             return platform.attest(evidence, challenge=challenge, now=now)
 
         result = service.register(
+            platform=platform.name,
             challenge=evidence.client_data.challenge, key_proof=body.key_proof, verify=verify
         )
         return JSONResponse(result, headers=NO_STORE)

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     DateTime,
+    Float,
     ForeignKey,
     Integer,
     LargeBinary,
@@ -134,3 +135,14 @@ class AuditRecord(Base):
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     before: Mapped[str | None] = mapped_column(Text, nullable=True)
     after: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class RateLimitCounter(Base):
+    """A fixed-window rate-limit counter shared by every replica (``rate_limits.storage``)."""
+
+    __tablename__ = "rate_limit_counters"
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger)
+    # end of the window, seconds since the epoch (the limits library's unit)
+    expires_at: Mapped[float] = mapped_column(Float, index=True)
