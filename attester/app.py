@@ -96,12 +96,25 @@ class RequestContext:
         token = logs.request_id.set(rid)
         started = time.perf_counter()
         status_holder = [500]
+        observed = False
+
+        def observe() -> float:
+            nonlocal observed
+            elapsed = time.perf_counter() - started
+            if self.observe is not None and not observed:
+                self.observe(scope, status_holder[0], elapsed)
+            observed = True
+            return elapsed
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status_holder[0] = message["status"]
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                # counted before the last byte leaves: a client that saw the response and
+                # then scrapes /metrics (on any worker) sees the request counted
+                observe()
             await send(message)
 
         try:
@@ -137,9 +150,7 @@ class RequestContext:
 
             await self.app(scope, replay, send_with_id)
         finally:
-            elapsed = time.perf_counter() - started
-            if self.observe is not None:
-                self.observe(scope, status_holder[0], elapsed)
+            elapsed = observe()
             log.info(
                 "request",
                 extra={
