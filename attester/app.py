@@ -7,8 +7,9 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from types import ModuleType
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
@@ -41,18 +42,22 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 PLATFORM_MODULES = ("attester.platforms.android", "attester.platforms.apple")
 
 
-def validate_platform_rules(settings: Settings) -> None:
-    """The registry rules the platform modules add (module-level ``validate_settings``);
-    raises ConfigError. The running service applies them when it builds its platforms."""
+def _platform_modules() -> Iterator[ModuleType]:
+    """The installed platform modules (a missing one is simply not offered)."""
     import importlib
 
     for module_name in PLATFORM_MODULES:
         try:
-            module = importlib.import_module(module_name)
+            yield importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
             if exc.name != module_name:
                 raise
-            continue
+
+
+def validate_platform_rules(settings: Settings) -> None:
+    """The registry rules the platform modules add (module-level ``validate_settings``);
+    raises ConfigError. The running service applies them when it builds its platforms."""
+    for module in _platform_modules():
         validate = getattr(module, "validate_settings", None)
         if validate is not None:
             validate(settings)
@@ -295,19 +300,11 @@ def create_app(
 
     The admin API is mounted here only when it is enabled without a port of its own.
     """
-    import importlib
-
     service = service or build_service(settings, clock=clock, metrics=metrics_from_environment())
     routers: list[APIRouter] = [build_core_router(service)]
     if settings.admin.enabled and settings.admin.port is None:
         routers.append(_admin_router(service))
-    for module_name in PLATFORM_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
+    for module in _platform_modules():
         platform, router = module.plug_in(service)
         service.platforms[platform.name] = platform
         routers.append(router)

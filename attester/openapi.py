@@ -33,6 +33,20 @@ KEY_PROOF_PROBLEMS = (
     "key_proof_future",
 )
 JWK_PROBLEMS = ("jwk_private_members", "jwk_key_type_not_allowed", "jwk_malformed")
+# the App Attest receipt exchanged with Apple for the fraud metric (registration and renewal)
+RECEIPT_PROBLEMS = (
+    "receipt_malformed",
+    "receipt_signature_invalid",
+    "receipt_signer_not_authorized",
+    "receipt_app_id_mismatch",
+    "receipt_key_mismatch",
+    "receipt_type_unexpected",
+    "receipt_not_yet_valid",
+    "receipt_expired",
+    "receipt_stale",
+    "receipt_exchange_rejected",
+    "receipt_exchange_unavailable",
+)
 # issuance: the signing key, the status-list index, and an instance suspended or revoked meanwhile
 ISSUANCE_PROBLEMS = ("signing_key_unavailable", "status_list_full", "instance_suspended")
 

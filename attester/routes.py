@@ -23,6 +23,7 @@ from attester.openapi import (
     ISSUANCE_PROBLEMS,
     JWK_PROBLEMS,
     KEY_PROOF_PROBLEMS,
+    RECEIPT_PROBLEMS,
     REQUEST_PROBLEMS,
     problem_responses,
 )
@@ -62,17 +63,7 @@ RENEWAL_PROBLEMS = (
     "app_id_mismatch",
     "counter_not_increasing",
     # Apple: the fraud metric, when the app caps it and the stored receipt is due for refresh
-    "receipt_malformed",
-    "receipt_signature_invalid",
-    "receipt_signer_not_authorized",
-    "receipt_app_id_mismatch",
-    "receipt_key_mismatch",
-    "receipt_type_unexpected",
-    "receipt_not_yet_valid",
-    "receipt_expired",
-    "receipt_stale",
-    "receipt_exchange_rejected",
-    "receipt_exchange_unavailable",
+    *RECEIPT_PROBLEMS,
 )
 CHALLENGE_ENDPOINT_PROBLEMS = (
     "request_too_large",

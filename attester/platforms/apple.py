@@ -35,6 +35,7 @@ from attester.openapi import (
     ISSUANCE_PROBLEMS,
     JWK_PROBLEMS,
     KEY_PROOF_PROBLEMS,
+    RECEIPT_PROBLEMS,
     REQUEST_PROBLEMS,
     problem_responses,
 )
@@ -95,17 +96,7 @@ REGISTRATION_PROBLEMS = (
     "extension_below_leaf",
     "extension_critical_unknown",
     # the receipt exchanged with Apple for the fraud metric (issue 10)
-    "receipt_malformed",
-    "receipt_signature_invalid",
-    "receipt_signer_not_authorized",
-    "receipt_app_id_mismatch",
-    "receipt_key_mismatch",
-    "receipt_type_unexpected",
-    "receipt_not_yet_valid",
-    "receipt_expired",
-    "receipt_stale",
-    "receipt_exchange_rejected",
-    "receipt_exchange_unavailable",
+    *RECEIPT_PROBLEMS,
 )
 
 
