@@ -59,7 +59,16 @@ def instance_json(
         "registered_at": record.registered_at.isoformat(),
         "apple_key_id": record.apple_key_id,
         "apple_environment": record.apple_environment,
+        # Apple's fraud metric from the latest exchanged receipt (issue 10), and when
+        "apple_risk_metric": record.apple_risk_metric,
+        "apple_receipt_refreshed_at": (
+            record.apple_receipt_refreshed_at.isoformat()
+            if record.apple_receipt_refreshed_at
+            else None
+        ),
         "android_serials": list(record.android_serials),
+        # what the evidence showed at registration: security level, chain class and rule, ...
+        "android_facts": record.android_facts,
     }
     if entries is not None:
         body["status_entries"] = [{"list": e[0], "idx": e[1], "status": e[2]} for e in entries]

@@ -174,3 +174,22 @@ def test_cli_serve_admin_on_own_port(tmp_path: Path) -> None:
                 time.sleep(0.05)
         assert response.status_code == 200 and response.json()["keys"][0]["state"] == "active"
         assert httpx.get(side).status_code == 401
+
+
+def test_cli_instances_show_apple_fraud_metric(tmp_path: Path) -> None:
+    """The risk metric of the latest exchanged receipt is what an operator sees (issue 10)."""
+    data = tmp_path / "data"
+    service = build_service(load_settings(data_dir=data))
+    try:
+        record = service.store.register_instance(
+            platform="apple", client_id="https://wallet.example.com/client", key_thumbprint="a" * 43,
+            instance_jwk={"kty": "EC"}, now=datetime.now(UTC), apple_key_id="k",
+        )
+        service.store.store_receipt(record.id, receipt=b"r", risk_metric=7, now=datetime.now(UTC))
+    finally:
+        service.store.dispose()
+    shown = _run("instances", "show", record.id, "--data-dir", str(data))
+    assert shown.returncode == 0, shown.stderr
+    body = json.loads(shown.stdout)
+    assert body["apple_risk_metric"] == 7 and body["apple_receipt_refreshed_at"]
+    assert "apple_receipt" not in body

@@ -148,6 +148,7 @@ def test_admin_http_lookups_by_filters(stack: Admin) -> None:
     shown = stack.admin.get(f"/instances/{instance_id}").json()
     assert shown["client_id"] == CLIENT_ID and len(shown["status_entries"]) == 1
     assert "apple_public_key" not in shown and "instance_jwk" not in shown
+    assert shown["android_facts"]["provisioning_rule"] and shown["apple_risk_metric"] is None
     _problem(stack.admin.get("/instances/nope"), 404, "instance_not_found")
     _problem(stack.admin.get("/instances", params={"status": "weird"}), 422, "invalid_request")
 
