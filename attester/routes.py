@@ -16,6 +16,8 @@ from attester.documents import Document, DocumentSource, etag_matches
 from attester.errors import ProblemError
 from attester.service import AttesterService
 from attester.status_list import MEDIA_TYPE as STATUS_LIST_MEDIA_TYPE
+from attester.status_list import PATH as STATUS_LIST_PATH
+from attester.status_list import SignedList
 from keys.jwks import JwksDocument
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -57,7 +59,31 @@ def document_sources(service: AttesterService) -> dict[str, DocumentSource]:
         # fixed once the platforms are plugged in (on the first request, after create_app)
         return Document.of(orjson.dumps(service.metadata()), media_type="application/json", cache_control=cache_control)
 
-    return {JWKS_PATH: jwks, METADATA_PATH: metadata}
+    sources: dict[str, DocumentSource] = {JWKS_PATH: jwks, METADATA_PATH: metadata}
+    for list_id in range(service.settings.status_list.count):  # at most 64 lists
+        sources[STATUS_LIST_PATH.format(list_id=list_id)] = _status_list_source(service, list_id)
+    return sources
+
+
+def _status_list_source(service: AttesterService, list_id: int) -> DocumentSource:
+    """Status list ``list_id`` as cached bytes while ``StatusLists.fresh`` has it (no I/O).
+
+    When it is stale (due for its version check, re-signing or never built), this returns
+    None and the request goes on to the ``/statuslists/{list_id}`` route, which does the
+    database check in a worker thread. The route answers with the same bytes and headers.
+    """
+    cache_control = f"public, max-age={service.settings.status_list.ttl}"
+    memo: list[tuple[SignedList, Document]] = []
+
+    def source() -> Document | None:
+        signed = service.status_lists.fresh(list_id)
+        if signed is None:
+            return None
+        if not memo or memo[0][0].token is not signed.token:
+            memo[:] = [(signed, Document(signed.token, signed.etag, STATUS_LIST_MEDIA_TYPE, cache_control))]
+        return memo[0][1]
+
+    return source
 
 
 def build_core_router(service: AttesterService) -> APIRouter:
@@ -71,7 +97,7 @@ def build_core_router(service: AttesterService) -> APIRouter:
             raise ProblemError("not_ready", "the service is not ready", status=503) from None
         return JSONResponse({"status": "ok"}, headers=NO_STORE)
 
-    @router.get("/statuslists/{list_id}")
+    @router.get(STATUS_LIST_PATH)
     async def status_list(
         list_id: int, if_none_match: Annotated[str | None, Header()] = None
     ) -> Response:
