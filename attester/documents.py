@@ -6,7 +6,9 @@ JWKS), and their bytes only change on a key rotation. Routing them through FastA
 answering from cached bytes, so this pure ASGI layer answers ``GET`` for the paths it
 knows, before the router, with ``ETag`` / ``If-None-Match`` (RFC 9110 section 13.1.2)
 and ``Cache-Control``; other methods on those paths get the 405 problem. Every other
-request passes through untouched.
+request passes through untouched, and so does a ``GET`` whose source has no document
+ready without I/O (it returns None): the router's route then does the slow part (e.g. the
+status list's database version check, in a worker thread, never on the event loop).
 """
 
 from __future__ import annotations
@@ -46,8 +48,9 @@ class Document:
         return out
 
 
-#: path -> a callable returning the current document (it does its own caching)
-DocumentSource = Callable[[], Document]
+#: path -> a callable returning the current document (it does its own caching), or None
+#: when it has none ready without I/O: the request then goes on to the router
+DocumentSource = Callable[[], Document | None]
 
 
 def etag_matches(if_none_match: str, etag: str) -> bool:
@@ -80,6 +83,9 @@ class CachedDocuments:
             await self.method_not_allowed()(scope, receive, send)
             return
         document = source()
+        if document is None:  # not ready without I/O: the route does it off the event loop
+            await self.app(scope, receive, send)
+            return
         if_none_match = next((v for k, v in scope["headers"] if k == b"if-none-match"), None)
         if if_none_match is not None and etag_matches(if_none_match.decode("latin-1"), document.etag):
             await send({"type": "http.response.start", "status": 304, "headers": document.headers(with_body=False)})

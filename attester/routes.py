@@ -30,6 +30,8 @@ from attester.openapi import (
 from attester.ratelimit import parse_networks
 from attester.service import AttesterService
 from attester.status_list import MEDIA_TYPE as STATUS_LIST_MEDIA_TYPE
+from attester.status_list import PATH as STATUS_LIST_PATH
+from attester.status_list import SignedList
 from keys.jwks import JwksDocument
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -107,7 +109,31 @@ def document_sources(service: AttesterService) -> dict[str, DocumentSource]:
         # fixed once the platforms are plugged in (on the first request, after create_app)
         return Document.of(orjson.dumps(service.metadata()), media_type="application/json", cache_control=cache_control)
 
-    return {JWKS_PATH: jwks, METADATA_PATH: metadata}
+    sources: dict[str, DocumentSource] = {JWKS_PATH: jwks, METADATA_PATH: metadata}
+    for list_id in range(service.settings.status_list.count):  # at most 64 lists
+        sources[STATUS_LIST_PATH.format(list_id=list_id)] = _status_list_source(service, list_id)
+    return sources
+
+
+def _status_list_source(service: AttesterService, list_id: int) -> DocumentSource:
+    """Status list ``list_id`` as cached bytes while ``StatusLists.fresh`` has it (no I/O).
+
+    When it is stale (due for its version check, re-signing or never built), this returns
+    None and the request goes on to the ``/statuslists/{list_id}`` route, which does the
+    database check in a worker thread. The route answers with the same bytes and headers.
+    """
+    cache_control = f"public, max-age={service.settings.status_list.ttl}"
+    memo: list[tuple[SignedList, Document]] = []
+
+    def source() -> Document | None:
+        signed = service.status_lists.fresh(list_id)
+        if signed is None:
+            return None
+        if not memo or memo[0][0].token is not signed.token:
+            memo[:] = [(signed, Document(signed.token, signed.etag, STATUS_LIST_MEDIA_TYPE, cache_control))]
+        return memo[0][1]
+
+    return source
 
 
 def build_core_router(service: AttesterService) -> APIRouter:
@@ -118,6 +144,8 @@ def build_core_router(service: AttesterService) -> APIRouter:
 
     def published(path: str, if_none_match: str | None) -> Response:
         document = sources[path]()
+        if document is None:  # only status lists are ever absent, and they are not served here
+            raise ProblemError("not_found", "no such resource", status=404)
         headers = {"Cache-Control": document.cache_control, "ETag": document.etag}
         if if_none_match is not None and etag_matches(if_none_match, document.etag):
             return Response(status_code=304, headers=headers)
@@ -134,7 +162,7 @@ def build_core_router(service: AttesterService) -> APIRouter:
         return published(METADATA_PATH, if_none_match)
 
     @router.get(
-        "/statuslists/{list_id}",
+        STATUS_LIST_PATH,
         responses=problem_responses("not_found", "signing_key_unavailable"),
     )
     async def status_list(

@@ -24,6 +24,12 @@ def b64url(data: bytes) -> str:
     return binascii.b2a_base64(data, newline=False).rstrip(b"=").translate(_URLSAFE).decode("ascii")
 
 
+def b64url_bytes(data: bytes) -> bytes:
+    """:func:`b64url` as ASCII bytes (issuance builds the compact JWS as bytes: it is
+    signed and hashed as bytes, so it is decoded to ``str`` once instead of encoded twice)."""
+    return binascii.b2a_base64(data, newline=False).rstrip(b"=").translate(_URLSAFE)
+
+
 def public_jwk(key: ec.EllipticCurvePublicKey) -> dict[str, str]:
     """The public JWK (kty, crv, x, y) of an EC key."""
     crv, size = _CURVES[key.curve.name]

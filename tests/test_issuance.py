@@ -100,3 +100,32 @@ def test_issuance_after_rotation_uses_new_key_once_active(service: AttesterServi
     issued = service.issuer.issue(app=_app(), instance_jwk=jwk_, now=clock())
     assert issued.kid == new
     _decode(service, issued.jwt)  # verifiable with the JWKS published now
+
+
+@pytest.mark.parametrize("include_iss", [True, False])
+@pytest.mark.parametrize(
+    "static", [{}, {"wallet_name": "W \u00e9\"\\", "n": 3, "flag": True}]
+)
+@pytest.mark.parametrize("status", [None, {"status_list": {"idx": 7, "uri": "https://a.test/statuslists/0"}}])
+def test_issuance_claims_json_same_bytes_as_claims_dict(
+    make_settings, clock: MutableClock, include_iss: bool, static: dict, status: dict | None  # type: ignore[no-untyped-def, type-arg]
+) -> None:
+    import orjson
+
+    svc = build_service(make_settings(iat_granularity=60), clock=clock)
+    try:
+        app = AppConfig(client_id="client-1", claims=static, include_iss=include_iss)
+        jwk_ = new_instance_key().export_private(as_dict=True)  # private members are dropped
+        for _ in range(2):  # the second one from the per-app prefix
+            expected = orjson.dumps(svc.issuer.claims(app=app, instance_jwk=jwk_, now=clock(), status=status))
+            iat = int(clock().timestamp()) // 60 * 60
+            assert svc.issuer.claims_json(app=app, instance_jwk=jwk_, iat=iat, status=status) == expected
+        other = AppConfig(client_id="client-2", claims={"x": 1})  # another app: its own prefix
+        got = json.loads(svc.issuer.claims_json(app=other, instance_jwk=jwk_, iat=5))
+        assert got["sub"] == "client-2" and got["x"] == 1 and "wallet_name" not in got
+        issued = svc.issuer.issue(app=app, instance_jwk=jwk_, now=clock(), status=status)
+        claims = _decode(svc, issued.jwt)[1]
+        assert claims == json.loads(expected)
+        assert issued.issued_at.timestamp() == claims["iat"] and issued.expires_at.timestamp() == claims["exp"]
+    finally:
+        svc.store.dispose()

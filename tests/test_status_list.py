@@ -169,3 +169,37 @@ def test_status_lists_shrunk_below_stored_entries_refused(make_settings: Any, cl
         with pytest.raises(ConfigError, match="too small"):
             build_service(make_settings(status_list=smaller), clock=clock)
     build_service(make_settings(status_list={"count": 3, "size": 20000}), clock=clock).store.dispose()
+
+
+def test_status_document_source_stale_none_fresh_same_bytes(service: AttesterService, clock: MutableClock) -> None:
+    """The cached-bytes source serves only what ``fresh`` has (no I/O on the event loop);
+    anything due for a version check or re-signing goes on to the route (None)."""
+    from attester.routes import document_sources
+
+    source = document_sources(service)["/statuslists/0"]
+    assert source() is None  # never built: the route builds it in a worker thread
+    signed = service.status_lists.token(0)
+    assert signed is not None
+    document = source()
+    assert document is not None and document.body is signed.token and document.etag == signed.etag
+    assert document.media_type == MEDIA_TYPE
+    assert document.cache_control == f"public, max-age={service.settings.status_list.ttl}"
+    clock.advance(service.settings.status_list.lifetime // 2 + 1)
+    assert source() is None  # due for re-signing: not served from the cache
+    assert "/statuslists/1" not in document_sources(service)  # only the configured lists
+
+
+def test_status_list_http_route_and_cached_bytes_same_response(server: Any) -> None:
+    """The first GET goes through the route (builds the token), the next ones are answered
+    from cached bytes before the router: same status, body and headers; other methods 405."""
+    import httpx
+
+    with httpx.Client(base_url=server.url) as http:
+        first, second = http.get("/statuslists/0"), http.get("/statuslists/0")
+        assert first.status_code == second.status_code == 200
+        assert first.content == second.content
+        for name in ("etag", "cache-control", "content-type", "content-length"):
+            assert first.headers[name] == second.headers[name], name
+        assert http.get("/statuslists/0", headers={"If-None-Match": first.headers["etag"]}).status_code == 304
+        refused = http.post("/statuslists/0")
+        assert refused.status_code == 405 and refused.json()["code"] == "method_not_allowed"

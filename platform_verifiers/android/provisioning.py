@@ -67,15 +67,6 @@ def index_under_root(certs: Sequence[ChainCertificate], anchor_spki: bytes) -> i
     return len(certs) - 1
 
 
-def _subject(der: bytes) -> x509.Name | None:
-    # Only the certificate under the root is read, and those are plain DER in every chain
-    # we know; one pyca can't read is simply neither factory nor Droid CA2 (fail closed).
-    try:
-        return x509.load_der_x509_certificate(der).subject
-    except (ValueError, x509.InvalidVersion):
-        return None
-
-
 def _has_serial_number(name: x509.Name) -> bool:
     return bool(name.get_attributes_for_oid(NameOID.SERIAL_NUMBER))
 
@@ -96,7 +87,9 @@ def classify(
         return Classification(rkp, ProvisioningRule.RKP_ONLY_ANCHOR)
     under_root = index_under_root(certs, anchor_spki)
     # The leaf's subject is chosen by the app (setCertificateSubject): never evidence.
-    subject = _subject(certs[under_root].der) if under_root > 0 else None
+    # Only the certificate under the root is read, and those are plain DER in every chain
+    # we know; one pyca can't read is simply neither factory nor Droid CA2 (fail closed).
+    subject = certs[under_root].subject_name if under_root > 0 else None
     if subject is not None and _is_droid_ca2(subject):
         return Classification(rkp, ProvisioningRule.DROID_CA2_UNDER_ROOT)
     if any(c.has_provisioning_info for c in certs):

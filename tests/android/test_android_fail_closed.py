@@ -443,3 +443,89 @@ def test_parse_key_description_huge_inner_length_fails_key_description_malformed
     with pytest.raises(VerificationError) as caught:
         parse_key_description(bytes.fromhex("300a04887fffffffffffffff"))
     assert caught.value.code == "key_description_malformed"
+
+
+# -- keyUsage: the direct DER reading agrees with pyasn1 (the schema of record) ---------
+def _key_usage_pyasn1(value: bytes) -> frozenset[int] | None:
+    from pyasn1.codec.ber import decoder as ber_decoder
+    from pyasn1_modules import rfc5280
+
+    from platform_verifiers.errors import ASN1_DECODE_ERRORS
+
+    try:
+        bits, rest = ber_decoder.decode(value, asn1Spec=rfc5280.KeyUsage())
+        found = frozenset(i for i, bit in enumerate(bits) if bit)
+    except ASN1_DECODE_ERRORS:
+        return None
+    return None if rest else found
+
+
+def _real_key_usages() -> list[bytes]:
+    from platform_verifiers.android.extensions import KEY_USAGE_OID
+
+    found = []
+    for entry in manifest_entries("android_key_attestation_chain"):
+        for index, der in enumerate(load_chain(entry["path"])):
+            cert = decode_certificate(der, index)
+            found += [e.value for e in cert.extensions if e.oid == KEY_USAGE_OID]
+    return found
+
+
+def test_key_usage_der_real_vectors_agree_with_pyasn1() -> None:
+    from platform_verifiers.android.extensions import key_usage_der
+
+    values = _real_key_usages()
+    assert values
+    for value in values:
+        fast = key_usage_der(value)
+        assert fast is not None, value.hex()  # every real keyUsage takes the direct path
+        assert fast == _key_usage_pyasn1(value), value.hex()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"\x03\x02\x01\x86",  # keyCertSign + cRLSign + digitalSignature, 1 unused bit
+        b"\x03\x02\x07\x80",  # digitalSignature only
+        b"\x03\x03\x07\x80\x80",  # decipherOnly (bit 8)
+        b"\x03\x01\x00",  # no bits
+        b"\x03\x02\x01\x87",  # padding bit set: not DER, pyasn1 decides
+        b"\x03\x01\x01",  # unused bits without content
+        b"\x03\x02\x08\x80",  # 8 unused bits
+        b"\x03\x81\x01\x00",  # long-form length
+        b"\x23\x04\x03\x02\x07\x80",  # constructed BIT STRING (BER)
+        b"\x03\x03\x07\x80",  # length past the end
+        b"\x03\x02\x07\x80\x00",  # trailing byte
+        b"\x04\x02\x07\x80",  # not a BIT STRING
+        b"",
+    ],
+)
+def test_key_usage_der_direct_or_pyasn1_same_verdict(value: bytes) -> None:
+    from platform_verifiers.android.certs import ExtensionInfo
+    from platform_verifiers.android.extensions import KEY_USAGE_OID, key_usage, key_usage_der
+
+    expected = _key_usage_pyasn1(value)
+    fast = key_usage_der(value)
+    assert fast is None or fast == expected
+    ext = ExtensionInfo(KEY_USAGE_OID, True, value)
+    if expected is None:
+        with pytest.raises(VerificationError) as refused:
+            key_usage(ext, 1)
+        assert refused.value.code == "extension_malformed"
+    else:
+        assert key_usage(ext, 1) == expected
+
+
+def test_key_usage_der_random_inputs_agree_with_pyasn1() -> None:
+    import random
+
+    from platform_verifiers.android.extensions import key_usage_der
+
+    rng = random.Random(12)
+    for _ in range(3000):
+        content = bytes(rng.randrange(256) for _ in range(rng.randrange(4)))
+        unused = rng.choice([0, 0, 1, 3, 7, 8])
+        value = bytes([0x03, len(content) + 1, unused]) + content
+        fast = key_usage_der(value)
+        if fast is not None:
+            assert fast == _key_usage_pyasn1(value), value.hex()
