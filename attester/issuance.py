@@ -149,7 +149,11 @@ class AttestationIssuer:
             # a rotation by another process is noticed within a second (see KeyStore.reload)
             self._keys.reload(unless_checked_within=1.0)
             signer = self._keys.active_signer(now)
-            signing_input = self._header(signer, self.header_options(app)) + "." + _segment(claims)
+            signing_input = (
+                self._header(signer, self.header_options(app), claims["iat"], claims["exp"])
+                + "."
+                + _segment(claims)
+            )
             jwt = signing_input + "." + b64url(signer.sign(signing_input.encode("ascii")))
         except Pkcs11Error as exc:  # the HSM is unreachable or refuses: our fault, retryable
             raise ProblemError(
@@ -163,8 +167,12 @@ class AttestationIssuer:
             expires_at=datetime.fromtimestamp(claims["exp"], UTC),
         )
 
-    def _header(self, signer: Signer, options: HeaderOptions) -> str:
-        chain = self._keys.x5c(signer.kid)
+    def _header(self, signer: Signer, options: HeaderOptions, iat: int, exp: int) -> str:
+        chain = None
+        if options.include_x5c:  # only a chain valid for the JWT's whole lifetime is sent
+            chain = self._keys.x5c_valid(
+                signer.kid, datetime.fromtimestamp(iat, UTC), datetime.fromtimestamp(exp, UTC)
+            )
         key = (signer.kid, chain, options)
         encoded = self._headers.get(key)
         if encoded is None:
