@@ -92,6 +92,7 @@ STATUS: dict[str, int] = {
     "integrity_certificate_mismatch": 403,
     "integrity_token_stale": 403,
     "integrity_token_future": 403,
+    "integrity_verdict_unknown": 403,
     "integrity_decode_unavailable": 503,
     # App Attest receipts and Apple's fraud metric (issue 10)
     "receipt_malformed": 400,

@@ -184,3 +184,65 @@ def test_verdict_payload_not_mutated() -> None:
     before = copy.deepcopy(payload)
     _check(payload)
     assert payload == before
+
+
+# -- review: the binding covers the key, unknown verdict values fail closed ------------------
+def test_verdict_other_instance_key_binding_mismatch() -> None:
+    with pytest.raises(VerificationError) as info:
+        _check(_payload(), expected_binding=integrity_binding("challenge-text", "other-key"))
+    assert info.value.code == "integrity_binding_mismatch"
+
+
+RELAXED = PlayIntegrityPolicy(
+    required_device_labels=frozenset(),
+    require_play_recognized=False,
+    require_licensed=False,
+    max_device_activity_level="LEVEL_4",
+    allow_unevaluated_activity=True,
+)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda p: p["appIntegrity"].update(appRecognitionVerdict="PLAY_MAYBE"), "appRecognitionVerdict"),
+        (
+            lambda p: p["deviceIntegrity"]["deviceRecognitionVerdict"].append("MEETS_NEW_THING"),
+            "deviceRecognitionVerdict",
+        ),
+        (
+            lambda p: p["deviceIntegrity"]["recentDeviceActivity"].update(deviceActivityLevel="LEVEL_9"),
+            "deviceActivityLevel",
+        ),
+        (
+            lambda p: p["deviceIntegrity"]["recentDeviceActivity"].update(deviceActivityLevel=["LEVEL_1"]),
+            "deviceActivityLevel",
+        ),
+        (lambda p: p["accountDetails"].update(appLicensingVerdict="LICENSED_ISH"), "appLicensingVerdict"),
+        (lambda p: p["accountDetails"].update(appLicensingVerdict={"a": 1}), "appLicensingVerdict"),
+    ],
+    ids=["recognition", "device-label", "activity", "activity-list", "licensing", "licensing-obj"],
+)
+def test_verdict_unknown_value_under_relaxed_policy_verdict_unknown(mutate: Any, field: str) -> None:
+    payload = _payload()
+    mutate(payload)
+    for policy in (PlayIntegrityPolicy(max_device_activity_level="LEVEL_4"), RELAXED):
+        with pytest.raises(VerificationError) as info:
+            _check(copy.deepcopy(payload), policy=policy)
+        assert info.value.code == "integrity_verdict_unknown"
+        assert info.value.detail["field"] == field
+
+
+@pytest.mark.parametrize("millis", [True, "1_700_000_000_000", " 1700000000000", "-5", 1.5e12, "1e12", "9" * 40])
+def test_verdict_timestamp_not_an_int64_malformed(millis: Any) -> None:
+    payload = _payload()
+    payload["requestDetails"]["timestampMillis"] = millis
+    with pytest.raises(VerificationError) as info:
+        _check(payload)
+    assert info.value.code == "integrity_payload_malformed"
+
+
+def test_verdict_timestamp_as_json_number_accepted() -> None:
+    payload = _payload()
+    payload["requestDetails"]["timestampMillis"] = int(NOW.timestamp() * 1000)
+    assert _check(payload).timestamp == NOW
