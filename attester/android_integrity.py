@@ -150,6 +150,42 @@ class IntegrityGate:
 
         return replace(verified, online=online)
 
+    def at_renewal(
+        self,
+        *,
+        client_id: str,
+        app: AndroidAppConfig,
+        token: object,
+        attested_packages: tuple[str, ...],
+        challenge: Challenge,
+        key_thumbprint: str,
+        now: datetime,
+    ) -> None:
+        """The renewal rule: a sent token is always checked; ``renewal = "required"`` needs one.
+
+        The token is bound to the renewal's own challenge and the registered instance key,
+        so a registration's token cannot be replayed here. Its verdict is checked only: it is
+        neither passed on into the renewed JWT nor stored.
+        """
+        if token is not None and (not isinstance(token, str) or not 0 < len(token) <= 16384):
+            raise ProblemError("malformed_request", "integrity_token must be a string")
+        config = app.play_integrity
+        if token is None and config is not None and config.renewal == "required":
+            raise ProblemError(
+                "integrity_token_required", "this app requires a Play Integrity token at renewal"
+            )
+        if token is None:
+            return
+        self.check(
+            client_id=client_id,
+            app=app,
+            token=token,
+            attested_packages=attested_packages,
+            challenge=challenge,
+            key_thumbprint=key_thumbprint,
+            now=now,
+        )
+
     def check(
         self,
         *,

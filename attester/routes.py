@@ -33,6 +33,8 @@ class RenewRequest(BaseModel):
     key_proof: Annotated[str, Field(max_length=8192)]
     assertion: Annotated[str | None, Field(max_length=16384)] = None
     client_data: Annotated[str | None, Field(max_length=16384)] = None
+    # Android: a fresh Play Integrity token (checked when sent; see attester/android_integrity.py)
+    integrity_token: Annotated[str | None, Field(max_length=16384)] = None
 
 
 JWKS_PATH = "/.well-known/jwks.json"

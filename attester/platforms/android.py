@@ -270,6 +270,17 @@ class AndroidPlatform:
         leaf = decode_certificate(leaf_der, 0)
         kd = decode_key_description(leaf.key_descriptions[0])
         check_policy(kd, leaf.public_key(), policy_for(app.android))
+        # Play Integrity (review of issue 10): a token sent at renewal is checked, never ignored
+        application = kd.authorization("attestation_application_id")
+        self.integrity.at_renewal(
+            client_id=app.client_id,
+            app=app.android,
+            token=request.get("integrity_token"),
+            attested_packages=application.package_names if application else (),
+            challenge=challenge,
+            key_thumbprint=thumbprint(instance.instance_jwk),
+            now=now,
+        )
 
 
 # registry rules of this platform, for ``attester apps check`` (no platform is built there)

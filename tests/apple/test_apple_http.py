@@ -386,6 +386,13 @@ def test_apple_http_renew_valid_issues_new_jwt(apple: Apple, registered: Device)
     assert apple.renew(registered, counter=2).status_code == 200
 
 
+def test_apple_http_renew_with_integrity_token_not_configured(
+    apple: Apple, registered: Device
+) -> None:
+    body = {**apple.renewal(registered, counter=1), "integrity_token": "any-token"}
+    _problem(apple.http.post("/v1/attestations/renew", json=body), 400, "integrity_not_configured")
+
+
 def test_apple_http_renew_replayed_counter_refused(apple: Apple, registered: Device) -> None:
     assert apple.renew(registered, counter=1).status_code == 200
     _problem(apple.renew(registered, counter=1), 409, "counter_not_increasing")
