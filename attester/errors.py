@@ -60,6 +60,8 @@ STATUS: dict[str, int] = {
     "extension_malformed": 400,
     "intermediate_not_ca": 403,
     "extension_below_leaf": 403,
+    "chain_certificate_repeated": 400,
+    "chain_continues_past_root": 400,
     # Apple App Attest: malformed evidence 400, evidence that proves the wrong thing 403
     "client_data_malformed": 400,
     "client_data_challenge_mismatch": 400,
