@@ -430,3 +430,44 @@ def test_pi_http_renewal_token_without_configuration_rejected(harness: Harness) 
     assert harness.register().status_code == 200
     _problem(harness.renew(lambda b: "any-token"), 400, "integrity_not_configured")
     _problem(harness.renew(lambda b: 12), 422, "invalid_request")
+
+
+# -- review: keys and tokens never reach logs or problem bodies -------------------------------
+@pytest.mark.parametrize("decode", ["google", "local"])
+def test_pi_http_keys_and_tokens_absent_from_logs_and_bodies(
+    harness: Harness, google: GoogleStandIn, keys: LocalKeys, caplog: pytest.LogCaptureFixture, decode: str
+) -> None:
+    caplog.set_level("DEBUG")
+    if decode == "local":
+        harness.start({"decode": "local", "request_type": "classic"})
+        make, bad = harness.local_token, harness.local_token(recognition="UNRECOGNIZED_VERSION")
+    else:
+        harness.start({})
+        make, bad = harness.google_token, harness.google_token(labels=("MEETS_BASIC_INTEGRITY",))
+    sent: list[str] = []
+
+    def keep(maker: Any) -> Any:
+        def inner(binding: str) -> str:
+            sent.append(maker(binding))
+            return sent[-1]
+
+        return inner
+
+    bodies = [
+        harness.register(keep(make())).text,
+        harness.register(keep(bad)).text,
+        harness.register(keep(lambda b: "x" * 200)).text,
+    ]
+    google.decode_status = 500
+    bodies.append(harness.register(keep(make())).text)
+    pem_lines = google.service_account["private_key"].splitlines()[1:-1]
+    secrets_ = [
+        keys.decryption_b64,
+        keys.verification_b64[20:60],
+        *pem_lines[:3],
+        *google.access_tokens,
+        *(t for t in sent if len(t) > 40),  # the caller's tokens are not echoed either
+    ]
+    text = caplog.text + "\n".join(bodies)
+    for secret in secrets_:
+        assert secret not in text
