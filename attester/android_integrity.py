@@ -212,7 +212,8 @@ class IntegrityGate:
                     "integrity_token_required", "this app requires a Play Integrity token"
                 )
             return IntegrityOutcome()
-        # the package Google decodes for: one the Keystore attested and the app allows
+        # the package Google decodes for, and the only ones the verdict may name: those the
+        # Keystore attested and the app allows (a token of the publisher's other app is refused)
         packages = sorted(set(attested_packages) & set(app.package_names)) or sorted(
             app.package_names
         )
@@ -221,7 +222,7 @@ class IntegrityGate:
             payload,
             request_type=config.request_type,
             expected_binding=integrity_binding(challenge.text, key_thumbprint),
-            package_names=frozenset(app.package_names),
+            package_names=frozenset(packages),
             signer_digests=frozenset(bytes.fromhex(d) for d in app.signing_cert_sha256),
             policy=integrity_policy(config),
             now=now,

@@ -471,3 +471,19 @@ def test_pi_http_keys_and_tokens_absent_from_logs_and_bodies(
     text = caplog.text + "\n".join(bodies)
     for secret in secrets_:
         assert secret not in text
+
+
+def test_pi_http_token_of_publishers_other_package_mismatch(
+    harness: Harness, google: GoogleStandIn
+) -> None:
+    # the app allows two packages; Key Attestation attests DEFAULT_PACKAGE only
+    harness.start({}, package_names=[DEFAULT_PACKAGE, "com.example.other"])
+
+    def other(binding: str) -> str:
+        google.verdicts["other"] = verdict_payload(
+            binding=binding, package="com.example.other", signer=DEFAULT_SIGNER, now=harness.clock()
+        )
+        return "other"
+
+    _problem(harness.register(other), 403, "integrity_package_mismatch")
+    assert harness.register(harness.google_token()).status_code == 200
