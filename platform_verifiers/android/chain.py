@@ -101,7 +101,9 @@ def check_structure(certs: Sequence[ChainCertificate]) -> None:
     for index, cert in enumerate(certs):
         if cert.der in seen:
             raise _fail(
-                "chain_certificate_repeated", "a certificate appears twice in the chain", index=index
+                "chain_certificate_repeated",
+                "a certificate appears twice in the chain",
+                index=index,
             )
         seen.add(cert.der)
     for index, cert in enumerate(certs[1:], start=1):

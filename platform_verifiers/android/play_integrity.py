@@ -180,7 +180,8 @@ def verify_integrity_payload(
     millis = details.get("timestampMillis")
     # an int64 in JSON as a decimal string (proto3 JSON) or a number; nothing else
     if isinstance(millis, bool) or not (
-        isinstance(millis, int) or (isinstance(millis, str) and millis.isascii() and millis.isdigit())
+        isinstance(millis, int)
+        or (isinstance(millis, str) and millis.isascii() and millis.isdigit())
     ):
         raise _malformed("timestampMillis missing")
     try:
@@ -235,7 +236,9 @@ def verify_integrity_payload(
             required=sorted(policy.required_device_labels),
         )
     activity = _object(device, "recentDeviceActivity", required=False).get("deviceActivityLevel")
-    if activity is not None and (not isinstance(activity, str) or activity not in ACTIVITY_VERDICTS):
+    if activity is not None and (
+        not isinstance(activity, str) or activity not in ACTIVITY_VERDICTS
+    ):
         raise _unknown("deviceActivityLevel")
     level = activity if isinstance(activity, str) else None
     if policy.max_device_activity_level is not None:

@@ -435,7 +435,11 @@ def test_pi_http_renewal_token_without_configuration_rejected(harness: Harness) 
 # -- review: keys and tokens never reach logs or problem bodies -------------------------------
 @pytest.mark.parametrize("decode", ["google", "local"])
 def test_pi_http_keys_and_tokens_absent_from_logs_and_bodies(
-    harness: Harness, google: GoogleStandIn, keys: LocalKeys, caplog: pytest.LogCaptureFixture, decode: str
+    harness: Harness,
+    google: GoogleStandIn,
+    keys: LocalKeys,
+    caplog: pytest.LogCaptureFixture,
+    decode: str,
 ) -> None:
     caplog.set_level("DEBUG")
     if decode == "local":

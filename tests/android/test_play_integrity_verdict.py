@@ -205,25 +205,37 @@ RELAXED = PlayIntegrityPolicy(
 @pytest.mark.parametrize(
     ("mutate", "field"),
     [
-        (lambda p: p["appIntegrity"].update(appRecognitionVerdict="PLAY_MAYBE"), "appRecognitionVerdict"),
+        (
+            lambda p: p["appIntegrity"].update(appRecognitionVerdict="PLAY_MAYBE"),
+            "appRecognitionVerdict",
+        ),
         (
             lambda p: p["deviceIntegrity"]["deviceRecognitionVerdict"].append("MEETS_NEW_THING"),
             "deviceRecognitionVerdict",
         ),
         (
-            lambda p: p["deviceIntegrity"]["recentDeviceActivity"].update(deviceActivityLevel="LEVEL_9"),
+            lambda p: p["deviceIntegrity"]["recentDeviceActivity"].update(
+                deviceActivityLevel="LEVEL_9"
+            ),
             "deviceActivityLevel",
         ),
         (
-            lambda p: p["deviceIntegrity"]["recentDeviceActivity"].update(deviceActivityLevel=["LEVEL_1"]),
+            lambda p: p["deviceIntegrity"]["recentDeviceActivity"].update(
+                deviceActivityLevel=["LEVEL_1"]
+            ),
             "deviceActivityLevel",
         ),
-        (lambda p: p["accountDetails"].update(appLicensingVerdict="LICENSED_ISH"), "appLicensingVerdict"),
+        (
+            lambda p: p["accountDetails"].update(appLicensingVerdict="LICENSED_ISH"),
+            "appLicensingVerdict",
+        ),
         (lambda p: p["accountDetails"].update(appLicensingVerdict={"a": 1}), "appLicensingVerdict"),
     ],
     ids=["recognition", "device-label", "activity", "activity-list", "licensing", "licensing-obj"],
 )
-def test_verdict_unknown_value_under_relaxed_policy_verdict_unknown(mutate: Any, field: str) -> None:
+def test_verdict_unknown_value_under_relaxed_policy_verdict_unknown(
+    mutate: Any, field: str
+) -> None:
     payload = _payload()
     mutate(payload)
     for policy in (PlayIntegrityPolicy(max_device_activity_level="LEVEL_4"), RELAXED):
@@ -233,7 +245,9 @@ def test_verdict_unknown_value_under_relaxed_policy_verdict_unknown(mutate: Any,
         assert info.value.detail["field"] == field
 
 
-@pytest.mark.parametrize("millis", [True, "1_700_000_000_000", " 1700000000000", "-5", 1.5e12, "1e12", "9" * 40])
+@pytest.mark.parametrize(
+    "millis", [True, "1_700_000_000_000", " 1700000000000", "-5", 1.5e12, "1e12", "9" * 40]
+)
 def test_verdict_timestamp_not_an_int64_malformed(millis: Any) -> None:
     payload = _payload()
     payload["requestDetails"]["timestampMillis"] = millis
