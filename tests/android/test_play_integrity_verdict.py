@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from platform_verifiers.android.play_integrity import (
     PlayIntegrityPolicy,
@@ -260,3 +262,51 @@ def test_verdict_timestamp_as_json_number_accepted() -> None:
     payload = _payload()
     payload["requestDetails"]["timestampMillis"] = int(NOW.timestamp() * 1000)
     assert _check(payload).timestamp == NOW
+
+
+# -- review: any JSON value in any verdict field verifies or raises VerificationError ---------
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=8,
+)
+_PATHS = [
+    ("requestDetails",),
+    ("requestDetails", "requestHash"),
+    ("requestDetails", "requestPackageName"),
+    ("requestDetails", "timestampMillis"),
+    ("appIntegrity",),
+    ("appIntegrity", "appRecognitionVerdict"),
+    ("appIntegrity", "packageName"),
+    ("appIntegrity", "certificateSha256Digest"),
+    ("deviceIntegrity",),
+    ("deviceIntegrity", "deviceRecognitionVerdict"),
+    ("deviceIntegrity", "recentDeviceActivity"),
+    ("deviceIntegrity", "recentDeviceActivity", "deviceActivityLevel"),
+    ("accountDetails",),
+    ("accountDetails", "appLicensingVerdict"),
+]
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(st.lists(st.tuples(st.sampled_from(_PATHS), _JSON), min_size=1, max_size=4), st.booleans())
+def test_verdict_any_field_value_verifies_or_raises_verification_error(
+    edits: list[tuple[tuple[str, ...], Any]], relaxed: bool
+) -> None:
+    payload: Any = _payload()
+    for path, value in edits:
+        node = payload
+        for name in path[:-1]:
+            if not isinstance(node, dict) or not isinstance(node.get(name), dict):
+                break
+            node = node[name]
+        else:
+            if isinstance(node, dict):
+                node[path[-1]] = value
+    policy = RELAXED if relaxed else PlayIntegrityPolicy(max_device_activity_level="LEVEL_2")
+    try:
+        _check(payload, policy=policy)
+    except VerificationError:
+        pass
