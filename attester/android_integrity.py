@@ -150,6 +150,42 @@ class IntegrityGate:
 
         return replace(verified, online=online)
 
+    def at_renewal(
+        self,
+        *,
+        client_id: str,
+        app: AndroidAppConfig,
+        token: object,
+        attested_packages: tuple[str, ...],
+        challenge: Challenge,
+        key_thumbprint: str,
+        now: datetime,
+    ) -> None:
+        """The renewal rule: a sent token is always checked; ``renewal = "required"`` needs one.
+
+        The token is bound to the renewal's own challenge and the registered instance key,
+        so a registration's token cannot be replayed here. Its verdict is checked only: it is
+        neither passed on into the renewed JWT nor stored.
+        """
+        if token is not None and (not isinstance(token, str) or not 0 < len(token) <= 16384):
+            raise ProblemError("malformed_request", "integrity_token must be a string")
+        config = app.play_integrity
+        if token is None and config is not None and config.renewal == "required":
+            raise ProblemError(
+                "integrity_token_required", "this app requires a Play Integrity token at renewal"
+            )
+        if token is None:
+            return
+        self.check(
+            client_id=client_id,
+            app=app,
+            token=token,
+            attested_packages=attested_packages,
+            challenge=challenge,
+            key_thumbprint=key_thumbprint,
+            now=now,
+        )
+
     def check(
         self,
         *,
@@ -176,7 +212,8 @@ class IntegrityGate:
                     "integrity_token_required", "this app requires a Play Integrity token"
                 )
             return IntegrityOutcome()
-        # the package Google decodes for: one the Keystore attested and the app allows
+        # the package Google decodes for, and the only ones the verdict may name: those the
+        # Keystore attested and the app allows (a token of the publisher's other app is refused)
         packages = sorted(set(attested_packages) & set(app.package_names)) or sorted(
             app.package_names
         )
@@ -185,7 +222,7 @@ class IntegrityGate:
             payload,
             request_type=config.request_type,
             expected_binding=integrity_binding(challenge.text, key_thumbprint),
-            package_names=frozenset(app.package_names),
+            package_names=frozenset(packages),
             signer_digests=frozenset(bytes.fromhex(d) for d in app.signing_cert_sha256),
             policy=integrity_policy(config),
             now=now,

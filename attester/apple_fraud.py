@@ -199,6 +199,17 @@ class FraudMetric:
         if app.apple is None or app.apple.fraud_metric is None:
             return verified
         receipt = verified.stored["apple_receipt"]
+        # The attestation's signature does not cover its receipt: verify it here (offline,
+        # before any request to Apple) so a swapped or forged receipt is never stored nor sent.
+        verify_receipt(
+            receipt,
+            anchors=self.anchors,
+            app_id=app.apple.app_id,
+            public_key=public_key,
+            now=now,
+            receipt_type="ATTEST",
+            skew=timedelta(seconds=self.settings.clock_skew),
+        )
 
         def online() -> VerifiedInstance:
             extra = self.at_registration(app, receipt=receipt, public_key=public_key, now=now)

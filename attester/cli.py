@@ -278,10 +278,27 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     from attester.admin import key_statuses_json
 
     warn_within = timedelta(days=settings.certificate_expiry_warning_days)
+    # the longest JWT lifetime of any app: an active key's chain must cover it to be sent
+    lifetime = timedelta(
+        seconds=max(
+            [settings.attestation_lifetime]
+            + [a.attestation_lifetime for a in settings.apps if a.attestation_lifetime]
+        )
+    )
     rows = key_statuses_json(store, now)
     for s in store.statuses(now):
         # only keys that sign now or will: a retired key's certificate no longer matters
         chain = store.chain(s.record.kid)
+        if (
+            chain
+            and s.state is KeyState.ACTIVE
+            and store.x5c_valid(s.record.kid, now, now + lifetime) is None
+        ):
+            print(
+                f"warning: the certificate chain of key {s.record.kid} does not cover a JWT "
+                "issued now: JWTs are sent without x5c (README, Certificates for signing keys)",
+                file=sys.stderr,
+            )
         expires = chain_expiry(chain) if chain else None
         if expires is not None and s.state in (KeyState.NEXT, KeyState.ACTIVE):
             if expires <= now:

@@ -70,6 +70,8 @@ STATUS: dict[str, int] = {
     "path_length_exceeded": 400,
     "key_description_missing": 400,
     "key_description_malformed": 400,
+    "chain_certificate_repeated": 400,
+    "chain_continues_past_root": 400,
     # Apple App Attest: malformed evidence 400, evidence that proves the wrong thing 403
     "client_data_malformed": 400,
     "client_data_challenge_mismatch": 400,
@@ -102,6 +104,7 @@ STATUS: dict[str, int] = {
     "integrity_certificate_mismatch": 403,
     "integrity_token_stale": 403,
     "integrity_token_future": 403,
+    "integrity_verdict_unknown": 403,
     "integrity_decode_unavailable": 503,
     # App Attest receipts and Apple's fraud metric (issue 10)
     "receipt_malformed": 400,

@@ -191,7 +191,8 @@ class AttestationIssuer:
             self._keys.reload(unless_checked_within=1.0)
             signer = self._keys.active_signer(now)
             # built as bytes: signed and hashed as bytes, decoded to str once
-            signing_input = self._header(signer, app) + b64url_bytes(body)
+            exp = iat + self.lifetime(app)
+            signing_input = self._header(signer, app, iat, exp) + b64url_bytes(body)
             jwt = signing_input + b"." + b64url_bytes(signer.sign(signing_input))
         except Pkcs11Error as exc:  # the HSM is unreachable or refuses: our fault, retryable
             raise ProblemError(
@@ -205,13 +206,24 @@ class AttestationIssuer:
             expires_at=datetime.fromtimestamp(iat + self.lifetime(app), UTC),
         )
 
-    def _header(self, signer: Signer, app: AppConfig) -> bytes:
+    def _header(self, signer: Signer, app: AppConfig, iat: int, exp: int) -> bytes:
         """The encoded header of ``signer`` for ``app``'s profile, followed by ``.``.
 
         Keyed by the app's two header overrides (not by the :class:`HeaderOptions` they
         resolve to): building and hashing that object per issuance was most of this cost.
+        The key's chain goes in only when it is valid for the JWT's whole lifetime
+        (:meth:`KeyStore.x5c_valid`: receivers validating x5c would refuse it otherwise).
         """
         chain = self._keys.x5c(signer.kid)
+        if chain is not None:
+            wanted = self._include_x5c if app.include_x5c is None else app.include_x5c
+            chain = (
+                self._keys.x5c_valid(
+                    signer.kid, datetime.fromtimestamp(iat, UTC), datetime.fromtimestamp(exp, UTC)
+                )
+                if wanted
+                else None
+            )
         key = (signer.kid, chain, app.include_jku, app.include_x5c)
         encoded = self._headers.get(key)
         if encoded is None:

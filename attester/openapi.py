@@ -33,6 +33,21 @@ KEY_PROOF_PROBLEMS = (
     "key_proof_future",
 )
 JWK_PROBLEMS = ("jwk_private_members", "jwk_key_type_not_allowed", "jwk_malformed")
+# a Play Integrity token (registration, and renewal when sent or required)
+INTEGRITY_PROBLEMS = (
+    "integrity_not_configured",
+    "integrity_token_required",
+    "integrity_token_malformed",
+    "integrity_token_invalid",
+    "integrity_payload_malformed",
+    "integrity_binding_mismatch",
+    "integrity_package_mismatch",
+    "integrity_certificate_mismatch",
+    "integrity_token_stale",
+    "integrity_token_future",
+    "integrity_verdict_unknown",
+    "integrity_decode_unavailable",
+)
 # the App Attest receipt exchanged with Apple for the fraud metric (registration and renewal)
 RECEIPT_PROBLEMS = (
     "receipt_malformed",

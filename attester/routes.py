@@ -20,6 +20,7 @@ from attester.documents import Document, DocumentSource, etag_matches
 from attester.errors import ProblemError
 from attester.openapi import (
     CHALLENGE_PROBLEMS,
+    INTEGRITY_PROBLEMS,
     ISSUANCE_PROBLEMS,
     JWK_PROBLEMS,
     KEY_PROOF_PROBLEMS,
@@ -64,6 +65,8 @@ RENEWAL_PROBLEMS = (
     "assertion_signature_invalid",
     "app_id_mismatch",
     "counter_not_increasing",
+    # Android: a Play Integrity token sent with (or required for) the renewal
+    *INTEGRITY_PROBLEMS,
     # Apple: the fraud metric, when the app caps it and the stored receipt is due for refresh
     *RECEIPT_PROBLEMS,
 )
@@ -85,6 +88,8 @@ class RenewRequest(BaseModel):
     key_proof: Annotated[str, Field(max_length=8192)]
     assertion: Annotated[str | None, Field(max_length=16384)] = None
     client_data: Annotated[str | None, Field(max_length=16384)] = None
+    # Android: a fresh Play Integrity token (checked when sent; see attester/android_integrity.py)
+    integrity_token: Annotated[str | None, Field(max_length=16384)] = None
 
 
 JWKS_PATH = "/.well-known/jwks.json"

@@ -50,6 +50,9 @@ class PlayIntegrityConfig(_Strict):
     """
 
     mode: Literal["both", "ka_required_pi_optional"] = "both"
+    # at renewal: "when_sent" checks a token the request carries (never ignores one);
+    # "required" refuses a renewal without a fresh passing token (README "Play Integrity")
+    renewal: Literal["when_sent", "required"] = "when_sent"
     request_type: Literal["standard", "classic"] = "standard"
     # google: decodeIntegrityToken with a service account; local: the publisher's keys
     decode: Literal["google", "local"] = "google"

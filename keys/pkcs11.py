@@ -23,6 +23,7 @@ Every failure raises :class:`Pkcs11Error` with a stable ``code`` (table ``CODES`
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import secrets
 import threading
@@ -98,12 +99,18 @@ class Pkcs11Config:
 # in parallel (each has its own library state and sessions).
 _LIBS: dict[str, tuple[int, Any, threading.RLock]] = {}
 _LIBS_LOCK = threading.Lock()
+# The login state of a token is shared by every session of the process (PKCS#11 v2.40
+# section 5.6): a second Pkcs11Token for a token already logged in gets CKR_USER_ALREADY_LOGGED_IN
+# and would sign without its PIN ever being checked. So the SHA-256 of the PIN that logged in
+# is kept per (module, token) and a later login must present the same PIN.
+_LOGINS: dict[tuple[str, str, str], bytes] = {}
 
 
 def _after_fork_in_child() -> None:
     # a lock held by another thread of the parent at fork time would never be released here
     global _LIBS_LOCK
     _LIBS_LOCK = threading.Lock()
+    _LOGINS.clear()  # the child re-initialises the library: no login survives the fork
     for key, (pid, lib, _lock) in list(_LIBS.items()):
         _LIBS[key] = (pid, lib, threading.RLock())
 
@@ -332,6 +339,8 @@ class Pkcs11Token:
 
     def _log_in_locked(self, lib: Any) -> None:
         token = self._find_token(lib)
+        identity = (str(self.config.module), str(token.serial), str(token.label))
+        pin_digest = hashlib.sha256(self.config.pin.encode("utf-8")).digest()
         try:
             self._login = token.open(user_pin=self.config.pin)
         except (p11e.PinIncorrect, p11e.PinInvalid, p11e.PinLenRange):
@@ -339,10 +348,20 @@ class Pkcs11Token:
         except p11e.PinLocked:
             raise Pkcs11Error("pkcs11_pin_locked", "the token's user PIN is locked") from None
         except p11e.UserAlreadyLoggedIn:
-            # another Pkcs11Token of this process holds the login for the same token
+            # another Pkcs11Token of this process holds the login for the same token: the
+            # token cannot check our PIN now, so it must equal the one that logged in
+            known = _LOGINS.get(identity)
+            if known is None or not hmac.compare_digest(known, pin_digest):
+                raise Pkcs11Error(
+                    "pkcs11_pin_incorrect",
+                    "the token is logged in already and the configured PIN is not the one "
+                    "that logged in",
+                ) from None
             self._login = token.open()
         except p11e.PKCS11Error as exc:
             raise Pkcs11Error("pkcs11_operation_failed", f"cannot log in: {exc!r}") from None
+        else:
+            _LOGINS[identity] = pin_digest
         self._token = token
 
     def _find_token(self, lib: Any) -> Any:

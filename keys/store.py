@@ -28,6 +28,7 @@ import base64
 import enum
 import fcntl
 import json
+import logging
 import os
 import secrets
 import time
@@ -46,6 +47,8 @@ from keys.certs import CertificateError, check_chain, load_pem_chain
 from keys.jwks import JwksDocument, public_jwk, thumbprint
 from keys.pkcs11 import Pkcs11Error, Pkcs11Token
 from keys.signer import FileSigner, Signer
+
+log = logging.getLogger("attester.keys")
 
 METADATA = "keys.json"
 LOCK = ".lock"
@@ -127,6 +130,9 @@ class KeyStore:
         self._public: dict[str, dict[str, str]] = {}
         self._x5c: dict[str, tuple[str, ...]] = {}
         self._chains: dict[str, tuple[x509.Certificate, ...]] = {}
+        # kid -> (latest notBefore, earliest notAfter) of its chain: when every link is valid
+        self._x5c_windows: dict[str, tuple[datetime, datetime]] = {}
+        self._x5c_warned: dict[str, float] = {}  # kid -> time.monotonic() of the last error log
         self._mtime_ns: int | None = None
         self._jwks_cache: tuple[JwksDocument, datetime, datetime] | None = None
         # (signer, from, until): the active key cannot change inside [from, until)
@@ -201,6 +207,13 @@ class KeyStore:
         }
         self._records, self._signers, self._public = records, signers, public
         self._chains, self._x5c = chains, x5c
+        self._x5c_windows = {
+            kid: (
+                max(c.not_valid_before_utc for c in chain),
+                min(c.not_valid_after_utc for c in chain),
+            )
+            for kid, chain in chains.items()
+        }
         self._jwks_cache = None
         self._active_cache = None
         self._mtime_ns = mtime
@@ -269,6 +282,35 @@ class KeyStore:
     def x5c(self, kid: str) -> tuple[str, ...] | None:
         """The certificate chain configured for a key (``<kid>.x5c.pem``), base64 DER."""
         return self._x5c.get(kid)
+
+    def x5c_valid(self, kid: str, start: datetime, end: datetime) -> tuple[str, ...] | None:
+        """The chain of ``kid`` if every certificate in it is valid from ``start`` to ``end``.
+
+        Fail closed for receivers (README "x5c"): a JWT must not carry a chain that is
+        expired, not yet valid, or that expires before the JWT does, because a receiver that
+        validates x5c would refuse it; without x5c it still resolves the key by kid (JWKS).
+        An omitted chain is logged as an error, at most once a minute per key.
+        """
+        chain = self._x5c.get(kid)
+        if chain is None:
+            return None
+        not_before, not_after = self._x5c_windows[kid]
+        if not_before <= start and end <= not_after:
+            return chain
+        last = self._x5c_warned.get(kid, float("-inf"))
+        if time.monotonic() - last >= 60.0:
+            self._x5c_warned[kid] = time.monotonic()
+            log.error(
+                "x5c omitted: the certificate chain of key %s is valid from %s to %s, "
+                "not for a JWT valid from %s to %s; import a current chain "
+                "(attester keys import-cert)",
+                kid,
+                not_before.isoformat(),
+                not_after.isoformat(),
+                start.isoformat(),
+                end.isoformat(),
+            )
+        return None
 
     def chain(self, kid: str) -> tuple[x509.Certificate, ...] | None:
         """The parsed certificate chain of a key, leaf first (for expiry reports)."""
@@ -389,7 +431,8 @@ class KeyStore:
         """Load ``<kid>.x5c.pem`` (leaf first, without the trust anchor) when present.
 
         The links are checked as at import (keys/certs.py), but not the validity dates: an
-        expiring chain is reported by ``attester keys list``, it does not stop the service.
+        expiring chain is reported by ``attester keys list``, it does not stop the service,
+        and a chain not valid for a JWT's lifetime is left out of it (:meth:`x5c_valid`).
         """
         path = self.directory / f"{signer.kid}.x5c.pem"
         if not path.exists():

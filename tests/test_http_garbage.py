@@ -171,3 +171,62 @@ def test_http_garbage_renewal_nul_and_control_characters_4xx(
             response = http.post("/v1/attestations/renew", json=body)
             assert 400 <= response.status_code < 500, (value, response.text)
             challenge = http.post("/v1/challenge").json()["challenge"]
+
+
+# -- every public route (review): odd ids, odd methods, garbage query and body ----------------
+ODD_IDS = [
+    "-1", "99999999999999999999", "9223372036854775808", "x", "0x1", "1.5", "1e3", " 1", "01",
+    "\x00", "%", MARKER, "0" * 300, "-0", "+1", "١",  # Arabic-Indic digit one
+]
+METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
+DOCUMENTS = ["/.well-known/jwks.json", "/.well-known/client-attester"]
+
+
+def public_routes(app: FastAPI) -> list[str]:
+    """Every path template the app serves outside /admin (OpenAPI), plus the documents."""
+    paths = [p for p in app.openapi()["paths"] if not p.startswith("/admin")]
+    return sorted(set(paths) | set(DOCUMENTS))
+
+
+def test_http_garbage_every_public_route_4xx_problem_without_echo(
+    admin_server: tuple[LiveServer, FastAPI],
+) -> None:
+    live, app = admin_server
+    templates = public_routes(app)
+    assert "/statuslists/{list_id}" in templates and "/healthz" in templates
+    rng = random.Random(20261202)
+    with httpx.Client(base_url=live.url, timeout=10) as http:
+        for template in templates:
+            paths = [_fill(template, value) for value in ODD_IDS] if "{" in template else [template]
+            for path in paths:
+                for method in METHODS:
+                    bodies: list[bytes | None] = [None]
+                    if method in ("POST", "PUT", "PATCH"):
+                        bodies += rng.sample(_bodies(rng), 4)
+                    for body in bodies:
+                        response = http.request(
+                            method,
+                            path,
+                            params={"list_id": MARKER, "x": "\x00"},
+                            content=body,
+                            headers={"content-type": "application/json", "if-none-match": MARKER},
+                        )
+                        where = (method, path, response.status_code, response.text[:200])
+                        assert response.status_code < 500, where
+                        if response.status_code >= 400 and method != "HEAD":
+                            assert response.headers["content-type"].startswith(
+                                "application/problem+json"
+                            ), where
+                            assert isinstance(response.json()["code"], str), where
+                        assert MARKER not in response.text, where
+
+
+@pytest.mark.parametrize("list_id", ["-1", "99999999999999999999", "9223372036854775808", "x", "1.5"])
+def test_http_status_list_odd_id_not_found_or_invalid(
+    admin_server: tuple[LiveServer, FastAPI], list_id: str
+) -> None:
+    live, _ = admin_server
+    with httpx.Client(base_url=live.url, timeout=10) as http:
+        response = http.get(f"/statuslists/{list_id}")
+    assert response.status_code in (404, 422), response.text
+    assert response.json()["code"] in ("not_found", "invalid_request")

@@ -77,7 +77,8 @@ def test_issuance_x5c_header_when_chain_configured(service: AttesterService, clo
         .issuer_name(name)
         .public_key(signer.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
+        # valid from before the test clock's instant: a chain not yet valid at iat is not sent
+        .not_valid_before(now - dt.timedelta(hours=1))
         .not_valid_after(now + dt.timedelta(days=30))
         .sign(ca_key, hashes.SHA256())
     )

@@ -32,7 +32,9 @@ def _issue(
     return json.loads(parsed.header), json.loads(parsed.claims)
 
 
-def _add_chain(svc: AttesterService, clock: MutableClock) -> None:
+def _add_chain(
+    svc: AttesterService, clock: MutableClock, *, days: float = 30, start_hours: float = -1
+) -> None:
     signer = svc.key_store.active_signer(clock())
     ca_key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
@@ -42,12 +44,12 @@ def _add_chain(svc: AttesterService, clock: MutableClock) -> None:
         .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "CA")]))
         .public_key(signer.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=30))
+        .not_valid_before(now + dt.timedelta(hours=start_hours))
+        .not_valid_after(now + dt.timedelta(days=days))
         .sign(ca_key, hashes.SHA256())
     )
     pem = cert.public_bytes(serialization.Encoding.PEM)
-    svc.key_store.import_certificate(signer.kid, pem, now)
+    svc.key_store.import_certificate(signer.kid, pem, now + dt.timedelta(hours=start_hours))
 
 
 @pytest.fixture
@@ -134,3 +136,30 @@ def test_compose_header_depends_only_on_key_and_options() -> None:
     }
     plain = compose_header(kid="k1", alg="ES256", x5c=chain, options=HeaderOptions(False, None))
     assert plain == {"alg": "ES256", "typ": "oauth-client-attestation+jwt", "kid": "k1"}
+
+
+# -- review: an invalid chain is never sent (a receiver validating x5c would refuse it) -----
+@pytest.mark.parametrize(
+    ("days", "start_hours", "move", "sent"),
+    [
+        (30, -1, 0, True),  # valid for the JWT's whole hour
+        (30, -1, 31 * 86400, False),  # expired
+        (30, 2, 0, False),  # not yet valid
+        (0.01, -1, 0, False),  # valid now, expires before the JWT does
+    ],
+)
+def test_profile_x5c_chain_not_valid_for_jwt_lifetime_omitted(
+    svc: AttesterService,
+    clock: MutableClock,
+    caplog: pytest.LogCaptureFixture,
+    days: float,
+    start_hours: float,
+    move: int,
+    sent: bool,
+) -> None:
+    _add_chain(svc, clock, days=days, start_hours=start_hours)
+    clock.advance(move)
+    with caplog.at_level("ERROR", logger="attester.keys"):
+        header, _ = _issue(svc, clock)
+    assert ("x5c" in header) is sent
+    assert any("x5c omitted" in r.getMessage() for r in caplog.records) is not sent

@@ -320,3 +320,23 @@ def test_csr_hsm_key_is_valid_pkcs10(softhsm: SoftHsm, tmp_path: Path) -> None:
     signer = store.active_signer(NOW)
     csr = build_csr(signer, _name("hsm key"))
     assert csr.is_signature_valid and csr.public_key() == signer.public_key()
+
+
+@pytest.mark.parametrize(("days", "omitted"), [(0.05, True), (90, False)])
+def test_keys_list_warns_when_chain_does_not_cover_a_jwt_x5c_omitted(
+    days: float,
+    omitted: bool,
+    keyed: tuple[list[str], str, x509.CertificateSigningRequest],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args, kid, csr = keyed
+    ca = LocalCa.make()
+    public = csr.public_key()
+    assert isinstance(public, ec.EllipticCurvePublicKey)
+    # valid now, but ends about 12 minutes from now: shorter than the 1 h JWT lifetime
+    leaf = _cert(csr.subject, public, ca.inter.subject, ca.inter_key, days=days)  # type: ignore[arg-type]
+    assert _import(tmp_path, args, kid, ca.chain_pem(leaf), capsys)[0] == 0
+    assert main(["keys", "list", *args]) == 0
+    err = capsys.readouterr().err
+    assert ("JWTs are sent without x5c" in err) is omitted

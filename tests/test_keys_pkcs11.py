@@ -252,6 +252,20 @@ def test_pkcs11_wrong_setting_rejected_with_code(
     assert "000000" not in str(caught.value)  # never echo the PIN
 
 
+def test_pkcs11_second_token_object_wrong_pin_while_logged_in_refused(
+    softhsm: SoftHsm,
+) -> None:
+    holder = _token(softhsm)
+    holder.check()  # holds the process-wide login of token "attester"
+    try:
+        with pytest.raises(Pkcs11Error) as caught:
+            _token(softhsm, pin="000000").check()
+        assert caught.value.code == "pkcs11_pin_incorrect"
+        _token(softhsm).check()  # the right PIN still shares the login
+    finally:
+        holder.close()
+
+
 @pytest.mark.parametrize(
     ("overrides", "code"),
     [

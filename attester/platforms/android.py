@@ -27,6 +27,7 @@ from attester.codec import decode_base64
 from attester.errors import ProblemError
 from attester.openapi import (
     CHALLENGE_PROBLEMS,
+    INTEGRITY_PROBLEMS,
     ISSUANCE_PROBLEMS,
     JWK_PROBLEMS,
     KEY_PROOF_PROBLEMS,
@@ -96,18 +97,10 @@ REGISTRATION_PROBLEMS = (
     "extension_duplicate",
     "extension_critical_unknown",
     "extension_malformed",
+    "chain_certificate_repeated",
+    "chain_continues_past_root",
     # Play Integrity (issue 10)
-    "integrity_not_configured",
-    "integrity_token_required",
-    "integrity_token_malformed",
-    "integrity_token_invalid",
-    "integrity_payload_malformed",
-    "integrity_binding_mismatch",
-    "integrity_package_mismatch",
-    "integrity_certificate_mismatch",
-    "integrity_token_stale",
-    "integrity_token_future",
-    "integrity_decode_unavailable",
+    *INTEGRITY_PROBLEMS,
     "chain_empty",
     "chain_too_long",
     "certificate_malformed",
@@ -349,6 +342,17 @@ class AndroidPlatform:
         leaf = decode_certificate(leaf_der, 0)
         kd = decode_key_description(leaf.key_descriptions[0])
         check_policy(kd, leaf.public_key(), policy_for(app.android))
+        # Play Integrity (review of issue 10): a token sent at renewal is checked, never ignored
+        application = kd.authorization("attestation_application_id")
+        self.integrity.at_renewal(
+            client_id=app.client_id,
+            app=app.android,
+            token=request.get("integrity_token"),
+            attested_packages=application.package_names if application else (),
+            challenge=challenge,
+            key_thumbprint=thumbprint(instance.instance_jwk),
+            now=now,
+        )
 
 
 # registry rules of this platform, for ``attester apps check`` (no platform is built there)

@@ -332,6 +332,10 @@ class AppleAppAttest:
         """An assertion over fresh client_data; the counter advances by compare-and-set."""
         if app.apple is None:
             raise ProblemError("app_not_registered", "the instance's app no longer uses App Attest")
+        if request.get("integrity_token") is not None:  # an unexamined signal is not accepted
+            raise ProblemError(
+                "integrity_not_configured", "App Attest renewals take no Play Integrity token"
+            )
         assertion_text, client_data_text = request.get("assertion"), request.get("client_data")
         if not isinstance(assertion_text, str) or not isinstance(client_data_text, str):
             raise ProblemError(

@@ -4,7 +4,8 @@ Rules follow Google's reference verifier (https://github.com/android/keyattestat
 and https://developer.android.com/privacy-and-security/security-key-attestation#verify:
 
 * each certificate is signed by the next; the last one is a pinned root (matched by
-  public key) or is signed by one, so a chain may stop below the root;
+  public key) or is signed by one, so a chain may stop below the root, but never continue
+  past it (no certificate below the top carries a root's key) nor repeat a certificate;
 * only the leaf carries the KeyDescription extension: a KeyDescription higher up means
   someone used an attested key as a CA to forge a "leaf" (the known forgery);
 * certificates above the leaf are CAs. One exception, seen on a real Sony Xperia 10 III
@@ -91,7 +92,20 @@ def _decode_at(index: int, der: bytes) -> ChainCertificate:
 
 
 def check_structure(certs: Sequence[ChainCertificate]) -> None:
-    """Only the leaf has a KeyDescription; path lengths hold (CA bits: ``check_issuers``)."""
+    """Only the leaf has a KeyDescription; path lengths hold (CA bits: ``check_issuers``).
+
+    No certificate appears twice: a repeated root (or intermediate) would shift which
+    certificate counts as the one "under the root" that decides the chain's class.
+    """
+    seen: set[bytes] = set()
+    for index, cert in enumerate(certs):
+        if cert.der in seen:
+            raise _fail(
+                "chain_certificate_repeated",
+                "a certificate appears twice in the chain",
+                index=index,
+            )
+        seen.add(cert.der)
     for index, cert in enumerate(certs[1:], start=1):
         if cert.key_descriptions:
             raise _fail(
@@ -147,8 +161,19 @@ def find_anchor(
     anchors: Sequence[TrustAnchor],
     cache: VerifiedLinkCache | None,
 ) -> TrustAnchor:
-    """The anchor that is (by public key) or signed the last certificate."""
+    """The anchor that is (by public key) or signed the last certificate.
+
+    A trusted root's key anywhere but at the top means certificates past the root (e.g.
+    a re-issued root above it): refused, since they would decide the class (module doc).
+    """
     last = certs[-1]
+    for index, cert in enumerate(certs[:-1]):
+        if any(_spki(a) == cert.spki_der for a in anchors):
+            raise _fail(
+                "chain_continues_past_root",
+                "the chain continues past a trusted root",
+                index=index,
+            )
     same_key = [a for a in anchors if _spki(a) == last.spki_der]
     if same_key and len(certs) == 1:
         # A lone "leaf" carrying a root's public key is a self-made certificate: the

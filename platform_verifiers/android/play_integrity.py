@@ -44,6 +44,11 @@ DEVICE_LABELS = frozenset(
     }
 )
 ACTIVITY_LEVELS = ("LEVEL_1", "LEVEL_2", "LEVEL_3", "LEVEL_4")
+# Every value Google documents for each verdict we read; anything else is refused
+# (integrity_verdict_unknown) rather than guessed at, even where the policy relaxes the check.
+APP_RECOGNITION_VERDICTS = frozenset({"PLAY_RECOGNIZED", "UNRECOGNIZED_VERSION", "UNEVALUATED"})
+LICENSING_VERDICTS = frozenset({"LICENSED", "UNLICENSED", "UNEVALUATED"})
+ACTIVITY_VERDICTS = frozenset({*ACTIVITY_LEVELS, "UNEVALUATED"})
 
 #: Every ``VerificationError.code`` raised here (plus ``policy_violation`` with a rule).
 PLAY_INTEGRITY_ERROR_CODES: frozenset[str] = frozenset(
@@ -54,6 +59,7 @@ PLAY_INTEGRITY_ERROR_CODES: frozenset[str] = frozenset(
         "integrity_certificate_mismatch",
         "integrity_token_stale",
         "integrity_token_future",
+        "integrity_verdict_unknown",
     }
 )
 
@@ -91,6 +97,15 @@ class PlayIntegrityVerdict:
 def _malformed(why: str) -> VerificationError:
     return VerificationError(
         "integrity_payload_malformed", "the integrity verdict is malformed", reason=why
+    )
+
+
+def _unknown(field_name: str) -> VerificationError:
+    # the value itself is not echoed: it is caller-controlled for locally decoded tokens
+    return VerificationError(
+        "integrity_verdict_unknown",
+        "the integrity verdict has a value this attester does not know",
+        field=field_name,
     )
 
 
@@ -163,10 +178,16 @@ def verify_integrity_payload(
             "integrity_package_mismatch", "the integrity token was requested by another package"
         )
     millis = details.get("timestampMillis")
+    # an int64 in JSON as a decimal string (proto3 JSON) or a number; nothing else
+    if isinstance(millis, bool) or not (
+        isinstance(millis, int)
+        or (isinstance(millis, str) and millis.isascii() and millis.isdigit())
+    ):
+        raise _malformed("timestampMillis missing")
     try:
-        timestamp = datetime.fromtimestamp(int(str(millis)) / 1000, UTC)
-    except (TypeError, ValueError, OverflowError, OSError):
-        raise _malformed("timestampMillis missing") from None
+        timestamp = datetime.fromtimestamp(int(millis) / 1000, UTC)
+    except (ValueError, OverflowError, OSError):
+        raise _malformed("timestampMillis out of range") from None
     if timestamp > now + skew:
         raise VerificationError("integrity_token_future", "the integrity token is from the future")
     if now - timestamp > policy.max_token_age:
@@ -179,6 +200,8 @@ def verify_integrity_payload(
     # 2. appIntegrity: recognition, package, signing certificate.
     app = _object(payload, "appIntegrity")
     recognition = _string(app, "appRecognitionVerdict")
+    if recognition not in APP_RECOGNITION_VERDICTS:
+        raise _unknown("appRecognitionVerdict")
     if policy.require_play_recognized and recognition != "PLAY_RECOGNIZED":
         raise PolicyViolation(
             "pi_app_recognition", seen=recognition[:32], required="PLAY_RECOGNIZED"
@@ -203,14 +226,20 @@ def verify_integrity_payload(
     labels = device.get("deviceRecognitionVerdict", [])
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
         raise _malformed("deviceRecognitionVerdict is not a list")
+    if not set(labels) <= DEVICE_LABELS:
+        raise _unknown("deviceRecognitionVerdict")
     missing = sorted(policy.required_device_labels - set(labels))
     if missing:
         raise PolicyViolation(
             "pi_device_recognition",
-            seen=sorted(x for x in labels if x in DEVICE_LABELS),
+            seen=sorted(labels),
             required=sorted(policy.required_device_labels),
         )
     activity = _object(device, "recentDeviceActivity", required=False).get("deviceActivityLevel")
+    if activity is not None and (
+        not isinstance(activity, str) or activity not in ACTIVITY_VERDICTS
+    ):
+        raise _unknown("deviceActivityLevel")
     level = activity if isinstance(activity, str) else None
     if policy.max_device_activity_level is not None:
         allowed = ACTIVITY_LEVELS[: ACTIVITY_LEVELS.index(policy.max_device_activity_level) + 1]
@@ -224,6 +253,10 @@ def verify_integrity_payload(
 
     # 4. accountDetails: licensing.
     licensing = _object(payload, "accountDetails", required=False).get("appLicensingVerdict")
+    if licensing is not None and (
+        not isinstance(licensing, str) or licensing not in LICENSING_VERDICTS
+    ):
+        raise _unknown("appLicensingVerdict")
     licensing_text = licensing if isinstance(licensing, str) else None
     if policy.require_licensed and licensing_text != "LICENSED":
         raise PolicyViolation(
@@ -236,7 +269,7 @@ def verify_integrity_payload(
         binding=binding,
         timestamp=timestamp,
         app_recognition_verdict=recognition,
-        device_recognition_verdict=tuple(x for x in labels if x in DEVICE_LABELS),
+        device_recognition_verdict=tuple(labels),
         app_licensing_verdict=licensing_text,
         device_activity_level=level,
         raw=payload,

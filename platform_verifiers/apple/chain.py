@@ -50,13 +50,20 @@ def _check_validity(cert: x509.Certificate, now: datetime, *, index: int) -> Non
 
 
 def _is_ca(cert: x509.Certificate) -> bool:
+    """cA=TRUE, and keyCertSign when keyUsage is present (RFC 5280 4.2.1.3, 4.2.1.9)."""
     try:
         constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
     except x509.ExtensionNotFound:
         return False
     except (ValueError, x509.DuplicateExtension):
         return False  # unparsable or duplicated extensions: not a usable CA
-    return constraints.ca
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return constraints.ca
+    except (ValueError, x509.DuplicateExtension):
+        return False
+    return constraints.ca and usage.key_cert_sign
 
 
 def _signed_by(child: x509.Certificate, issuer: x509.Certificate) -> bool:

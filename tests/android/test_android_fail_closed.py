@@ -529,3 +529,49 @@ def test_key_usage_der_random_inputs_agree_with_pyasn1() -> None:
         fast = key_usage_der(value)
         if fast is not None:
             assert fast == _key_usage_pyasn1(value), value.hex()
+
+# -- review: certificates past the root cannot change the class ------------------------------
+def _serial_number_root() -> Any:
+    """A root named like Google's RSA roots (``serialNumber=f92009e853b6b045``)."""
+    from cryptography.hazmat.primitives import hashes
+
+    from .synth import TestRoot
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = factory_name(serial="f92009e853b6b045", title=None)
+
+    def issue() -> x509.Certificate:
+        return (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(NOW - timedelta(days=3650))
+            .not_valid_after(NOW + timedelta(days=3650))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256())
+        )
+
+    return TestRoot(key, issue()), issue
+
+
+def test_verify_root_repeated_after_expired_rkp_chain_fails_chain_certificate_repeated() -> None:
+    root, _ = _serial_number_root()
+    synth = make_chain(root=root, under_root_name=DROID_CA2_NAME, intermediate_validity=EXPIRED)
+    assert _code(synth.chain, [synth.anchor]) == "certificate_expired"  # as sent by the device
+    # the root sent twice made the "certificate under the root" the root itself (factory)
+    assert _code([*synth.chain, synth.chain[-1]], [synth.anchor]) == "chain_certificate_repeated"
+
+
+def test_verify_reissued_root_above_root_fails_chain_continues_past_root() -> None:
+    root, reissue = _serial_number_root()
+    synth = make_chain(root=root, under_root_name=DROID_CA2_NAME, intermediate_validity=EXPIRED)
+    again = reissue().public_bytes(serialization.Encoding.DER)  # same key, another certificate
+    assert _code([*synth.chain, again], [synth.anchor]) == "chain_continues_past_root"
+
+
+def test_verify_intermediate_repeated_fails_chain_certificate_repeated() -> None:
+    synth = make_chain(under_root_name=factory_name())
+    chain = [synth.chain[0], synth.chain[1], synth.chain[1], *synth.chain[2:]]
+    assert _code(chain, [synth.anchor]) == "chain_certificate_repeated"

@@ -137,6 +137,7 @@ class Harness:
             serialization.NoEncryption(),
         )
         key = jwk.JWK.from_pem(pem)
+        self.last_key = key
         proof = jwt.JWT(
             header={"alg": "ES256", "typ": "key-proof+jwt"},
             claims={
@@ -156,6 +157,31 @@ class Harness:
             body["integrity_token"] = token
         body.update(overrides)
         return self.http.post("/v1/android/attestations", json=body)
+
+    def renew(self, token_for: Any = None, **overrides: Any) -> httpx.Response:
+        """Renew the instance registered last; ``token_for`` as for :meth:`register`."""
+        assert self.http is not None
+        key = self.last_key
+        challenge = str(self.http.post("/v1/challenge").json()["challenge"])
+        proof = jwt.JWT(
+            header={"alg": "ES256", "typ": "key-proof+jwt"},
+            claims={
+                "challenge": challenge,
+                "aud": "https://attester.test",
+                "iat": int(self.clock().timestamp()),
+            },
+        )
+        proof.make_signed_token(key)
+        body: dict[str, Any] = {
+            "key_thumbprint": key.thumbprint(),
+            "challenge": challenge,
+            "key_proof": proof.serialize(),
+        }
+        token = token_for(integrity_binding(challenge, key.thumbprint())) if token_for else None
+        if token is not None:
+            body["integrity_token"] = token
+        body.update(overrides)
+        return self.http.post("/v1/attestations/renew", json=body)
 
     # token makers
     def google_token(self, request_type: str = "standard", **verdict: Any) -> Any:
@@ -361,3 +387,107 @@ def test_pi_http_bad_key_proof_costs_no_google_request(
     response = harness.register(harness.google_token(), key_proof="a.b.c")
     assert response.status_code in (400, 401) and response.json()["code"].startswith("key_proof_")
     assert (google.token_requests, google.decode_requests) == (0, 0)
+
+
+# -- review: Play Integrity at renewal -------------------------------------------------------
+def test_pi_http_renewal_default_without_token_passes(harness: Harness) -> None:
+    harness.start({"mode": "both"})
+    _claims(harness.register(harness.google_token()))
+    assert harness.renew().status_code == 200  # existing clients keep renewing
+
+
+def test_pi_http_renewal_sent_token_checked_not_ignored(harness: Harness) -> None:
+    harness.start({"mode": "both"})
+    _claims(harness.register(harness.google_token()))
+    _problem(harness.renew(lambda b: "never-issued"), 403, "integrity_token_invalid")
+    weak = harness.google_token(labels=("MEETS_BASIC_INTEGRITY",))
+    _problem(harness.renew(weak), 403, "policy_violation", rule="pi_device_recognition")
+    assert harness.renew(harness.google_token()).status_code == 200
+
+
+def test_pi_http_renewal_required_without_token_rejected(harness: Harness) -> None:
+    harness.start({"mode": "both", "renewal": "required"})
+    _claims(harness.register(harness.google_token()))
+    _problem(harness.renew(), 403, "integrity_token_required")
+    assert harness.renew(harness.google_token()).status_code == 200
+
+
+def test_pi_http_renewal_registration_token_replayed_binding_mismatch(harness: Harness) -> None:
+    harness.start({"mode": "both", "renewal": "required"})
+    tokens: list[str] = []
+    make = harness.google_token()
+
+    def keep(binding: str) -> str:
+        tokens.append(make(binding))
+        return tokens[-1]
+
+    _claims(harness.register(keep))
+    _problem(harness.renew(lambda b: tokens[0]), 403, "integrity_binding_mismatch")
+
+
+def test_pi_http_renewal_token_without_configuration_rejected(harness: Harness) -> None:
+    harness.start(None)
+    assert harness.register().status_code == 200
+    _problem(harness.renew(lambda b: "any-token"), 400, "integrity_not_configured")
+    _problem(harness.renew(lambda b: 12), 422, "invalid_request")
+
+
+# -- review: keys and tokens never reach logs or problem bodies -------------------------------
+@pytest.mark.parametrize("decode", ["google", "local"])
+def test_pi_http_keys_and_tokens_absent_from_logs_and_bodies(
+    harness: Harness,
+    google: GoogleStandIn,
+    keys: LocalKeys,
+    caplog: pytest.LogCaptureFixture,
+    decode: str,
+) -> None:
+    caplog.set_level("DEBUG")
+    if decode == "local":
+        harness.start({"decode": "local", "request_type": "classic"})
+        make, bad = harness.local_token, harness.local_token(recognition="UNRECOGNIZED_VERSION")
+    else:
+        harness.start({})
+        make, bad = harness.google_token, harness.google_token(labels=("MEETS_BASIC_INTEGRITY",))
+    sent: list[str] = []
+
+    def keep(maker: Any) -> Any:
+        def inner(binding: str) -> str:
+            sent.append(maker(binding))
+            return sent[-1]
+
+        return inner
+
+    bodies = [
+        harness.register(keep(make())).text,
+        harness.register(keep(bad)).text,
+        harness.register(keep(lambda b: "x" * 200)).text,
+    ]
+    google.decode_status = 500
+    bodies.append(harness.register(keep(make())).text)
+    pem_lines = google.service_account["private_key"].splitlines()[1:-1]
+    secrets_ = [
+        keys.decryption_b64,
+        keys.verification_b64[20:60],
+        *pem_lines[:3],
+        *google.access_tokens,
+        *(t for t in sent if len(t) > 40),  # the caller's tokens are not echoed either
+    ]
+    text = caplog.text + "\n".join(bodies)
+    for secret in secrets_:
+        assert secret not in text
+
+
+def test_pi_http_token_of_publishers_other_package_mismatch(
+    harness: Harness, google: GoogleStandIn
+) -> None:
+    # the app allows two packages; Key Attestation attests DEFAULT_PACKAGE only
+    harness.start({}, package_names=[DEFAULT_PACKAGE, "com.example.other"])
+
+    def other(binding: str) -> str:
+        google.verdicts["other"] = verdict_payload(
+            binding=binding, package="com.example.other", signer=DEFAULT_SIGNER, now=harness.clock()
+        )
+        return "other"
+
+    _problem(harness.register(other), 403, "integrity_package_mismatch")
+    assert harness.register(harness.google_token()).status_code == 200

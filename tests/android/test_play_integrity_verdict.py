@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from platform_verifiers.android.play_integrity import (
     PlayIntegrityPolicy,
@@ -184,3 +186,127 @@ def test_verdict_payload_not_mutated() -> None:
     before = copy.deepcopy(payload)
     _check(payload)
     assert payload == before
+
+
+# -- review: the binding covers the key, unknown verdict values fail closed ------------------
+def test_verdict_other_instance_key_binding_mismatch() -> None:
+    with pytest.raises(VerificationError) as info:
+        _check(_payload(), expected_binding=integrity_binding("challenge-text", "other-key"))
+    assert info.value.code == "integrity_binding_mismatch"
+
+
+RELAXED = PlayIntegrityPolicy(
+    required_device_labels=frozenset(),
+    require_play_recognized=False,
+    require_licensed=False,
+    max_device_activity_level="LEVEL_4",
+    allow_unevaluated_activity=True,
+)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (
+            lambda p: p["appIntegrity"].update(appRecognitionVerdict="PLAY_MAYBE"),
+            "appRecognitionVerdict",
+        ),
+        (
+            lambda p: p["deviceIntegrity"]["deviceRecognitionVerdict"].append("MEETS_NEW_THING"),
+            "deviceRecognitionVerdict",
+        ),
+        (
+            lambda p: p["deviceIntegrity"]["recentDeviceActivity"].update(
+                deviceActivityLevel="LEVEL_9"
+            ),
+            "deviceActivityLevel",
+        ),
+        (
+            lambda p: p["deviceIntegrity"]["recentDeviceActivity"].update(
+                deviceActivityLevel=["LEVEL_1"]
+            ),
+            "deviceActivityLevel",
+        ),
+        (
+            lambda p: p["accountDetails"].update(appLicensingVerdict="LICENSED_ISH"),
+            "appLicensingVerdict",
+        ),
+        (lambda p: p["accountDetails"].update(appLicensingVerdict={"a": 1}), "appLicensingVerdict"),
+    ],
+    ids=["recognition", "device-label", "activity", "activity-list", "licensing", "licensing-obj"],
+)
+def test_verdict_unknown_value_under_relaxed_policy_verdict_unknown(
+    mutate: Any, field: str
+) -> None:
+    payload = _payload()
+    mutate(payload)
+    for policy in (PlayIntegrityPolicy(max_device_activity_level="LEVEL_4"), RELAXED):
+        with pytest.raises(VerificationError) as info:
+            _check(copy.deepcopy(payload), policy=policy)
+        assert info.value.code == "integrity_verdict_unknown"
+        assert info.value.detail["field"] == field
+
+
+@pytest.mark.parametrize(
+    "millis", [True, "1_700_000_000_000", " 1700000000000", "-5", 1.5e12, "1e12", "9" * 40]
+)
+def test_verdict_timestamp_not_an_int64_malformed(millis: Any) -> None:
+    payload = _payload()
+    payload["requestDetails"]["timestampMillis"] = millis
+    with pytest.raises(VerificationError) as info:
+        _check(payload)
+    assert info.value.code == "integrity_payload_malformed"
+
+
+def test_verdict_timestamp_as_json_number_accepted() -> None:
+    payload = _payload()
+    payload["requestDetails"]["timestampMillis"] = int(NOW.timestamp() * 1000)
+    assert _check(payload).timestamp == NOW
+
+
+# -- review: any JSON value in any verdict field verifies or raises VerificationError ---------
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=8,
+)
+_PATHS = [
+    ("requestDetails",),
+    ("requestDetails", "requestHash"),
+    ("requestDetails", "requestPackageName"),
+    ("requestDetails", "timestampMillis"),
+    ("appIntegrity",),
+    ("appIntegrity", "appRecognitionVerdict"),
+    ("appIntegrity", "packageName"),
+    ("appIntegrity", "certificateSha256Digest"),
+    ("deviceIntegrity",),
+    ("deviceIntegrity", "deviceRecognitionVerdict"),
+    ("deviceIntegrity", "recentDeviceActivity"),
+    ("deviceIntegrity", "recentDeviceActivity", "deviceActivityLevel"),
+    ("accountDetails",),
+    ("accountDetails", "appLicensingVerdict"),
+]
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(st.lists(st.tuples(st.sampled_from(_PATHS), _JSON), min_size=1, max_size=4), st.booleans())
+def test_verdict_any_field_value_verifies_or_raises_verification_error(
+    edits: list[tuple[tuple[str, ...], Any]], relaxed: bool
+) -> None:
+    payload: Any = _payload()
+    for path, value in edits:
+        node = payload
+        for name in path[:-1]:
+            if not isinstance(node, dict) or not isinstance(node.get(name), dict):
+                break
+            node = node[name]
+        else:
+            if isinstance(node, dict):
+                node[path[-1]] = value
+    policy = RELAXED if relaxed else PlayIntegrityPolicy(max_device_activity_level="LEVEL_2")
+    try:
+        _check(payload, policy=policy)
+    except VerificationError:
+        pass

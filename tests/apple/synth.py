@@ -84,7 +84,9 @@ def _ca_cert(
     not_before: datetime,
     not_after: datetime,
     is_ca: bool = True,
+    key_cert_sign: bool | None = None,
 ) -> x509.Certificate:
+    key_cert_sign = is_ca if key_cert_sign is None else key_cert_sign
     return (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -101,7 +103,7 @@ def _ca_cert(
                 key_encipherment=False,
                 data_encipherment=False,
                 key_agreement=False,
-                key_cert_sign=is_ca,
+                key_cert_sign=key_cert_sign,
                 crl_sign=is_ca,
                 encipher_only=False,
                 decipher_only=False,
@@ -181,6 +183,7 @@ def make_attestation(
     leaf_not_before: datetime | None = None,
     leaf_not_after: datetime | None = None,
     intermediate_is_ca: bool = True,
+    intermediate_key_cert_sign: bool | None = None,
     break_leaf_signature: bool = False,
     include_root: bool = False,
     auth_data_extensions: bytes = b"",
@@ -224,6 +227,7 @@ def make_attestation(
         not_before=now - timedelta(days=365),
         not_after=now + timedelta(days=5 * 365),
         is_ca=intermediate_is_ca,
+        key_cert_sign=intermediate_key_cert_sign,
     )
 
     builder = (

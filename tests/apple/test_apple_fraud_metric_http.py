@@ -127,9 +127,31 @@ class FraudHarness:
         )
         self.server.answer = lambda received: (status, receipt)
 
+    def attest_receipt(self, device_key: ec.EllipticCurvePrivateKey, **kw: Any) -> bytes:
+        """The ATTEST receipt a device's attestation object carries (under the test PKI)."""
+        kw.setdefault("app_id", APP_ID)
+        return make_receipt(
+            kw.pop("pki", self.pki),
+            public_key=kw.pop("public_key", device_key.public_key()),
+            created=kw.pop("created", self.clock.now),
+            receipt_type=kw.pop("receipt_type", "ATTEST"),
+            risk_metric=None,
+            **kw,
+        )
+
+    def registration(self, **receipt: Any) -> tuple[dict[str, Any], Device]:
+        assert self.apple is not None
+        self.sent_receipt = b""
+
+        def make(device_key: ec.EllipticCurvePrivateKey) -> bytes:
+            self.sent_receipt = self.attest_receipt(device_key, **receipt)
+            return self.sent_receipt
+
+        return self.apple.registration(receipt_for=make)
+
     def register(self, *, risk: int | None, status: int = 200) -> tuple[httpx.Response, Device]:
         assert self.apple is not None
-        body, device = self.apple.registration()
+        body, device = self.registration()
         self.answer_with(device, risk=risk, status=status)
         return self.apple.http.post("/v1/apple/attestations", json=body), device
 
@@ -168,11 +190,11 @@ def test_fraud_http_registration_exchanges_and_stores_metric(
     response, device = harness.register(risk=3)
     assert response.status_code == 200, response.text
     assert apple_server.requests == 1 and apple_server.auth_errors == []
-    assert apple_server.received == [b"synthetic receipt"]  # the attestation's receipt was sent
+    assert apple_server.received == [harness.sent_receipt]  # the attestation's receipt was sent
     record = harness.instance(device)
     assert record.apple_risk_metric == 3
     assert record.apple_receipt_refreshed_at == harness.clock.now
-    assert record.apple_receipt != b"synthetic receipt"
+    assert record.apple_receipt != harness.sent_receipt
 
 
 def test_fraud_http_cap_exceeded_at_registration_rule(harness: FraudHarness) -> None:
@@ -244,7 +266,7 @@ def test_fraud_http_wrong_publisher_key_unavailable(
 
 def test_fraud_http_answer_for_other_key_rejected(harness: FraudHarness, pki: ReceiptPki) -> None:
     harness.start()
-    body, _ = harness.apple.registration() if harness.apple else (None, None)
+    body, _ = harness.registration() if harness.apple else (None, None)
     stranger = ec.generate_private_key(ec.SECP256R1())
     harness.server.answer = lambda r: (
         200,
@@ -261,7 +283,7 @@ def test_fraud_http_answer_for_other_key_rejected(harness: FraudHarness, pki: Re
 def test_fraud_http_answer_under_untrusted_root_rejected(harness: FraudHarness) -> None:
     harness.start()
     assert harness.apple is not None
-    body, device = harness.apple.registration()
+    body, device = harness.registration()
     other = make_receipt_pki()
     harness.server.answer = lambda r: (
         200,
@@ -284,8 +306,44 @@ def test_fraud_http_bad_key_proof_costs_no_apple_request(
     harness: FraudHarness, apple_server: AppleReceiptStandIn
 ) -> None:
     apple = harness.start()
-    body, device = apple.registration()
+    body, device = harness.registration()
     harness.answer_with(device, risk=1)
     response = apple.http.post("/v1/apple/attestations", json={**body, "key_proof": "a.b.c"})
     assert response.status_code in (400, 401) and response.json()["code"].startswith("key_proof_")
+    assert apple_server.requests == 0
+
+
+# -- review: the attestation's own receipt is verified locally before it is stored or sent ---
+@pytest.mark.parametrize(
+    ("receipt", "code"),
+    [
+        ({"fields": {6: b"ATTEST", 2: b"garbage" * 0}}, "receipt_app_id_mismatch"),
+        ({"public_key": "stranger"}, "receipt_key_mismatch"),
+        ({"receipt_type": "RECEIPT"}, "receipt_type_unexpected"),
+        ({"pki": "other"}, "chain_untrusted"),
+        ({"app_id": "OTHERTEAM.com.example.other"}, "receipt_app_id_mismatch"),
+    ],
+    ids=["empty-app-id", "other-key", "receipt-type", "other-root", "other-app"],
+)
+def test_fraud_http_attestation_receipt_invalid_refused_before_apple(
+    harness: FraudHarness, apple_server: AppleReceiptStandIn, receipt: dict[str, Any], code: str
+) -> None:
+    apple = harness.start()
+    if receipt.get("public_key") == "stranger":
+        receipt["public_key"] = ec.generate_private_key(ec.SECP256R1()).public_key()
+    if receipt.get("pki") == "other":
+        receipt["pki"] = make_receipt_pki()
+    body, device = harness.registration(**receipt)
+    harness.answer_with(device, risk=1)
+    _problem(apple.http.post("/v1/apple/attestations", json=body), 403, code)
+    assert apple_server.requests == 0
+
+
+def test_fraud_http_attestation_receipt_garbage_malformed(
+    harness: FraudHarness, apple_server: AppleReceiptStandIn
+) -> None:
+    apple = harness.start()
+    body, device = apple.registration()  # the synthetic attestation's placeholder receipt
+    harness.answer_with(device, risk=1)
+    _problem(apple.http.post("/v1/apple/attestations", json=body), 400, "receipt_malformed")
     assert apple_server.requests == 0

@@ -93,12 +93,18 @@ class Apple:
         device_key: ec.EllipticCurvePrivateKey | None = None,
         jwk_members: dict[str, Any] | None = None,
         proof_key: jwk.JWK | None = None,
+        receipt_for: Any = None,
     ) -> tuple[dict[str, Any], Device]:
         """A complete registration body; each keyword changes one thing."""
         challenge = challenge or self.challenge()
         instance_key = new_instance_key()
         client_data = _client_data(challenge, jwk_members or export_public(instance_key))
         root = root or self.root
+        if receipt_for is not None:  # the receipt names the App Attest key: make it first
+            device_key = device_key or ec.generate_private_key(ec.SECP256R1())
+        extra: dict[str, Any] = {}
+        if receipt_for is not None:
+            extra["receipt"] = receipt_for(device_key)
         obj, key_id, device_key = make_attestation(
             root_key=root.key,
             root_cert=root.cert,
@@ -107,6 +113,7 @@ class Apple:
             environment=environment,
             now=self.clock.now,
             device_key=device_key,
+            **extra,
         )
         body = {
             "key_id": _b64(key_id),
@@ -384,6 +391,13 @@ def test_apple_http_renew_valid_issues_new_jwt(apple: Apple, registered: Device)
     claims = _verify_jwt(apple.http, response.json()["client_attestation"], registered)
     assert claims["iat"] == int(apple.clock.now.timestamp())
     assert apple.renew(registered, counter=2).status_code == 200
+
+
+def test_apple_http_renew_with_integrity_token_not_configured(
+    apple: Apple, registered: Device
+) -> None:
+    body = {**apple.renewal(registered, counter=1), "integrity_token": "any-token"}
+    _problem(apple.http.post("/v1/attestations/renew", json=body), 400, "integrity_not_configured")
 
 
 def test_apple_http_renew_replayed_counter_refused(apple: Apple, registered: Device) -> None:

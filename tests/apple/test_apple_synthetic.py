@@ -237,6 +237,13 @@ def test_verify_attestation_intermediate_not_ca_fails_chain_untrusted(
     assert _code(synth_root, obj, key_id) == "chain_untrusted"
 
 
+def test_verify_attestation_intermediate_without_key_cert_sign_fails_chain_untrusted(
+    synth_root: SynthRoot,
+) -> None:
+    obj, key_id, _ = _attest(synth_root, intermediate_key_cert_sign=False)
+    assert _code(synth_root, obj, key_id) == "chain_untrusted"
+
+
 def test_verify_attestation_leaf_signed_by_stranger_fails_chain_signature_invalid(
     synth_root: SynthRoot,
 ) -> None:
