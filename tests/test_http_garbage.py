@@ -212,7 +212,11 @@ def test_http_garbage_every_public_route_4xx_problem_without_echo(
                             headers={"content-type": "application/json", "if-none-match": MARKER},
                         )
                         where = (method, path, response.status_code, response.text[:200])
-                        assert response.status_code < 500, where
+                        # /readyz honestly reports this test server's missing revocation list
+                        not_ready = path == "/readyz" and response.status_code == 503
+                        assert response.status_code < 500 or not_ready, where
+                        if not_ready:
+                            assert response.json()["code"] == "not_ready", where
                         if response.status_code >= 400 and method != "HEAD":
                             assert response.headers["content-type"].startswith(
                                 "application/problem+json"
