@@ -51,7 +51,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import httpx
 from bench_android import CASES, POLICY, VECTORS
 from bench_apple import chain_signatures, load_samples, ours, pyattest_runner
-from bench_registration_http import key_proof
+from bench_registration_http import BENCH_RATE_LIMITS, key_proof
 from cryptography.hazmat.primitives import serialization
 
 from platform_verifiers.android import (
@@ -67,6 +67,7 @@ from tests.android.synth import DEFAULT_PACKAGE, DEFAULT_SIGNER, make_chain, mak
 from tests.support import free_port, postgres_server, wait_until_healthy
 
 ROWS: list[tuple[str, str, str, str]] = []  # (measure, figure, ratio, target)
+
 
 
 def row(measure: str, figure: str, ratio: str = "", target: str = "") -> None:
@@ -235,6 +236,7 @@ def serving(database_url: str | None, workers: int = 2) -> Iterator[Server]:
         f'[android]\nrevocation_url = "{status.url}"\ntest_root_files = ["{work / "root.pem"}"]\n'
         f'[[apps]]\nclient_id = "bench"\n[apps.android]\npackage_names = ["{DEFAULT_PACKAGE}"]\n'
         f'signing_cert_sha256 = ["{DEFAULT_SIGNER.hex()}"]\n'
+        + BENCH_RATE_LIMITS
     )
     server = subprocess.Popen(
         [sys.executable, "-m", "attester.cli", "serve", "--config", str(work / "config.toml"),
@@ -437,6 +439,7 @@ class FlatRig:
             f'[android]\nrevocation_url = "{status_url}"\ntest_root_files = ["{self.work / "root.pem"}"]\n'
             f'[[apps]]\nclient_id = "bench"\n[apps.android]\npackage_names = ["{DEFAULT_PACKAGE}"]\n'
             f'signing_cert_sha256 = ["{DEFAULT_SIGNER.hex()}"]\n'
+            + BENCH_RATE_LIMITS
         )
         settings = load_settings(self.work / "config.toml", data_dir=self.work / "data")
         self.service = create_app(settings).state.service
@@ -466,7 +469,7 @@ class FlatRig:
 
         def run() -> object:
             return service.register(
-                challenge=body.challenge, key_proof=body.key_proof,
+                platform="android", challenge=body.challenge, key_proof=body.key_proof,
                 verify=lambda c, now: platform.verify(body, c, now),
             )
 

@@ -56,6 +56,8 @@ def _settings_factory(work: Path) -> Callable[..., Any]:
         overrides.setdefault("data_dir", work / f"data-{counter[0]}")
         overrides.setdefault("issuer", "https://attester.test")
         overrides.setdefault("log_level", "warning")
+        # every registration comes from one loopback address: per-IP limits would refuse them
+        overrides.setdefault("rate_limits", {"enabled": False})
         return load_settings(**overrides)
 
     return make
