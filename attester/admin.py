@@ -135,10 +135,16 @@ class Admin:
         before = registry_json(self.service.settings)
         try:
             updated = reload_registry(self.service.settings, load_settings(config))
+            swaps = []
             for platform in self.service.platforms.values():
                 validate = getattr(platform, "validate_settings", None)
                 if validate is not None:
                     validate(updated)
+                # per-app components (Play Integrity decoders, receipt exchangers) are
+                # rebuilt for the new registry before anything is swapped
+                prepare = getattr(platform, "with_registry", None)
+                if prepare is not None:
+                    swaps.append(prepare(updated))
         except ConfigError as exc:
             # the message names the field; it is the operator's own file
             raise ProblemError(
@@ -149,6 +155,8 @@ class Admin:
         for platform in self.service.platforms.values():
             if hasattr(platform, "settings"):
                 platform.settings = updated
+        for apply in swaps:
+            apply()
         after = registry_json(updated)
         # the whole registry before and after: a policy change shows, not only app ids
         self.store.audit(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -192,6 +192,26 @@ class AndroidPlatform:
         )
         # Play Integrity (issue 10): decoders per app, keys read once here
         self.integrity = integrity or IntegrityGate(settings)
+
+    def with_registry(self, settings: Settings) -> Callable[[], None]:
+        """Build what depends on the app registry for ``settings`` (Play Integrity decoders,
+        their keys read here, so a bad file fails the reload); the returned call swaps it in."""
+        def config(registry: Settings, client_id: str) -> object:
+            app = registry.app(client_id)
+            return app.android.play_integrity if app and app.android else None
+
+        # an app whose Play Integrity section is unchanged keeps its decoder (and token cache)
+        kept = {
+            cid: decoder
+            for cid, decoder in self.integrity.decoders.items()
+            if config(settings, cid) is not None and config(settings, cid) == config(self.settings, cid)
+        }
+        integrity = IntegrityGate(settings, decoders=kept)
+
+        def apply() -> None:
+            self.settings, self.integrity = settings, integrity
+
+        return apply
 
     # -- revocation ------------------------------------------------------------------
     def revocation(self, now: datetime) -> tuple[RevocationSnapshot | None, timedelta | None]:

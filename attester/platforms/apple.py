@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
@@ -230,6 +231,26 @@ class AppleAppAttest:
         self.verified_cache = verified_cache or VerifiedLinkCache()
         # Apple's fraud metric (issue 10): receipt exchanges for the apps that configure it
         self.fraud = fraud or FraudMetric(settings, store)
+
+    def with_registry(self, settings: Settings) -> Callable[[], None]:
+        """Build the receipt exchangers of ``settings``' apps (their keys read here, so a bad
+        file fails the reload); the returned call swaps them in with the registry."""
+        def config(registry: Settings, client_id: str) -> object:
+            app = registry.app(client_id)
+            return app.apple.fraud_metric if app and app.apple else None
+
+        # an app whose fraud-metric section is unchanged keeps its exchanger
+        kept = {
+            cid: exchanger
+            for cid, exchanger in self.fraud.exchangers.items()
+            if config(settings, cid) is not None and config(settings, cid) == config(self.settings, cid)
+        }
+        fraud = FraudMetric(settings, self.store, exchangers=kept)
+
+        def apply() -> None:
+            self.settings, self.fraud = settings, fraud
+
+        return apply
 
     # -- registration ----------------------------------------------------------------
     def attest(

@@ -491,3 +491,36 @@ def test_pi_http_token_of_publishers_other_package_mismatch(
 
     _problem(harness.register(other), 403, "integrity_package_mismatch")
     assert harness.register(harness.google_token()).status_code == 200
+
+
+def test_pi_registry_reload_builds_decoders_of_new_apps(
+    make_settings: Any, keys: LocalKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reload that adds Play Integrity to an app gives it a decoder (not a KeyError 500
+    at its first token), and a reload whose keys cannot be read fails before any swap."""
+    from attester.platforms.android import AndroidPlatform
+
+    monkeypatch.setenv("PI_DEC", keys.decryption_b64)
+    monkeypatch.setenv("PI_VER", keys.verification_b64)
+    android = {"package_names": ["a.b"], "signing_cert_sha256": ["00" * 32]}
+    section = {
+        "decode": "local",
+        "request_type": "classic",
+        "decryption_key_env": "PI_DEC",
+        "verification_key_env": "PI_VER",
+    }
+    before = make_settings(apps=[{"client_id": "x", "android": android}])
+    platform = AndroidPlatform(before)
+    assert "x" not in platform.integrity.decoders
+    after = make_settings(apps=[{"client_id": "x", "android": {**android, "play_integrity": section}}])
+    platform.with_registry(after)()
+    assert "x" in platform.integrity.decoders and platform.settings is after
+    kept = platform.integrity.decoders["x"]
+    platform.with_registry(after)()
+    assert platform.integrity.decoders["x"] is kept  # unchanged section: same decoder
+    broken = {**section, "decryption_key_env": "PI_MISSING"}
+    with pytest.raises(ConfigError):
+        platform.with_registry(
+            make_settings(apps=[{"client_id": "x", "android": {**android, "play_integrity": broken}}])
+        )
+    assert platform.settings is after
