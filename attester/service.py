@@ -162,6 +162,9 @@ class AttesterService:
         except InstanceRevoked as exc:
             self._burn(redemption, now)
             raise not_active(exc.status) from None
+        except Exception:  # our fault (no key, database busy): the attempt still uses it up
+            self._burn(redemption, now)
+            raise
         self._redeemed(now)
         log.info(
             "instance registered",
@@ -205,7 +208,10 @@ class AttesterService:
             )
         except ChallengeAlreadyRedeemed:
             raise self._replayed() from None
-        except ProblemError:
+        except InstanceNotActive as exc:  # revoked or suspended since the checks above
+            self._burn(redemption, now)
+            raise not_active(exc.status) from None
+        except Exception:  # a refusal, or our fault: the attempt still uses the challenge up
             self._burn(redemption, now)
             raise
         self._redeemed(now)

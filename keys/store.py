@@ -294,7 +294,10 @@ class KeyStore:
         chain = self._x5c.get(kid)
         if chain is None:
             return None
-        not_before, not_after = self._x5c_windows[kid]
+        window = self._x5c_windows.get(kid)  # a reload may be publishing both maps right now
+        if window is None:
+            return None
+        not_before, not_after = window
         if not_before <= start and end <= not_after:
             return chain
         last = self._x5c_warned.get(kid, float("-inf"))

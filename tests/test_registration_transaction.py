@@ -106,3 +106,28 @@ def test_store_record_issued_with_redeemed_challenge_records_nothing(database_ur
                             expires_at=NOW + timedelta(hours=1), redemption=used)
     assert [jti for jti, _, _ in store.issued_for(record.id)] == ["j-" + "v" * 43]
     store.dispose()
+
+
+def test_store_issue_for_instance_revoked_meanwhile_refused(database_url: str) -> None:
+    """A revocation that committed after the caller's checks still refuses the JWT, also for
+    apps without a status list; nothing is recorded and the challenge is not marked used."""
+    from sqlalchemy import update
+
+    from attester.storage.models import Instance
+    from attester.storage.status_entries import InstanceNotActive
+
+    store = create_store(database_url)
+    record = _register(store, "w" * 43, Redemption("b2" * 32, NOW + timedelta(minutes=5)))
+    with store.engine.begin() as connection:
+        connection.execute(update(Instance).where(Instance.id == record.id).values(status="suspended"))
+    redemption = Redemption("c3" * 32, NOW + timedelta(minutes=5))
+    with pytest.raises(InstanceNotActive) as refused:
+        store.issue_for(
+            record.id,
+            lambda _s, _i: IssuedRow("j-late", "kid", NOW, NOW + timedelta(hours=1)),
+            redemption=redemption,
+        )
+    assert refused.value.status == "suspended"
+    assert [jti for jti, _, _ in store.issued_for(record.id)] == ["j-" + "w" * 43]
+    assert not store.challenge_redeemed(redemption.digest)
+    store.dispose()

@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from attester.storage.models import Instance, IssuedAttestation, RedeemedChallenge
+from attester.storage.status_entries import InstanceNotActive, lock_instance
 
 
 class AlreadyRegistered(Exception):
@@ -239,7 +240,12 @@ class Store:
         with self._sessions.begin() as session:
             if redemption is not None:
                 _redeem_in(session, redemption)
-            row = session.scalar(select(Instance).where(Instance.key_thumbprint == key_thumbprint))
+            # FOR UPDATE (PostgreSQL): a re-registration and a revocation of the same instance
+            # are serialised, as allocation and revocation are (SQLite: the redemption above
+            # already holds the write lock)
+            row = session.scalar(
+                select(Instance).where(Instance.key_thumbprint == key_thumbprint).with_for_update()
+            )
             if row is not None and row.status != "active":
                 # an operator's revocation is not undone by attesting the same key again
                 raise InstanceRevoked(row.status)
@@ -330,6 +336,11 @@ class Store:
         with self._sessions.begin() as session:
             if redemption is not None:
                 _redeem_in(session, redemption)
+            # under the instance's lock: a revocation or suspension that committed since the
+            # caller's checks refuses the JWT (also for apps without a status list)
+            if not lock_instance(session, instance_id, only_active=True):
+                status = session.scalar(select(Instance.status).where(Instance.id == instance_id))
+                raise InstanceNotActive(instance_id, status or "revoked")
             _add_issued(session, instance_id, issue(session, instance_id))
 
     def issued_for(self, instance_id: str) -> list[tuple[str, str, datetime]]:
