@@ -13,6 +13,8 @@ from http import HTTPStatus
 from typing import Any
 
 from attester.errors import PROBLEM_JSON, PROBLEM_TYPE_BASE, STATUS
+from platform_verifiers.android.play_integrity import PLAY_INTEGRITY_ERROR_CODES
+from platform_verifiers.apple.receipt import RECEIPT_ERROR_CODES
 
 # Answered by the request middleware and the validation handlers on any endpoint with a body.
 REQUEST_PROBLEMS = (
@@ -33,32 +35,20 @@ KEY_PROOF_PROBLEMS = (
     "key_proof_future",
 )
 JWK_PROBLEMS = ("jwk_private_members", "jwk_key_type_not_allowed", "jwk_malformed")
-# a Play Integrity token (registration, and renewal when sent or required)
+# a Play Integrity token (registration, and renewal when sent or required): the verdict
+# checks' own codes, plus the decoding and combination steps of the service
 INTEGRITY_PROBLEMS = (
     "integrity_not_configured",
     "integrity_token_required",
     "integrity_token_malformed",
     "integrity_token_invalid",
-    "integrity_payload_malformed",
-    "integrity_binding_mismatch",
-    "integrity_package_mismatch",
-    "integrity_certificate_mismatch",
-    "integrity_token_stale",
-    "integrity_token_future",
-    "integrity_verdict_unknown",
+    *sorted(PLAY_INTEGRITY_ERROR_CODES),
     "integrity_decode_unavailable",
 )
-# the App Attest receipt exchanged with Apple for the fraud metric (registration and renewal)
+# the App Attest receipt exchanged with Apple for the fraud metric (registration and renewal):
+# the receipt checks' own codes, plus the exchange's
 RECEIPT_PROBLEMS = (
-    "receipt_malformed",
-    "receipt_signature_invalid",
-    "receipt_signer_not_authorized",
-    "receipt_app_id_mismatch",
-    "receipt_key_mismatch",
-    "receipt_type_unexpected",
-    "receipt_not_yet_valid",
-    "receipt_expired",
-    "receipt_stale",
+    *sorted(RECEIPT_ERROR_CODES),
     "receipt_exchange_rejected",
     "receipt_exchange_unavailable",
 )

@@ -8,14 +8,37 @@ storage and issuance.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from attester.challenges import Challenge
-from attester.settings import AppConfig
+from attester.settings import AppConfig, Settings
 from attester.storage import InstanceRecord
+
+T = TypeVar("T")
+
+
+def unchanged_components(
+    components: Mapping[str, T],
+    before: Settings,
+    after: Settings,
+    section: Callable[[AppConfig], object],
+) -> dict[str, T]:
+    """The per-app components (by client_id) whose configuration ``section`` is the same in
+    ``after`` as in ``before``: a registry reload keeps them (and their caches)."""
+
+    def config(registry: Settings, client_id: str) -> object:
+        app = registry.app(client_id)
+        return section(app) if app else None
+
+    return {
+        client_id: component
+        for client_id, component in components.items()
+        if config(after, client_id) is not None
+        and config(after, client_id) == config(before, client_id)
+    }
 
 
 @dataclass(frozen=True)

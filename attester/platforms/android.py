@@ -34,7 +34,7 @@ from attester.openapi import (
     REQUEST_PROBLEMS,
     problem_responses,
 )
-from attester.platforms import VerifiedInstance
+from attester.platforms import VerifiedInstance, unchanged_components
 from attester.routes import NO_STORE
 from attester.settings import AndroidAppConfig, AppConfig, ConfigError, Settings
 from attester.storage import InstanceRecord
@@ -196,16 +196,11 @@ class AndroidPlatform:
     def with_registry(self, settings: Settings) -> Callable[[], None]:
         """Build what depends on the app registry for ``settings`` (Play Integrity decoders,
         their keys read here, so a bad file fails the reload); the returned call swaps it in."""
-        def config(registry: Settings, client_id: str) -> object:
-            app = registry.app(client_id)
-            return app.android.play_integrity if app and app.android else None
-
-        # an app whose Play Integrity section is unchanged keeps its decoder (and token cache)
-        kept = {
-            cid: decoder
-            for cid, decoder in self.integrity.decoders.items()
-            if config(settings, cid) is not None and config(settings, cid) == config(self.settings, cid)
-        }
+        # an app whose section is unchanged keeps its component (and its caches)
+        kept = unchanged_components(
+            self.integrity.decoders, self.settings, settings,
+            lambda a: a.android.play_integrity if a.android else None,
+        )
         integrity = IntegrityGate(settings, decoders=kept)
 
         def apply() -> None:

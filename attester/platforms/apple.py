@@ -40,7 +40,7 @@ from attester.openapi import (
     REQUEST_PROBLEMS,
     problem_responses,
 )
-from attester.platforms import Platform, VerifiedInstance
+from attester.platforms import Platform, VerifiedInstance, unchanged_components
 from attester.routes import NO_STORE
 from attester.service import AttesterService
 from attester.settings import AppConfig, Settings
@@ -235,16 +235,11 @@ class AppleAppAttest:
     def with_registry(self, settings: Settings) -> Callable[[], None]:
         """Build the receipt exchangers of ``settings``' apps (their keys read here, so a bad
         file fails the reload); the returned call swaps them in with the registry."""
-        def config(registry: Settings, client_id: str) -> object:
-            app = registry.app(client_id)
-            return app.apple.fraud_metric if app and app.apple else None
-
-        # an app whose fraud-metric section is unchanged keeps its exchanger
-        kept = {
-            cid: exchanger
-            for cid, exchanger in self.fraud.exchangers.items()
-            if config(settings, cid) is not None and config(settings, cid) == config(self.settings, cid)
-        }
+        # an app whose section is unchanged keeps its component (and its caches)
+        kept = unchanged_components(
+            self.fraud.exchangers, self.settings, settings,
+            lambda a: a.apple.fraud_metric if a.apple else None,
+        )
         fraud = FraudMetric(settings, self.store, exchangers=kept)
 
         def apply() -> None:
