@@ -51,8 +51,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import httpx
 from bench_android import CASES, POLICY, VECTORS
 from bench_apple import chain_signatures, load_samples, ours, pyattest_runner
-from bench_registration_http import BENCH_RATE_LIMITS, key_proof
-from cryptography.hazmat.primitives import serialization
+from bench_registration_http import key_proof, write_bench_config
 
 from platform_verifiers.android import (
     VerifiedLinkCache,
@@ -63,7 +62,7 @@ from platform_verifiers.android.certs import decode_certificate, signature_valid
 from platform_verifiers.android.pem import pem_certificates
 from platform_verifiers.apple import VerifiedLinkCache as AppleCache
 from tests.android.status_server import StatusServer
-from tests.android.synth import DEFAULT_PACKAGE, DEFAULT_SIGNER, make_chain, make_root
+from tests.android.synth import make_chain, make_root
 from tests.support import free_port, postgres_server, wait_until_healthy
 
 ROWS: list[tuple[str, str, str, str]] = []  # (measure, figure, ratio, target)
@@ -225,19 +224,11 @@ def serving(database_url: str | None, workers: int = 2) -> Iterator[Server]:
     """``attester serve`` with a synthetic Android test root and a loopback status list."""
     work = Path(tempfile.mkdtemp(prefix="attester-bench-"))
     root = make_root()
-    (work / "root.pem").write_bytes(root.certificate.public_bytes(serialization.Encoding.PEM))
     status = StatusServer()
     status.body = b'{"entries": {}}'
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    db = f'database_url = "{database_url}"\n' if database_url else ""
-    (work / "config.toml").write_text(
-        f'issuer = "{url}"\nlog_level = "warning"\n{db}'
-        f'[android]\nrevocation_url = "{status.url}"\ntest_root_files = ["{work / "root.pem"}"]\n'
-        f'[[apps]]\nclient_id = "bench"\n[apps.android]\npackage_names = ["{DEFAULT_PACKAGE}"]\n'
-        f'signing_cert_sha256 = ["{DEFAULT_SIGNER.hex()}"]\n'
-        + BENCH_RATE_LIMITS
-    )
+    write_bench_config(work, issuer=url, status_url=status.url, root=root, database_url=database_url)
     server = subprocess.Popen(
         [sys.executable, "-m", "attester.cli", "serve", "--config", str(work / "config.toml"),
          "--data-dir", str(work / "data"), "--port", str(port), "--workers", str(workers)],
@@ -432,16 +423,11 @@ class FlatRig:
         from attester.settings import load_settings
 
         self.work = Path(tempfile.mkdtemp(prefix="attester-flat-"))
-        (self.work / "root.pem").write_bytes(root.certificate.public_bytes(serialization.Encoding.PEM))
-        db = f'database_url = "{database_url}"\n' if database_url else ""
-        (self.work / "config.toml").write_text(
-            f'issuer = "http://bench"\nlog_level = "warning"\n{db}'
-            f'[android]\nrevocation_url = "{status_url}"\ntest_root_files = ["{self.work / "root.pem"}"]\n'
-            f'[[apps]]\nclient_id = "bench"\n[apps.android]\npackage_names = ["{DEFAULT_PACKAGE}"]\n'
-            f'signing_cert_sha256 = ["{DEFAULT_SIGNER.hex()}"]\n'
-            + BENCH_RATE_LIMITS
+        config = write_bench_config(
+            self.work, issuer="http://bench", status_url=status_url, root=root,
+            database_url=database_url,
         )
-        settings = load_settings(self.work / "config.toml", data_dir=self.work / "data")
+        settings = load_settings(config, data_dir=self.work / "data")
         self.service = create_app(settings).state.service
         self.platform = self.service.platforms["android"]
         self.root = root

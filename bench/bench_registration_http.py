@@ -22,6 +22,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 from cryptography.hazmat.primitives import hashes, serialization
@@ -57,6 +58,24 @@ BENCH_RATE_LIMITS = (
 )
 
 
+def write_bench_config(
+    work: Path, *, issuer: str, status_url: str, root: Any, database_url: str | None = None
+) -> Path:
+    """The benchmarks' configuration: one Android app, a synthetic test root trusted through
+    ``test_root_files``, a loopback revocation list, limits that never refuse."""
+    (work / "root.pem").write_bytes(root.certificate.public_bytes(serialization.Encoding.PEM))
+    db = f'database_url = "{database_url}"\n' if database_url else ""
+    path = work / "config.toml"
+    path.write_text(
+        f'issuer = "{issuer}"\nlog_level = "warning"\n{db}'
+        f'[android]\nrevocation_url = "{status_url}"\ntest_root_files = ["{work / "root.pem"}"]\n'
+        f'[[apps]]\nclient_id = "bench"\n[apps.android]\npackage_names = ["{DEFAULT_PACKAGE}"]\n'
+        f'signing_cert_sha256 = ["{DEFAULT_SIGNER.hex()}"]\n'
+        + BENCH_RATE_LIMITS
+    )
+    return path
+
+
 def key_proof(key: ec.EllipticCurvePrivateKey, challenge: str, aud: str) -> str:
     header = b64url(json.dumps({"alg": "ES256", "typ": "key-proof+jwt"}).encode())
     payload = b64url(json.dumps({"challenge": challenge, "aud": aud, "iat": int(time.time())}).encode())
@@ -73,18 +92,11 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="attester-bench-"))
     root = make_root()
-    (work / "root.pem").write_bytes(root.certificate.public_bytes(serialization.Encoding.PEM))
     status = StatusServer()
     status.body = b'{"entries": {}}'
     port = free_port()
     issuer = f"{ISSUER}:{port}"
-    (work / "config.toml").write_text(
-        f'issuer = "{issuer}"\nlog_level = "warning"\n'
-        f'[android]\nrevocation_url = "{status.url}"\ntest_root_files = ["{work / "root.pem"}"]\n'
-        f'[[apps]]\nclient_id = "bench"\n[apps.android]\npackage_names = ["{DEFAULT_PACKAGE}"]\n'
-        f'signing_cert_sha256 = ["{DEFAULT_SIGNER.hex()}"]\n'
-        + BENCH_RATE_LIMITS
-    )
+    write_bench_config(work, issuer=issuer, status_url=status.url, root=root)
     server = subprocess.Popen(
         [sys.executable, "-m", "attester.cli", "serve", "--config", str(work / "config.toml"),
          "--data-dir", str(work / "data"), "--port", str(port), "--workers", str(args.workers)],
