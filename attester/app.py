@@ -25,6 +25,7 @@ from attester.metrics import metrics_from_environment
 from attester.routes import build_core_router, document_sources
 from attester.service import AttesterService, Clock, build_service, utcnow
 from attester.settings import Settings, load_settings
+from keys.pkcs11 import Pkcs11Error
 from keys.store import KeyStoreError
 from platform_verifiers.errors import VerificationError
 
@@ -205,14 +206,16 @@ def _install_error_handlers(app: FastAPI) -> None:
         )
         return problem_response(problem)
 
-    @app.exception_handler(KeyStoreError)
-    async def _no_signer(_: Request, exc: KeyStoreError) -> JSONResponse:
-        # nothing can be signed (issuance, Status List Tokens): the operator's fault, not the
-        # caller's; the reason (paths, kids) stays in the log
+    async def _no_signer(_: Request, exc: Exception) -> JSONResponse:
+        # nothing can be signed (issuance, Status List Tokens, the JWKS): no key, or the HSM
+        # refuses; the operator's fault, not the caller's; the reason stays in the log
         log.error("no usable signing key: %s", exc)
         return problem_response(
             ProblemError("signing_key_unavailable", "no signing key is available; try again later")
         )
+
+    app.add_exception_handler(KeyStoreError, _no_signer)
+    app.add_exception_handler(Pkcs11Error, _no_signer)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

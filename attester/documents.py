@@ -82,7 +82,10 @@ class CachedDocuments:
         if scope["method"] != "GET":
             await self.method_not_allowed()(scope, receive, send)
             return
-        document = source()
+        try:
+            document = source()
+        except Exception:  # noqa: BLE001 - e.g. no usable key: the route answers it as a problem
+            document = None
         if document is None:  # not ready without I/O: the route does it off the event loop
             await self.app(scope, receive, send)
             return

@@ -298,3 +298,11 @@ def test_admin_http_tokens_and_keys_never_in_responses_or_logs(
         assert all(secret not in body for body in bodies)
         assert secret not in logged
     assert "admin authentication failed" in logged
+
+
+def test_admin_http_key_store_unreadable_jwks_problem_503(stack: Admin) -> None:
+    """The cached-documents layer hands a JWKS it cannot build to the route, whose error
+    handling answers 503 problem+json (never a bare 500)."""
+    store = stack.live.server.config.app.state.service.key_store  # type: ignore[attr-defined]
+    (store.directory / "keys.json").write_text("not json")
+    _problem(stack.http.get("/.well-known/jwks.json"), 503, "signing_key_unavailable")
