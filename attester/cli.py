@@ -56,9 +56,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             os.environ["ATTESTER_CONFIG"] = str(Path(args.config).resolve())
         build_service(settings).store.dispose()  # migrate and create keys once, up front
         try:
-            uvicorn.run(
+            from attester import workers
+
+            workers.run(  # uvicorn's supervisor, a listening socket per worker
                 "attester.app:app_from_environment",
-                factory=True,
                 host=args.host,
                 port=args.port,
                 workers=args.workers,

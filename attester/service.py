@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection
 
 from attester.challenges import Challenge, ChallengeService, replayed
 from attester.errors import ProblemError
@@ -275,22 +275,32 @@ class AttesterService:
         *,
         claims: Mapping[str, Any] | None = None,
     ) -> IssueInTransaction:
-        """The step that signs the JWT inside the store transaction that records it.
+        """The step that records the JWT inside the store transaction (the JWT is signed
+        here, before it: the transaction may hold the database's one write lock).
 
-        The status-list index is allocated in that transaction too (after the instance row
+        The status-list index is reserved in that transaction (after the instance row
         exists, under its lock), so a registration or renewal is one commit and a JWT is
         handed out only when its row, its index and the challenge redemption all committed.
+        The JWT is signed for a random index first; in the rare case that index is taken
+        by then, another is reserved and the JWT signed again inside the transaction.
         """
+        candidate = self.status_lists.candidate() if app.status_list else None
 
-        def issue(session: Session, instance_id: str) -> IssuedRow:
-            status = None
-            if app.status_list:
-                status = self._status_claim(session, instance_id, app, now)
+        def sign(status: dict[str, Any] | None) -> IssuedAttestation:
             with self.metrics.timed(self.metrics.issuance_duration):
-                issued = self.issuer.issue(
+                return self.issuer.issue(
                     app=app, instance_jwk=instance_jwk, now=now, status=status, extra_claims=claims
                 )
-            signed.append(issued)
+
+        presigned = sign(None if candidate is None else self.status_lists.claim(*candidate))
+
+        def issue(connection: Connection, instance_id: str) -> IssuedRow:
+            issued = presigned
+            if candidate is not None:
+                status = self._status_claim(connection, instance_id, app, now, prefer=candidate)
+                if status != self.status_lists.claim(*candidate):
+                    issued = sign(status)
+            signed[:] = [issued]  # a group commit may run this again (group_commit.py)
             return IssuedRow(issued.reference, issued.kid, issued.issued_at, issued.expires_at)
 
         return issue
@@ -306,16 +316,25 @@ class AttesterService:
         }
 
     def _status_claim(
-        self, session: Session, instance_id: str, app: AppConfig, now: datetime
+        self,
+        connection: Connection,
+        instance_id: str,
+        app: AppConfig,
+        now: datetime,
+        *,
+        prefer: tuple[int, int],
     ) -> dict[str, Any]:
-        """Allocate the JWT's status-list index; the last check that the instance is active."""
+        """Reserve the JWT's status-list index (``prefer`` first).
+
+        The store calls the issuing step with the instance locked and seen active in the
+        same transaction (registration inserts or updates it, renewal checks it), so the
+        allocation does not check again."""
         # exp is at most now + lifetime (iat may be rounded down, never up)
         expires_at = now + timedelta(seconds=self.issuer.lifetime(app))
         try:
-            return self.status_lists.allocate(instance_id, expires_at=expires_at, session=session)
-        except InstanceNotActive as exc:
-            # revoked or suspended between the status check and here: say which
-            raise not_active(exc.status) from None
+            return self.status_lists.allocate(
+                instance_id, expires_at=expires_at, connection=connection, locked=True, prefer=prefer
+            )
         except StatusListFull:
             log.error("status lists full: raise status_list.size or status_list.count")
             raise ProblemError("status_list_full", "no status list index is free", status=503) from None

@@ -18,6 +18,7 @@ database) or when half of the token's lifetime has passed.
 from __future__ import annotations
 
 import hashlib
+import secrets
 import threading
 import time
 import zlib
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection
 
 from attester.issuance import sign_compact
 from attester.settings import ConfigError, StatusListSettings
@@ -98,21 +99,36 @@ class StatusLists:
         return self._issuer + PATH.format(list_id=list_id)
 
     def allocate(
-        self, instance_id: str, *, expires_at: datetime, session: Session | None = None
+        self,
+        instance_id: str,
+        *,
+        expires_at: datetime,
+        connection: Connection | None = None,
+        locked: bool = False,
+        prefer: tuple[int, int] | None = None,
     ) -> dict[str, Any]:
         """Reserve an index for a JWT expiring at ``expires_at``; return its ``status`` claim.
 
-        With ``session``, inside that transaction (the one that records the JWT). Raises
-        ``InstanceNotActive`` when the instance is revoked or suspended meanwhile.
+        With ``connection``, inside its transaction (the one that records the JWT). Raises
+        ``InstanceNotActive`` when the instance is revoked or suspended meanwhile (unless
+        ``locked``: see :meth:`StatusEntries.allocate_in`, as for ``prefer``).
         """
         sizes = {"lists": self._settings.count, "size": self._settings.size}
-        if session is None:
+        if connection is None:
             list_id, idx = self._entries.allocate(instance_id, expires_at=expires_at, **sizes)
         else:
             list_id, idx = self._entries.allocate_in(
-                session, instance_id, expires_at=expires_at, **sizes
+                connection, instance_id, expires_at=expires_at, locked=locked, prefer=prefer, **sizes
             )
+        return self.claim(list_id, idx)
+
+    def claim(self, list_id: int, idx: int) -> dict[str, Any]:
+        """The JWT's ``status`` claim for index ``idx`` of list ``list_id``."""
         return {"status_list": {"idx": idx, "uri": self.uri(list_id)}}
+
+    def candidate(self) -> tuple[int, int]:
+        """A random ``(list_id, idx)`` to sign with before it is reserved (``prefer``)."""
+        return secrets.randbelow(self._settings.count), secrets.randbelow(self._settings.size)
 
     def invalidate(self, list_ids: list[int]) -> None:
         """A status changed here: rebuild these lists on their next request."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import secrets
 from datetime import datetime
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Connection, Engine, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -34,16 +34,24 @@ class StatusListFull(Exception):
     """No free index was found: the lists are too small for the JWTs alive at once."""
 
 
-def lock_instance(session: Session, instance_id: str, *, only_active: bool) -> bool:
+def lock_instance(session: Session | Connection, instance_id: str, *, only_active: bool) -> bool:
     """Take the instance's row lock (PostgreSQL) or the database write lock (SQLite).
 
     A write first, so SQLite's transaction holds the write lock from its first statement.
     """
-    statement = update(Instance).where(Instance.id == instance_id)
-    if only_active:
-        statement = statement.where(Instance.status == "active")
-    result = session.execute(statement.values(status=Instance.status))
+    statement = _LOCK_ACTIVE if only_active else _LOCK_ANY
+    result = session.execute(statement, {"target_id": instance_id})
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+_INSTANCES = Instance.__table__
+_LOCK_ANY = (
+    update(_INSTANCES)
+    .where(_INSTANCES.c.id == bindparam("target_id"))
+    .values(status=_INSTANCES.c.status)
+)
+_LOCK_ACTIVE = _LOCK_ANY.where(_INSTANCES.c.status == "active")
+_INSTANCE_STATUS = select(_INSTANCES.c.status).where(_INSTANCES.c.id == bindparam("target_id"))
 
 
 class StatusEntries:
@@ -52,6 +60,10 @@ class StatusEntries:
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
         self._insert = dialect.insert
+        # built once; a row back means the index was free
+        self._claim = (
+            dialect.insert(StatusEntry).on_conflict_do_nothing().returning(StatusEntry.idx)
+        )
 
     def ensure_lists(self, count: int) -> None:
         """Create the version rows of lists ``0 .. count-1`` (idempotent, replica-safe)."""
@@ -79,25 +91,39 @@ class StatusEntries:
             )
 
     def allocate_in(
-        self, session: Session, instance_id: str, *, expires_at: datetime, lists: int, size: int
+        self,
+        session: Session | Connection,
+        instance_id: str,
+        *,
+        expires_at: datetime,
+        lists: int,
+        size: int,
+        locked: bool = False,
+        prefer: tuple[int, int] | None = None,
     ) -> tuple[int, int]:
-        """:meth:`allocate` inside the caller's transaction (registration, renewal)."""
-        if not lock_instance(session, instance_id, only_active=True):
-            status = session.scalar(select(Instance.status).where(Instance.id == instance_id))
+        """:meth:`allocate` inside the caller's transaction (registration, renewal).
+
+        ``locked``: the caller holds the instance's lock and saw it active in this
+        transaction (the store's registration and renewal do), so the check is not
+        repeated. ``prefer``: the index to try first (one a JWT was signed with already).
+        """
+        if not locked and not lock_instance(session, instance_id, only_active=True):
+            status = session.scalar(_INSTANCE_STATUS, {"target_id": instance_id})
             raise InstanceNotActive(instance_id, status or "revoked")
-        for _ in range(ALLOCATION_TRIES):
-            list_id, idx = secrets.randbelow(lists), secrets.randbelow(size)
+        for attempt in range(ALLOCATION_TRIES):
+            if attempt == 0 and prefer is not None:
+                list_id, idx = prefer
+            else:
+                list_id, idx = secrets.randbelow(lists), secrets.randbelow(size)
             result = session.execute(
-                self._insert(StatusEntry)
-                .values(
-                    list_id=list_id,
-                    idx=idx,
-                    instance_id=instance_id,
-                    status=0,
-                    expires_at=expires_at,
-                )
-                .on_conflict_do_nothing()
-                .returning(StatusEntry.idx)  # a row back means the index was free
+                self._claim,
+                {
+                    "list_id": list_id,
+                    "idx": idx,
+                    "instance_id": instance_id,
+                    "status": 0,
+                    "expires_at": expires_at,
+                },
             )
             if result.first() is not None:
                 return list_id, idx

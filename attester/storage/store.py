@@ -12,14 +12,27 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
+from types import SimpleNamespace
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, delete, event, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import sessionmaker
 
+from attester.storage.group_commit import GroupCommit
 from attester.storage.models import Instance, IssuedAttestation, RedeemedChallenge
 from attester.storage.status_entries import InstanceNotActive, lock_instance
 
@@ -100,31 +113,52 @@ class InstanceRecord:
         )
 
 
-#: signs a JWT inside a store transaction: (session, instance id) -> the row to record
-IssueInTransaction = Callable[[Session, str], IssuedRow]
+#: the JWT to record inside a store transaction: (connection, instance id) -> its row; called
+#: with the instance's row locked and seen active in that transaction
+IssueInTransaction = Callable[[Connection, str], IssuedRow]
+
+_INSTANCES = Instance.__table__
+_ISSUED = IssuedAttestation.__table__
+_REDEEMED = RedeemedChallenge.__table__
+
+# the statements of the hot paths, built once (values come with each execution): building
+# a statement per call cost more than running it
+_INSERT_ISSUED = insert(_ISSUED)
+_INSERT_REDEEMED = insert(_REDEEMED)
+_UPDATE_INSTANCE = update(_INSTANCES).where(_INSTANCES.c.id == bindparam("target_id"))
+_INSTANCE_BY_THUMBPRINT_FOR_UPDATE = (
+    select(_INSTANCES.c.id, _INSTANCES.c.status, _INSTANCES.c.platform)
+    .where(_INSTANCES.c.key_thumbprint == bindparam("thumbprint"))
+    .with_for_update()
+)
+_INSTANCE_BY_THUMBPRINT = select(_INSTANCES).where(_INSTANCES.c.key_thumbprint == bindparam("thumbprint"))
+_INSTANCE_STATUS = select(_INSTANCES.c.status).where(_INSTANCES.c.id == bindparam("target_id"))
+_REDEEMED_DIGEST = select(_REDEEMED.c.digest).where(_REDEEMED.c.digest == bindparam("digest"))
 
 
 def _already_issued(issued: IssuedRow) -> IssueInTransaction:
     return lambda _session, _instance_id: issued
 
 
-def _add_issued(session: Session, instance_id: str, issued: IssuedRow) -> None:
-    session.add(
-        IssuedAttestation(
-            jti=issued.jti,
-            instance_id=instance_id,
-            kid=issued.kid,
-            issued_at=issued.issued_at,
-            expires_at=issued.expires_at,
-        )
+def _add_issued(connection: Connection, instance_id: str, issued: IssuedRow) -> None:
+    connection.execute(
+        _INSERT_ISSUED,
+        {
+            "jti": issued.jti,
+            "instance_id": instance_id,
+            "kid": issued.kid,
+            "issued_at": issued.issued_at,
+            "expires_at": issued.expires_at,
+        },
     )
 
 
-def _redeem_in(session: Session, redemption: Redemption) -> None:
-    """Mark a challenge used inside ``session``'s transaction (commits with its other writes)."""
-    session.add(RedeemedChallenge(digest=redemption.digest, expires_at=redemption.expires_at))
+def _redeem_in(connection: Connection, redemption: Redemption) -> None:
+    """Mark a challenge used inside ``connection``'s transaction (commits with its other writes)."""
     try:
-        session.flush()
+        connection.execute(
+            _INSERT_REDEEMED, {"digest": redemption.digest, "expires_at": redemption.expires_at}
+        )
     except IntegrityError as exc:
         raise ChallengeAlreadyRedeemed("challenge redeemed already") from exc
 
@@ -143,9 +177,11 @@ def create_store(url: str, *, migrate: bool = True) -> Store:
     """Open the database at ``url`` and bring its schema up to date."""
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+    else:  # a server can drop idle connections (a local SQLite file cannot: no ping)
+        kwargs["pool_pre_ping"] = True
     engine = create_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
@@ -159,6 +195,12 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        #: the registrations', renewals' and burnt challenges' write transactions
+        self.writes = GroupCommit(engine)
+        dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+        self._insert_instance = (
+            dialect.insert(_INSTANCES).on_conflict_do_nothing().returning(_INSTANCES.c.id)
+        )
 
     def migrate(self) -> None:
         """Apply Alembic migrations (idempotent; safe to run from several replicas)."""
@@ -174,22 +216,22 @@ class Store:
             command.upgrade(cfg, "head")
 
     def dispose(self) -> None:
+        self.writes.close()
         self.engine.dispose()
 
     # -- challenges ------------------------------------------------------------------
     def redeem_challenge(self, digest: str, *, expires_at: datetime) -> bool:
         """Record a challenge as used. False when it was used before (on any replica)."""
         try:
-            with self._sessions.begin() as session:
-                session.add(RedeemedChallenge(digest=digest, expires_at=expires_at))
-        except IntegrityError:
+            self.writes.run(lambda connection: _redeem_in(connection, Redemption(digest, expires_at)))
+        except ChallengeAlreadyRedeemed:
             return False
         return True
 
     def challenge_redeemed(self, digest: str) -> bool:
         """Whether the challenge was redeemed already (a read: no commit, no fsync)."""
-        with self._sessions() as session:
-            return session.get(RedeemedChallenge, digest) is not None
+        with self.engine.connect() as connection:
+            return connection.scalar(_REDEEMED_DIGEST, {"digest": digest}) is not None
 
     def purge_expired(self, now: datetime) -> int:
         """Drop redeemed challenges that can no longer verify anyway."""
@@ -233,54 +275,76 @@ class Store:
         exactly when the instance is; :class:`ChallengeAlreadyRedeemed` if another
         request redeemed the challenge first. ``issue`` instead of ``issued`` signs the JWT
         inside the transaction, once the instance id exists (its status-list index is
-        allocated there too); whatever it raises rolls everything back.
+        allocated there too); whatever it raises rolls everything back. The transaction
+        may be shared with concurrent requests' (group commit, see group_commit.py): this
+        returns once it committed.
         """
         if issued is not None:
             issue = _already_issued(issued)
-        with self._sessions.begin() as session:
+        values: dict[str, Any] = {
+            "platform": platform,
+            "client_id": client_id,
+            "key_thumbprint": key_thumbprint,
+            "instance_jwk": json.dumps(instance_jwk, sort_keys=True),
+            "status": "active",
+            "registered_at": now,
+            "renewed_at": None,
+            "android_serials": None if android_serials is None else json.dumps(android_serials),
+            "android_facts": None if android_facts is None else json.dumps(android_facts),
+            "apple_key_id": apple_key_id,
+            "apple_public_key": apple_public_key,
+            "apple_counter": apple_counter,
+            "apple_receipt": apple_receipt,
+            "apple_environment": apple_environment,
+            "apple_risk_metric": apple_risk_metric,
+            "apple_receipt_refreshed_at": apple_receipt_refreshed_at,
+        }
+
+        def work(connection: Connection) -> InstanceRecord:
             if redemption is not None:
-                _redeem_in(session, redemption)
-            # FOR UPDATE (PostgreSQL): a re-registration and a revocation of the same instance
-            # are serialised, as allocation and revocation are (SQLite: the redemption above
-            # already holds the write lock)
-            row = session.scalar(
-                select(Instance).where(Instance.key_thumbprint == key_thumbprint).with_for_update()
-            )
-            if row is not None and row.status != "active":
-                # an operator's revocation is not undone by attesting the same key again
-                raise InstanceRevoked(row.status)
-            if row is not None and not (replace_same_key and row.platform == platform):
-                raise AlreadyRegistered("instance key already registered")
-            if row is None:
-                row = Instance(id=str(uuid.uuid4()), key_thumbprint=key_thumbprint)
-                session.add(row)
-            row.platform = platform
-            row.client_id = client_id
-            row.instance_jwk = json.dumps(instance_jwk, sort_keys=True)
-            row.status = "active"
-            row.registered_at = now
-            row.renewed_at = None
-            row.android_serials = None if android_serials is None else json.dumps(android_serials)
-            row.android_facts = None if android_facts is None else json.dumps(android_facts)
-            row.apple_key_id = apple_key_id
-            row.apple_public_key = apple_public_key
-            row.apple_counter = apple_counter
-            row.apple_receipt = apple_receipt
-            row.apple_environment = apple_environment
-            row.apple_risk_metric = apple_risk_metric
-            row.apple_receipt_refreshed_at = apple_receipt_refreshed_at
-            try:
-                session.flush()
-            except IntegrityError as exc:
-                raise AlreadyRegistered("App Attest key id already registered") from exc
+                _redeem_in(connection, redemption)
+            # a new key (the usual case) is one statement; a unique key taken (this key,
+            # or an App Attest key id) inserts nothing
+            instance_id = str(uuid.uuid4())
+            if connection.scalar(self._insert_instance, {"id": instance_id, **values}) is None:
+                instance_id = self._reregister(connection, key_thumbprint, platform, values, replace_same_key)
             if issue is not None:
-                _add_issued(session, row.id, issue(session, row.id))
-                session.flush()
-            return InstanceRecord.of(row)
+                _add_issued(connection, instance_id, issue(connection, instance_id))
+            return InstanceRecord.of(SimpleNamespace(id=instance_id, **values))
+
+        return self.writes.run(work)
+
+    @staticmethod
+    def _reregister(
+        connection: Connection,
+        key_thumbprint: str,
+        platform: str,
+        values: dict[str, Any],
+        replace_same_key: bool,
+    ) -> str:
+        """The key is registered already: refresh it (Android's re-attestation) or refuse."""
+        # FOR UPDATE (PostgreSQL): a re-registration and a revocation of the same instance are
+        # serialised, as allocation and revocation are (SQLite: the redemption before this
+        # already holds the write lock)
+        row = connection.execute(
+            _INSTANCE_BY_THUMBPRINT_FOR_UPDATE, {"thumbprint": key_thumbprint}
+        ).first()
+        if row is None:
+            raise AlreadyRegistered("App Attest key id already registered")
+        if row.status != "active":
+            # an operator's revocation is not undone by attesting the same key again
+            raise InstanceRevoked(row.status)
+        if not (replace_same_key and row.platform == platform):
+            raise AlreadyRegistered("instance key already registered")
+        try:
+            connection.execute(_UPDATE_INSTANCE, {"target_id": row.id, **values})
+        except IntegrityError as exc:  # the new App Attest key id is another instance's
+            raise AlreadyRegistered("App Attest key id already registered") from exc
+        return str(row.id)
 
     def instance_by_thumbprint(self, key_thumbprint: str) -> InstanceRecord | None:
-        with self._sessions() as session:
-            row = session.scalar(select(Instance).where(Instance.key_thumbprint == key_thumbprint))
+        with self.engine.connect() as connection:
+            row = connection.execute(_INSTANCE_BY_THUMBPRINT, {"thumbprint": key_thumbprint}).first()
             return None if row is None else InstanceRecord.of(row)
 
     def advance_counter(self, instance_id: str, *, new_counter: int, now: datetime) -> bool:
@@ -332,16 +396,20 @@ class Store:
         self, instance_id: str, issue: IssueInTransaction, *, redemption: Redemption | None = None
     ) -> None:
         """Sign (``issue``) and record a JWT of an instance in one transaction, with the
-        challenge ``redemption``; whatever ``issue`` raises rolls everything back."""
-        with self._sessions.begin() as session:
+        challenge ``redemption``; whatever ``issue`` raises rolls everything back (group
+        commit, as :meth:`register_instance`)."""
+
+        def work(connection: Connection) -> None:
             if redemption is not None:
-                _redeem_in(session, redemption)
+                _redeem_in(connection, redemption)
             # under the instance's lock: a revocation or suspension that committed since the
             # caller's checks refuses the JWT (also for apps without a status list)
-            if not lock_instance(session, instance_id, only_active=True):
-                status = session.scalar(select(Instance.status).where(Instance.id == instance_id))
+            if not lock_instance(connection, instance_id, only_active=True):
+                status = connection.scalar(_INSTANCE_STATUS, {"target_id": instance_id})
                 raise InstanceNotActive(instance_id, status or "revoked")
-            _add_issued(session, instance_id, issue(session, instance_id))
+            _add_issued(connection, instance_id, issue(connection, instance_id))
+
+        self.writes.run(work)
 
     def issued_for(self, instance_id: str) -> list[tuple[str, str, datetime]]:
         with self._sessions() as session:

@@ -1,0 +1,188 @@
+"""Group commit: the write transactions of concurrent requests committed together.
+
+A registration or renewal is one small transaction; its commit (an fsync) and, on
+SQLite, the wait for the database's single write lock cost more than its statements.
+Requests that arrive while a transaction is being written queue here; the first of them
+becomes the *leader*, runs every queued unit in one transaction and commits once; each
+caller gets its own result (or its own exception) only after that commit, so nothing is
+answered that a crash could lose. No thread of our own: the leader is a request thread.
+
+A unit that raises is taken out: the transaction is rolled back and the others run again
+without it (a failed statement leaves a PostgreSQL transaction unusable, and savepoints
+need a workaround on Python's SQLite driver). Units must therefore be re-runnable: no side
+effects outside the connection except results they overwrite. A database error (not an
+integrity error, which is the unit's own: a duplicate key) fails the whole batch.
+
+On a SQLite file, writers of every process queue on an OS file lock beside the database
+(``<db>-writer.lock``) instead of polling SQLite's busy handler, which sleeps 1, 2, 5,
+10 ... ms between tries: with two workers, most of a registration's time was that sleep.
+Writers that do not come through here (the CLI, admin actions) still meet SQLite's
+``busy_timeout``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: SQLite's busy handler alone
+    fcntl = None  # type: ignore[assignment]
+
+T = TypeVar("T")
+
+#: at most this many units per transaction (a long batch delays its first caller)
+MAX_BATCH = 32
+
+
+class _Unit(Generic[T]):
+    __slots__ = ("work", "done", "result", "error")
+
+    def __init__(self, work: Callable[[Connection], T]) -> None:
+        self.work = work
+        self.done = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+class _UnitFailed(Exception):
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+
+class GroupCommit:
+    def __init__(self, engine: Engine, *, max_batch: int = MAX_BATCH) -> None:
+        self.engine = engine
+        self.max_batch = max_batch
+        self._cond = threading.Condition()
+        self._queue: list[_Unit[Any]] = []
+        self._leading = False
+        self._leader = 0
+        self._lock_path = _writer_lock_path(engine)
+        self._lock_fd: int | None = None
+        self._lock_pid = 0
+        #: transactions committed and units in them (for the benchmark and the tests)
+        self.commits = 0
+        self.units = 0
+
+    def run(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work`` in a write transaction (perhaps with others'); its result once committed."""
+        unit: _Unit[T] = _Unit(work)
+        if self._leader == threading.get_ident():
+            raise RuntimeError("a unit of work started another (it would wait for itself)")
+        with self._cond:
+            self._queue.append(unit)
+            while self._leading and not unit.done:
+                self._cond.wait()
+            lead = not unit.done
+            if lead:
+                self._leading = True
+                self._leader = threading.get_ident()
+        if lead:
+            try:
+                # the batch is taken once the writer lock is ours: what queued while another
+                # process wrote commits with it
+                with self._writer_lock():
+                    self._commit(self._take(unit))
+            finally:
+                with self._cond:
+                    if unit in self._queue:  # the lock could not be taken
+                        self._queue.remove(unit)
+                    self._leading = False
+                    self._leader = 0
+                    self._cond.notify_all()
+        if unit.error is not None:
+            raise unit.error
+        return unit.result  # type: ignore[no-any-return]
+
+    def _take(self, own: _Unit[Any]) -> list[_Unit[Any]]:
+        """The next batch: the oldest queued units, the leader's own among them."""
+        with self._cond:
+            batch = self._queue[: self.max_batch]
+            if own not in batch:
+                batch[-1:] = [own]
+            for unit in batch:
+                self._queue.remove(unit)
+            return batch
+
+    def _commit(self, batch: list[_Unit[Any]]) -> None:
+        pending = list(batch)
+        try:
+            while pending:
+                try:
+                    with self.engine.begin() as connection:
+                        for index, unit in enumerate(pending):
+                            try:
+                                unit.result = unit.work(connection)
+                            except DBAPIError as exc:
+                                if not isinstance(exc, IntegrityError):
+                                    raise  # the database, not the unit: the whole batch fails
+                                unit.error = exc
+                                raise _UnitFailed(index) from exc
+                            except Exception as exc:
+                                unit.error = exc
+                                raise _UnitFailed(index) from exc
+                except _UnitFailed as failed:
+                    pending.pop(failed.index).done = True
+                    for unit in pending:  # run again without it
+                        unit.error = unit.result = None
+                    continue
+                self.commits += 1
+                self.units += len(pending)
+                pending = []
+        except BaseException as exc:  # begin or commit failed: nothing of the batch is stored
+            for unit in pending:
+                unit.error = exc
+                unit.result = None
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            for unit in batch:
+                unit.done = True
+
+    @contextlib.contextmanager
+    def _writer_lock(self) -> Iterator[None]:
+        fd = self._lock_file()
+        if fd is None:
+            yield
+            return
+        fcntl.flock(fd, fcntl.LOCK_EX)  # releases the GIL while it waits
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _lock_file(self) -> int | None:
+        if self._lock_path is None:
+            return None
+        if self._lock_fd is None or self._lock_pid != os.getpid():  # a forked worker opens its own
+            try:
+                self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError:
+                self._lock_path = None  # a read-only directory: SQLite's busy handler alone
+                return None
+            self._lock_pid = os.getpid()
+        return self._lock_fd
+
+    def close(self) -> None:
+        if self._lock_fd is not None and self._lock_pid == os.getpid():
+            os.close(self._lock_fd)
+        self._lock_fd = None
+
+
+def _writer_lock_path(engine: Engine) -> Path | None:
+    """``<database>-writer.lock`` for a SQLite file; None for anything else."""
+    if fcntl is None or engine.dialect.name != "sqlite":
+        return None
+    database = engine.url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database + "-writer.lock")

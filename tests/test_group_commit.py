@@ -1,0 +1,125 @@
+"""Group commit: concurrent write units share a transaction; each answers after the commit,
+and a unit that fails leaves the others' writes intact (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Connection, text
+from sqlalchemy.exc import OperationalError
+
+from attester.storage import ChallengeAlreadyRedeemed, IssuedRow, Redemption, create_store
+from attester.storage.group_commit import GroupCommit
+
+NOW = datetime(2026, 11, 1, 12, tzinfo=UTC)
+
+
+def _register(store: Any, n: int, *, digest: str | None = None) -> Any:
+    return store.register_instance(
+        platform="android", client_id="c", key_thumbprint=f"t{n:042d}", instance_jwk={"kty": "EC"},
+        now=NOW, redemption=Redemption(digest or f"{n:064d}", NOW + timedelta(minutes=5)),
+        issued=IssuedRow(f"j{n}", "kid", NOW, NOW + timedelta(hours=1)),
+    )
+
+
+def _held(group: GroupCommit) -> threading.Event:
+    """Make the next transaction wait (inside its unit) until the returned event is set,
+    so the units submitted meanwhile queue behind it and commit together."""
+    release = threading.Event()
+    entered = threading.Event()
+
+    def hold(_: Connection) -> None:
+        entered.set()
+        release.wait(10)
+
+    threading.Thread(target=group.run, args=(hold,), daemon=True).start()
+    assert entered.wait(10)
+    return release
+
+
+def _wait_queued(group: GroupCommit, count: int) -> None:
+    for _ in range(1000):
+        if len(group._queue) >= count:
+            return
+        threading.Event().wait(0.005)
+    raise AssertionError(f"{len(group._queue)} of {count} units queued")
+
+
+def test_concurrent_registrations_share_commits_and_all_land(database_url: str) -> None:
+    store = create_store(database_url)
+    release = _held(store.writes)
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(_register, store, n) for n in range(8)]
+        _wait_queued(store.writes, 8)
+        assert not any(f.done() for f in futures)  # nobody answered before a commit
+        release.set()
+        records = [f.result(timeout=30) for f in futures]
+    # the held transaction, then the eight queued registrations in one
+    assert store.writes.commits == 2 and store.writes.units == 9
+    for n, record in enumerate(records):
+        assert store.instance_by_thumbprint(f"t{n:042d}").id == record.id
+        assert [jti for jti, _, _ in store.issued_for(record.id)] == [f"j{n}"]
+        assert store.challenge_redeemed(f"{n:064d}")
+    store.dispose()
+
+
+def test_failed_unit_is_taken_out_and_the_others_commit(database_url: str) -> None:
+    store = create_store(database_url)
+    assert store.redeem_challenge("f" * 64, expires_at=NOW)
+    release = _held(store.writes)
+    with ThreadPoolExecutor(4) as pool:
+        good = [pool.submit(_register, store, n) for n in (1, 2)]
+        replay = pool.submit(_register, store, 3, digest="f" * 64)  # its challenge is used
+        boom = pool.submit(store.writes.run, lambda _c: 1 / 0)
+        _wait_queued(store.writes, 4)
+        release.set()
+        with pytest.raises(ChallengeAlreadyRedeemed):
+            replay.result(timeout=30)
+        with pytest.raises(ZeroDivisionError):
+            boom.result(timeout=30)
+        records = [f.result(timeout=30) for f in good]
+    assert store.instance_by_thumbprint(f"t{3:042d}") is None
+    for n, record in zip((1, 2), records, strict=True):
+        assert [jti for jti, _, _ in store.issued_for(record.id)] == [f"j{n}"]
+    store.dispose()
+
+
+def test_a_database_error_fails_the_whole_batch(database_url: str) -> None:
+    store = create_store(database_url)
+
+    def broken(connection: Connection) -> None:
+        connection.execute(text("SELECT * FROM no_such_table"))
+
+    release = _held(store.writes)
+    with ThreadPoolExecutor(2) as pool:
+        registration = pool.submit(_register, store, 7)
+        bad = pool.submit(store.writes.run, broken)
+        _wait_queued(store.writes, 2)
+        release.set()
+        with pytest.raises(OperationalError if database_url.startswith("sqlite") else Exception):
+            bad.result(timeout=30)
+        with pytest.raises(Exception):  # noqa: B017 - the database's own error, per driver
+            registration.result(timeout=30)
+    assert store.instance_by_thumbprint(f"t{7:042d}") is None
+    assert not store.challenge_redeemed(f"{7:064d}")
+    store.dispose()
+
+
+def test_a_unit_cannot_start_another() -> None:
+    from sqlalchemy import create_engine
+
+    group = GroupCommit(create_engine("sqlite://"))
+    with pytest.raises(RuntimeError, match="wait for itself"):
+        group.run(lambda _c: group.run(lambda _d: None))
+
+
+def test_sqlite_writers_queue_on_a_file_lock(tmp_path: Path) -> None:
+    store = create_store(f"sqlite:///{tmp_path / 'a.db'}")
+    _register(store, 1)
+    assert (tmp_path / "a.db-writer.lock").exists()
+    store.dispose()
