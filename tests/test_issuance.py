@@ -39,6 +39,22 @@ def test_issuance_header_and_claims_follow_the_draft(service: AttesterService, c
     assert "jti" not in claims  # no per-token identifier beyond cnf
 
 
+def test_issuance_reference_is_the_signatures_r_and_unique(
+    service: AttesterService, clock: MutableClock
+) -> None:
+    """The stored row's key: the signature's r (base64url), distinct for equal claims."""
+    import base64
+
+    jwk_ = public_jwk(new_instance_key())
+    first, second = (service.issuer.issue(app=_app(), instance_jwk=jwk_, now=clock()) for _ in range(2))
+    assert first.jwt.rsplit(".", 1)[0] == second.jwt.rsplit(".", 1)[0]  # same header and claims
+    assert first.reference != second.reference
+    for issued in (first, second):
+        signature = base64.urlsafe_b64decode(issued.jwt.rsplit(".", 1)[1] + "==")
+        r = base64.urlsafe_b64encode(signature[:32]).rstrip(b"=").decode()
+        assert len(issued.reference) == 43 and issued.reference[:42] == r[:42]
+
+
 def test_issuance_private_members_never_reach_cnf(service: AttesterService, clock: MutableClock) -> None:
     private = new_instance_key().export_private(as_dict=True)
     issued = service.issuer.issue(app=_app(), instance_jwk=private, now=clock())
