@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from functools import partial
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -77,12 +78,16 @@ def _signed_by(child: x509.Certificate, issuer: x509.Certificate) -> bool:
 
 
 def _link_verified(
-    child: x509.Certificate, issuer: x509.Certificate, cache: VerifiedLinkCache | None
+    child: x509.Certificate,
+    issuer: x509.Certificate,
+    cache: VerifiedLinkCache | None,
+    ders: Sequence[bytes] | None = None,
 ) -> bool:
     """Whether ``issuer`` signed ``child``, answered from ``cache`` when it already knows."""
     if cache is None:
         return _signed_by(child, issuer)
-    key = link_key(_der(child), _der(issuer))
+    child_der, issuer_der = ders if ders is not None else (_der(child), _der(issuer))
+    key = link_key(child_der, issuer_der)
     if key in cache:
         return True
     if not _signed_by(child, issuer):
@@ -91,8 +96,14 @@ def _link_verified(
     return True
 
 
-def load_chain(x5c: Sequence[bytes]) -> tuple[x509.Certificate, ...]:
-    """Parse the DER certificates of ``x5c`` (leaf first)."""
+def load_chain(
+    x5c: Sequence[bytes], verified_cache: VerifiedLinkCache | None = None
+) -> tuple[x509.Certificate, ...]:
+    """Parse the DER certificates of ``x5c`` (leaf first).
+
+    With ``verified_cache``, a certificate above the leaf whose exact bytes were parsed
+    before is taken from it (every device sends Apple's same intermediate).
+    """
     if not 1 <= len(x5c) <= MAX_CHAIN_LENGTH:
         raise VerificationError(
             "attestation_malformed",
@@ -101,18 +112,31 @@ def load_chain(x5c: Sequence[bytes]) -> tuple[x509.Certificate, ...]:
             limit=MAX_CHAIN_LENGTH,
         )
     certs = []
+    top = len(x5c) - 1
     for index, der in enumerate(x5c):
-        try:
-            cert = x509.load_der_x509_certificate(der)
-            # pyca parses names lazily: read them now so that a broken one is malformed
-            # evidence here, not an exception in the anchor match (found by tests/fuzz).
-            cert.issuer, cert.subject  # noqa: B018
-            certs.append(cert)
-        except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion: found by tests/fuzz
-            raise VerificationError(
-                "attestation_malformed", "x5c holds an unparsable certificate", index=index
-            ) from exc
+        if index > 0 and verified_cache is not None:
+            parse = partial(_parse, index=index, top=index == top)
+            certs.append(verified_cache.decoded("apple-certificate", der, parse))
+        else:
+            certs.append(_parse(der, index=index, top=index == top))
     return tuple(certs)
+
+
+def _parse(der: bytes, *, index: int, top: bool) -> x509.Certificate:
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        if top:
+            # pyca parses names lazily: read the top certificate's issuer now (the anchor
+            # match compares it in Python) so that a broken one is malformed evidence here,
+            # not an exception there (found by tests/fuzz). Names below it are compared
+            # only inside pyca's signature check, which refuses a broken one (a bad link);
+            # building them in Python cost as much as parsing the whole certificate.
+            cert.issuer  # noqa: B018
+    except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion: found by tests/fuzz
+        raise VerificationError(
+            "attestation_malformed", "x5c holds an unparsable certificate", index=index
+        ) from exc
+    return cert
 
 
 #: RFC 5280 4.2: a critical extension the verifier does not recognise rejects the
@@ -121,13 +145,13 @@ RECOGNISED_CRITICAL = frozenset({"2.5.29.19", "2.5.29.15"})
 _NONCE_OID = "1.2.840.113635.100.8.2"
 
 
-def check_extensions(certs: Sequence[x509.Certificate]) -> None:
+def check_extensions(certs: Sequence[x509.Certificate], *, first_index: int = 0) -> None:
     """Unknown critical extensions, and a nonce extension above the credential certificate.
 
     Codes: ``extension_critical_unknown``, ``extension_below_leaf`` (the same names as
     the Android verifier), ``attestation_malformed`` for unparsable extension lists.
     """
-    for index, cert in enumerate(certs):
+    for index, cert in enumerate(certs, start=first_index):
         try:
             extensions = list(cert.extensions)
         except (ValueError, x509.DuplicateExtension) as exc:
@@ -157,10 +181,12 @@ def verify_chain(
     anchors: Sequence[TrustAnchor],
     now: datetime,
     verified_cache: VerifiedLinkCache | None = None,
+    ders: Sequence[bytes] | None = None,
 ) -> TrustAnchor:
     """Check that ``certs`` (leaf first) chains to one of ``anchors`` and is valid at ``now``.
 
-    Returns the anchor used. Error codes: ``certificate_expired``,
+    ``ders``: the certificates' DER as received (else re-encoded from ``certs`` where
+    needed). Returns the anchor used. Error codes: ``certificate_expired``,
     ``certificate_not_yet_valid``, ``chain_untrusted``, ``chain_signature_invalid``,
     ``extension_critical_unknown``, ``extension_below_leaf``, ``attestation_malformed``.
     The leaf link is always verified; links above it may be served from ``verified_cache``.
@@ -170,34 +196,52 @@ def verify_chain(
         raise ValueError("no trust anchors configured")
     for index, cert in enumerate(certs):
         _check_validity(cert, now, index=index)
-    check_extensions(certs)
-    # Only the leaf may be an end-entity: otherwise the attested key could sign a "leaf".
+    if ders is None:
+        ders = [_der(cert) for cert in certs]
+    check_extensions(certs[:1])
     for index, cert in enumerate(certs[1:], start=1):
-        if not _is_ca(cert):
-            raise VerificationError(
-                "chain_untrusted", "an intermediate certificate is not a CA", index=index
-            )
+        if verified_cache is None:
+            _check_upper(cert, index=index)
+        else:  # these checks read only the certificate's bytes: once per exact DER
+            verified_cache.decoded("apple-upper-checked", ders[index], partial(_upper_checked, cert, index))
     for index in range(len(certs) - 1):
         # never cache the leaf link: it is new for every attestation and is what binds the key
         cache = verified_cache if index > 0 else None
-        if not _link_verified(certs[index], certs[index + 1], cache):
+        if not _link_verified(certs[index], certs[index + 1], cache, ders[index : index + 2]):
             raise VerificationError(
                 "chain_signature_invalid",
                 "a certificate is not signed by the next one in x5c",
                 index=index,
             )
-    return _verify_anchor_link(certs, anchors=anchors, now=now, verified_cache=verified_cache)
+    return _verify_anchor_link(
+        certs, ders[-1], anchors=anchors, now=now, verified_cache=verified_cache
+    )
+
+
+def _check_upper(cert: x509.Certificate, *, index: int) -> None:
+    """The checks of a certificate above the leaf that depend on its bytes alone."""
+    check_extensions([cert], first_index=index)
+    # Only the leaf may be an end-entity: otherwise the attested key could sign a "leaf".
+    if not _is_ca(cert):
+        raise VerificationError(
+            "chain_untrusted", "an intermediate certificate is not a CA", index=index
+        )
+
+
+def _upper_checked(cert: x509.Certificate, index: int, _der: bytes) -> bool:
+    _check_upper(cert, index=index)
+    return True
 
 
 def _verify_anchor_link(
     certs: Sequence[x509.Certificate],
+    top_der: bytes,
     *,
     anchors: Sequence[TrustAnchor],
     now: datetime,
     verified_cache: VerifiedLinkCache | None,
 ) -> TrustAnchor:
     top = certs[-1]
-    top_der = _der(top)
     # The leaf link is never cached: if x5c is only a leaf, its link to the root is checked.
     cache = verified_cache if len(certs) > 1 else None
     for anchor in anchors:
@@ -210,7 +254,7 @@ def _verify_anchor_link(
             return anchor
         if top.issuer != anchor.certificate.subject:
             continue
-        if _link_verified(top, anchor.certificate, cache):
+        if _link_verified(top, anchor.certificate, cache, (top_der, anchor.der)):
             _check_validity(anchor.certificate, now, index=len(certs))
             return anchor
     raise VerificationError(

@@ -102,11 +102,12 @@ def _uncompressed_point(cert: x509.Certificate) -> bytes:
     )
 
 
+_NONCE_OID = x509.ObjectIdentifier(APP_ATTEST_NONCE_OID)
+
+
 def _nonce_from_extension(cert: x509.Certificate) -> bytes:
     try:
-        extension = cert.extensions.get_extension_for_oid(
-            x509.ObjectIdentifier(APP_ATTEST_NONCE_OID)
-        )
+        extension = cert.extensions.get_extension_for_oid(_NONCE_OID)
     except x509.ExtensionNotFound as exc:
         raise VerificationError(
             "nonce_extension_missing", "the credential certificate has no nonce extension"
@@ -162,8 +163,8 @@ def verify_attestation(
     auth_data = attestation.auth_data
 
     # Step 1: x5c (credCert first, then the intermediate) chains to Apple's root, valid now.
-    certs = load_chain(attestation.x5c)
-    verify_chain(certs, anchors=anchors, now=now, verified_cache=verified_cache)
+    certs = load_chain(attestation.x5c, verified_cache)
+    verify_chain(certs, anchors=anchors, now=now, verified_cache=verified_cache, ders=attestation.x5c)
     cred_cert = certs[0]
 
     # Steps 2-4: nonce = SHA-256(authData ‖ clientDataHash) equals the octet string inside
