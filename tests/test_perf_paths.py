@@ -102,3 +102,23 @@ def test_http_jwks_after_rotation_new_etag(server: LiveServer) -> None:
         second = http.get("/.well-known/jwks.json", headers={"If-None-Match": first.headers["etag"]})
     assert second.status_code == 200 and second.headers["etag"] != first.headers["etag"]
     assert kid in {k["kid"] for k in second.json()["keys"]}
+
+
+def test_android_top_certificate_equal_to_an_anchor_decoded_as_itself() -> None:
+    """decode_chain takes a top certificate that is byte for byte a trust anchor from the
+    anchor's once-decoded form: the same facts as decoding it; one byte off, decoded anew."""
+    from platform_verifiers.android import google_hardware_roots
+    from platform_verifiers.android.certs import decode_certificate
+    from platform_verifiers.android.chain import decode_chain
+    from tests.android.conftest import load_chain
+
+    chain = load_chain("android/warden_roboto_nokia_x10_keymaster4.pem")
+    anchors = google_hardware_roots()
+    assert any(chain[-1] == a.der for a in anchors)
+    with_anchors = decode_chain(chain, None, anchors)
+    assert with_anchors == tuple(decode_certificate(der, i) for i, der in enumerate(chain))
+    assert decode_chain(chain, None, anchors)[-1] is with_anchors[-1]  # decoded once
+    altered = bytearray(chain[-1])
+    altered[-1] ^= 1  # a signature byte: still decodable, no longer the anchor
+    decoded = decode_chain([*chain[:-1], bytes(altered)], None, anchors)
+    assert decoded[-1].der == bytes(altered) and decoded[-1] is not with_anchors[-1]

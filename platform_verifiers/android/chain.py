@@ -63,12 +63,16 @@ def _fail(code: str, message: str, **detail: object) -> VerificationError:
 
 
 def decode_chain(
-    chain: Sequence[bytes], cache: VerifiedLinkCache | None = None
+    chain: Sequence[bytes],
+    cache: VerifiedLinkCache | None = None,
+    anchors: Sequence[TrustAnchor] = (),
 ) -> tuple[ChainCertificate, ...]:
     """Bound the length first (cheap), then decode every certificate.
 
     With a ``cache``, certificates above the leaf (the shared intermediates) are decoded
-    once per exact DER; the leaf, new for every device, always is.
+    once per exact DER; the leaf, new for every device, always is. A top certificate
+    that is byte for byte one of ``anchors`` (chains usually carry the root) is decoded
+    once per process.
     """
     if not chain:
         raise _fail("chain_empty", "the certificate chain is empty")
@@ -79,12 +83,25 @@ def decode_chain(
             length=len(chain),
             max_length=MAX_CHAIN_LENGTH,
         )
+    ders = [bytes(der) for der in chain]
+    top: ChainCertificate | None = None
+    if len(ders) > 1 and any(ders[-1] == anchor.der for anchor in anchors):
+        top = _decoded_anchor(ders[-1])
+        ders.pop()
     if cache is None:
-        return tuple(decode_certificate(bytes(der), i) for i, der in enumerate(chain))
-    return (decode_certificate(bytes(chain[0]), 0),) + tuple(
-        cache.decoded("android", bytes(der), functools.partial(_decode_at, i))
-        for i, der in enumerate(chain[1:], start=1)
-    )
+        certs = tuple(decode_certificate(der, i) for i, der in enumerate(ders))
+    else:
+        certs = (decode_certificate(ders[0], 0),) + tuple(
+            cache.decoded("android", der, functools.partial(_decode_at, i))
+            for i, der in enumerate(ders[1:], start=1)
+        )
+    return certs if top is None else (*certs, top)
+
+
+@functools.lru_cache(maxsize=64)
+def _decoded_anchor(der: bytes) -> ChainCertificate:
+    """A trust anchor's certificate, decoded (anchors are few and fixed per process)."""
+    return decode_certificate(der, 0)
 
 
 def _decode_at(index: int, der: bytes) -> ChainCertificate:
@@ -248,7 +265,7 @@ def verify_chain(
     """Decode and verify an attestation chain (leaf first) against ``anchors``."""
     if not anchors:
         raise ValueError("no trust anchors given: refusing to verify (fail closed)")
-    certs = decode_chain(chain, cache)
+    certs = decode_chain(chain, cache, anchors)
     check_structure(certs)
     check_signatures(certs, cache)
     anchor = find_anchor(certs, anchors, cache)
