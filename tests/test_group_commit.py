@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Connection, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError
 
 from attester.storage import ChallengeAlreadyRedeemed, IssuedRow, Redemption, create_store
 from attester.storage.group_commit import GroupCommit
+from attester.storage.store import _redeem_in
 
 NOW = datetime(2026, 11, 1, 12, tzinfo=UTC)
 
@@ -89,7 +90,9 @@ def test_failed_unit_is_taken_out_and_the_others_commit(database_url: str) -> No
     store.dispose()
 
 
-def test_a_database_error_fails_the_whole_batch(database_url: str) -> None:
+def test_a_database_error_refuses_the_batch_and_its_units_run_alone(database_url: str) -> None:
+    """The database refusing the transaction (here: a statement it cannot run; on
+    PostgreSQL also a deadlock) fails the unit that caused it, not its batch-mates."""
     store = create_store(database_url)
 
     def broken(connection: Connection) -> None:
@@ -101,12 +104,26 @@ def test_a_database_error_fails_the_whole_batch(database_url: str) -> None:
         bad = pool.submit(store.writes.run, broken)
         _wait_queued(store.writes, 2)
         release.set()
-        with pytest.raises(OperationalError if database_url.startswith("sqlite") else Exception):
+        with pytest.raises(DBAPIError):
             bad.result(timeout=30)
-        with pytest.raises(Exception):  # noqa: B017 - the database's own error, per driver
-            registration.result(timeout=30)
-    assert store.instance_by_thumbprint(f"t{7:042d}") is None
-    assert not store.challenge_redeemed(f"{7:064d}")
+        record = registration.result(timeout=30)
+    assert store.instance_by_thumbprint(f"t{7:042d}").id == record.id
+    assert store.challenge_redeemed(f"{7:064d}")
+    # the held transaction, the refused one, then each unit alone (the broken one fails)
+    assert store.writes.commits == 2
+    store.dispose()
+
+
+def test_a_lone_unit_refused_by_the_database_raises_and_stores_nothing(database_url: str) -> None:
+    store = create_store(database_url)
+
+    def half(connection: Connection) -> None:
+        _redeem_in(connection, Redemption("9" * 64, NOW))
+        connection.execute(text("SELECT * FROM no_such_table"))
+
+    with pytest.raises(DBAPIError):
+        store.writes.run(half)
+    assert not store.challenge_redeemed("9" * 64)
     store.dispose()
 
 

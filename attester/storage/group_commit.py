@@ -11,7 +11,9 @@ A unit that raises is taken out: the transaction is rolled back and the others r
 without it (a failed statement leaves a PostgreSQL transaction unusable, and savepoints
 need a workaround on Python's SQLite driver). Units must therefore be re-runnable: no side
 effects outside the connection except results they overwrite. A database error (not an
-integrity error, which is the unit's own: a duplicate key) fails the whole batch.
+integrity error, which is the unit's own: a duplicate key) refuses the whole transaction;
+its units then run again one by one, so that a conflict of one (a PostgreSQL deadlock
+between two batches replaying one request) cannot fail the others.
 
 On a SQLite file, writers of every process queue on an OS file lock beside the database
 (``<db>-writer.lock``) instead of polling SQLite's busy handler, which sleeps 1, 2, 5,
@@ -114,39 +116,63 @@ class GroupCommit:
             return batch
 
     def _commit(self, batch: list[_Unit[Any]]) -> None:
-        pending = list(batch)
         try:
-            while pending:
-                try:
-                    with self.engine.begin() as connection:
-                        for index, unit in enumerate(pending):
-                            try:
-                                unit.result = unit.work(connection)
-                            except DBAPIError as exc:
-                                if not isinstance(exc, IntegrityError):
-                                    raise  # the database, not the unit: the whole batch fails
-                                unit.error = exc
-                                raise _UnitFailed(index) from exc
-                            except Exception as exc:
-                                unit.error = exc
-                                raise _UnitFailed(index) from exc
-                except _UnitFailed as failed:
-                    pending.pop(failed.index).done = True
-                    for unit in pending:  # run again without it
-                        unit.error = unit.result = None
-                    continue
-                self.commits += 1
-                self.units += len(pending)
-                pending = []
-        except BaseException as exc:  # begin or commit failed: nothing of the batch is stored
-            for unit in pending:
-                unit.error = exc
-                unit.result = None
+            try:
+                self._together(batch)
+            except Exception:
+                # The database refused the transaction (on PostgreSQL, a deadlock between two
+                # batches that replay the same challenge and key, a serialisation failure,
+                # a lost connection): nothing of it was stored. Each unit runs again alone,
+                # so one unit's conflict cannot fail the requests that shared its batch.
+                survivors = [unit for unit in batch if unit.error is None]
+                if len(survivors) == len(batch) == 1:
+                    raise
+                for unit in survivors:
+                    try:
+                        self._together([unit])
+                    except Exception as exc:
+                        unit.error, unit.result = exc, None
+        except BaseException as exc:  # nothing of the batch is stored
+            for unit in batch:
+                if unit.error is None:
+                    unit.error, unit.result = exc, None
             if not isinstance(exc, Exception):
                 raise
         finally:
             for unit in batch:
                 unit.done = True
+
+    def _together(self, units: list[_Unit[Any]]) -> None:
+        """Run ``units`` in one transaction and commit. A unit that raises is taken out
+        (its ``error`` set) and the transaction run again without it; a database error,
+        or a failed begin or commit, propagates with nothing stored."""
+        pending = list(units)
+        while pending:
+            for unit in pending:
+                unit.error = unit.result = None
+            try:
+                with self.engine.begin() as connection:
+                    for index, unit in enumerate(pending):
+                        try:
+                            unit.result = unit.work(connection)
+                        except DBAPIError as exc:
+                            if not isinstance(exc, IntegrityError):
+                                raise  # the database, not the unit
+                            unit.error = exc
+                            raise _UnitFailed(index) from exc
+                        except Exception as exc:
+                            unit.error = exc
+                            raise _UnitFailed(index) from exc
+            except _UnitFailed as failed:
+                pending.pop(failed.index)
+                continue
+            except BaseException:
+                for unit in pending:
+                    unit.result = None
+                raise
+            self.commits += 1
+            self.units += len(pending)
+            return
 
     @contextlib.contextmanager
     def _writer_lock(self) -> Iterator[None]:
