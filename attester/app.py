@@ -16,6 +16,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from attester import logs
@@ -216,6 +217,18 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     app.add_exception_handler(KeyStoreError, _no_signer)
     app.add_exception_handler(Pkcs11Error, _no_signer)
+
+    async def _no_storage(_: Request, exc: Exception) -> JSONResponse:
+        # the database cannot be reached or stays locked: our fault, retryable; the driver's
+        # message (paths, SQL, host names) stays in the log
+        log.error("database unavailable: %s", type(exc).__name__, exc_info=exc)
+        return problem_response(
+            ProblemError("storage_unavailable", "the database is unavailable; try again later"),
+            headers={"retry-after": "1"},
+        )
+
+    app.add_exception_handler(OperationalError, _no_storage)
+    app.add_exception_handler(InterfaceError, _no_storage)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -123,6 +123,7 @@ STATUS: dict[str, int] = {
     # our own faults
     "internal_error": 500,
     "signing_key_unavailable": 503,
+    "storage_unavailable": 503,
     "not_ready": 503,
 }
 

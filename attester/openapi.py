@@ -23,6 +23,7 @@ REQUEST_PROBLEMS = (
     "request_too_large",
     "unsupported_media_type",
     "internal_error",
+    "storage_unavailable",
 )
 CHALLENGE_PROBLEMS = ("challenge_invalid", "challenge_expired", "challenge_replayed")
 KEY_PROOF_PROBLEMS = (

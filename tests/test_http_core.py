@@ -150,3 +150,33 @@ def test_http_logs_are_json_with_request_id(http: httpx.Client, caplog: pytest.L
     line = json.loads(JsonFormatter().format(records[-1]))
     assert line["msg"] == "request" and line["status"] == 200 and line["path"] == "/healthz"
     assert line["request_id"] == "trace-42"
+
+
+def test_http_database_gone_is_503_storage_unavailable(make_settings, clock) -> None:  # type: ignore[no-untyped-def]
+    """A database that cannot be opened (here the SQLite file replaced by a directory, after
+    the pool let go of its connections) answers 503 storage_unavailable with Retry-After,
+    without the driver's message (paths, SQL); a registration attempt likewise."""
+    import shutil
+
+    from attester.app import create_app
+    from tests.support import live_server, make_key_proof, new_instance_key
+
+    settings = make_settings()
+    app = create_app(settings, clock=clock)
+    with live_server(app) as live, httpx.Client(base_url=live.url) as http:
+        challenge = http.post("/v1/challenge").json()["challenge"]
+        store = app.state.service.store
+        store.dispose()
+        database = settings.data_dir / "attester.db"
+        for path in database.parent.glob("attester.db*"):
+            path.unlink() if path.is_file() else shutil.rmtree(path)
+        database.mkdir()
+        proof = make_key_proof(new_instance_key(), challenge=challenge, aud=settings.issuer,
+                               iat=int(clock().timestamp()))
+        response = http.post("/v1/attestations/renew", json={"key_thumbprint": "x" * 43, "challenge": challenge,
+                                                "key_proof": proof})
+        assert response.status_code == 503, response.text
+        assert response.json()["code"] == "storage_unavailable"
+        assert response.headers["retry-after"] == "1"
+        assert "attester.db" not in response.text and "sqlite" not in response.text.lower()
+    store.dispose()
