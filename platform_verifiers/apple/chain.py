@@ -115,8 +115,11 @@ def load_chain(
     top = len(x5c) - 1
     for index, der in enumerate(x5c):
         if index > 0 and verified_cache is not None:
+            # the top certificate is parsed further (its issuer name): cached apart, so a
+            # certificate first seen below the top is read again when it arrives on top
+            kind = "apple-certificate-top" if index == top else "apple-certificate"
             parse = partial(_parse, index=index, top=index == top)
-            certs.append(verified_cache.decoded("apple-certificate", der, parse))
+            certs.append(verified_cache.decoded(kind, der, parse))
         else:
             certs.append(_parse(der, index=index, top=index == top))
     return tuple(certs)
@@ -132,7 +135,9 @@ def _parse(der: bytes, *, index: int, top: bool) -> x509.Certificate:
             # only inside pyca's signature check, which refuses a broken one (a bad link);
             # building them in Python cost as much as parsing the whole certificate.
             cert.issuer  # noqa: B018
-    except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion: found by tests/fuzz
+    except (ValueError, TypeError, x509.InvalidVersion) as exc:
+        # InvalidVersion: found by tests/fuzz; TypeError: a name attribute of a type pyca
+        # does not read as a string (a BIT STRING), found in review
         raise VerificationError(
             "attestation_malformed", "x5c holds an unparsable certificate", index=index
         ) from exc

@@ -96,3 +96,49 @@ def test_apple_chain_issuer_with_unknown_curve_fails_chain_signature_invalid() -
     with pytest.raises(VerificationError) as caught:
         verify_chain(certs, anchors=[root.anchor], now=NOW)
     assert caught.value.code == "chain_signature_invalid"
+
+
+def test_apple_cached_certificate_arriving_on_top_has_its_issuer_read() -> None:
+    """Found in review: a certificate with a broken issuer name, first seen (and cached)
+    below the top, then sent as the top one, was taken from the cache without its issuer
+    read, and the anchor match raised a bare ValueError (a 500). Now attestation_malformed."""
+    from platform_verifiers.linkcache import VerifiedLinkCache
+
+    root = make_test_root()
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "X")])
+    x = (
+        x509.CertificateBuilder().subject_name(name)
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "t")]))
+        .public_key(key.public_key()).serial_number(5)
+        .not_valid_before(NOW - timedelta(days=1)).not_valid_after(NOW + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    broken = bytearray(_der(x))
+    broken[broken.index(bytes.fromhex("0c0174")) + 2] = 0xFF  # issuer CN: invalid UTF-8
+    leaf = _der(
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "leaf")]))
+        .issuer_name(name).public_key(ec.generate_private_key(ec.SECP256R1()).public_key())
+        .serial_number(6).not_valid_before(NOW - timedelta(days=1))
+        .not_valid_after(NOW + timedelta(days=1)).sign(key, hashes.SHA256())
+    )
+    cache = VerifiedLinkCache()
+    below = [leaf, bytes(broken), _der(root.cert)]
+    with pytest.raises(VerificationError):
+        verify_chain(load_chain(below, cache), anchors=[root.anchor], now=NOW,
+                     verified_cache=cache, ders=below)
+    with pytest.raises(VerificationError) as caught:
+        load_chain([leaf, bytes(broken)], cache)
+    assert caught.value.code == "attestation_malformed"
+
+
+def test_apple_load_chain_issuer_attribute_not_a_string_fails_attestation_malformed() -> None:
+    """Found in review: a name attribute encoded as a BIT STRING made pyca raise TypeError."""
+    der = bytearray(_der(_cert([])))
+    at = der.index(bytes.fromhex("0c0174"))
+    der[at : at + 3] = bytes.fromhex("030100")  # CN "t" -> an empty BIT STRING
+    with pytest.raises(VerificationError) as caught:
+        load_chain([bytes(der)])
+    assert caught.value.code == "attestation_malformed"
