@@ -17,6 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from attester import logs
@@ -26,6 +27,7 @@ from attester.metrics import metrics_from_environment
 from attester.routes import build_core_router, document_sources
 from attester.service import AttesterService, Clock, build_service, utcnow
 from attester.settings import Settings, load_settings
+from attester.storage.group_commit import StorageBusy, storage_outage
 from keys.pkcs11 import Pkcs11Error
 from keys.store import KeyStoreError
 from platform_verifiers.errors import VerificationError
@@ -218,7 +220,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(KeyStoreError, _no_signer)
     app.add_exception_handler(Pkcs11Error, _no_signer)
 
-    async def _no_storage(_: Request, exc: Exception) -> JSONResponse:
+    async def _no_storage(request: Request, exc: Exception) -> JSONResponse:
+        if not storage_outage(exc):  # a schema mismatch, a corrupt file: a bug, not an outage
+            return await _internal(request, exc)
         # the database cannot be reached or stays locked: our fault, retryable; the driver's
         # message (paths, SQL, host names) stays in the log
         log.error("database unavailable: %s", type(exc).__name__, exc_info=exc)
@@ -227,8 +231,8 @@ def _install_error_handlers(app: FastAPI) -> None:
             headers={"retry-after": "1"},
         )
 
-    app.add_exception_handler(OperationalError, _no_storage)
-    app.add_exception_handler(InterfaceError, _no_storage)
+    for kind in (OperationalError, InterfaceError, PoolTimeout, StorageBusy):
+        app.add_exception_handler(kind, _no_storage)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

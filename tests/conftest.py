@@ -65,6 +65,16 @@ def postgres_url() -> Iterator[str | None]:
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'store.db'}"
+    return _fresh_postgres_database(request)
+
+
+@pytest.fixture
+def postgres_database_url(request: pytest.FixtureRequest) -> str:
+    """A fresh database on the session's PostgreSQL server (for PostgreSQL-only behaviour)."""
+    return _fresh_postgres_database(request)
+
+
+def _fresh_postgres_database(request: pytest.FixtureRequest) -> str:
     base = request.getfixturevalue("postgres_url")
     if base is None:
         unavailable(

@@ -4,6 +4,7 @@ and a unit that fails leaves the others' writes intact (SQLite and PostgreSQL)."
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -90,9 +91,9 @@ def test_failed_unit_is_taken_out_and_the_others_commit(database_url: str) -> No
     store.dispose()
 
 
-def test_a_database_error_refuses_the_batch_and_its_units_run_alone(database_url: str) -> None:
-    """The database refusing the transaction (here: a statement it cannot run; on
-    PostgreSQL also a deadlock) fails the unit that caused it, not its batch-mates."""
+def test_a_database_error_fails_the_batch_and_stores_nothing(database_url: str) -> None:
+    """A statement the database cannot run (a fault of ours, or a lost or locked database)
+    fails the whole batch: re-running each unit would make each wait its own timeout."""
     store = create_store(database_url)
 
     def broken(connection: Connection) -> None:
@@ -106,11 +107,63 @@ def test_a_database_error_refuses_the_batch_and_its_units_run_alone(database_url
         release.set()
         with pytest.raises(DBAPIError):
             bad.result(timeout=30)
-        record = registration.result(timeout=30)
-    assert store.instance_by_thumbprint(f"t{7:042d}").id == record.id
-    assert store.challenge_redeemed(f"{7:064d}")
-    # the held transaction, the refused one, then each unit alone (the broken one fails)
-    assert store.writes.commits == 2
+        with pytest.raises(DBAPIError):
+            registration.result(timeout=30)
+    assert store.instance_by_thumbprint(f"t{7:042d}") is None
+    assert not store.challenge_redeemed(f"{7:064d}")
+    store.dispose()
+
+
+def test_postgres_deadlock_between_batches_fails_only_its_cause(postgres_database_url: str) -> None:
+    """Two replicas' batches deadlock (each holds a challenge the other inserts next): the
+    victim batch's units run again alone, so the innocent registration in it lands."""
+    first, second = create_store(postgres_database_url), create_store(postgres_database_url)
+    mine, theirs = threading.Event(), threading.Event()
+
+    def make(own: str, other: str, signal: threading.Event, wait: threading.Event,
+             delay: float) -> Any:
+        def unit(connection: Connection) -> None:
+            _redeem_in(connection, Redemption(own, NOW))
+            signal.set()
+            wait.wait(10)
+            time.sleep(delay)
+            _redeem_in(connection, Redemption(other, NOW))
+
+        return unit
+
+    release = _held(first.writes)
+    with ThreadPoolExecutor(3) as pool:
+        # the first batch waits on the second's row first, so PostgreSQL's deadlock check
+        # (deadlock_timeout after a wait began) aborts the first batch's transaction
+        cause = pool.submit(first.writes.run, make("d1" * 32, "d2" * 32, mine, theirs, 0.0))
+        innocent = pool.submit(_register, first, 8)
+        _wait_queued(first.writes, 2)
+        release.set()
+        other = pool.submit(lambda: (mine.wait(10), second.writes.run(
+            make("d2" * 32, "d1" * 32, theirs, mine, 0.3)))[1])
+        other.result(timeout=60)
+        with pytest.raises(ChallengeAlreadyRedeemed):  # alone, after the other committed
+            cause.result(timeout=60)
+        record = innocent.result(timeout=60)
+    assert first.instance_by_thumbprint(f"t{8:042d}").id == record.id
+    first.dispose()
+    second.dispose()
+
+
+def test_a_write_waiting_past_the_queue_timeout_fails_storage_busy(database_url: str) -> None:
+    from attester.storage.group_commit import StorageBusy
+
+    store = create_store(database_url)
+    store.writes.queue_timeout = 0.2
+    release = _held(store.writes)
+    with ThreadPoolExecutor(1) as pool:
+        late = pool.submit(_register, store, 9)
+        _wait_queued(store.writes, 1)
+        threading.Event().wait(0.4)
+        release.set()
+        with pytest.raises(StorageBusy):
+            late.result(timeout=30)
+    assert store.instance_by_thumbprint(f"t{9:042d}") is None
     store.dispose()
 
 

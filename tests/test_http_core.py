@@ -180,3 +180,54 @@ def test_http_database_gone_is_503_storage_unavailable(make_settings, clock) -> 
         assert response.headers["retry-after"] == "1"
         assert "attester.db" not in response.text and "sqlite" not in response.text.lower()
     store.dispose()
+
+
+def test_http_database_fault_that_is_no_outage_stays_500(make_settings, clock) -> None:  # type: ignore[no-untyped-def]
+    """A missing table is a fault of ours, not an outage: 500 internal_error (no Retry-After,
+    no driver message), not storage_unavailable."""
+    from sqlalchemy import text
+
+    from attester.app import create_app
+    from tests.support import live_server, make_key_proof, new_instance_key
+
+    settings = make_settings()
+    app = create_app(settings, clock=clock)
+    store = app.state.service.store
+    with live_server(app) as live, httpx.Client(base_url=live.url) as http:
+        challenge = http.post("/v1/challenge").json()["challenge"]
+        with store.engine.begin() as connection:
+            connection.execute(text("DROP TABLE redeemed_challenges"))
+        proof = make_key_proof(new_instance_key(), challenge=challenge, aud=settings.issuer,
+                               iat=int(clock().timestamp()))
+        response = http.post("/v1/attestations/renew", json={
+            "key_thumbprint": "x" * 43, "challenge": challenge, "key_proof": proof})
+        assert response.status_code == 500 and response.json()["code"] == "internal_error"
+        assert "retry-after" not in response.headers and "redeemed" not in response.text
+    store.dispose()
+
+
+def test_storage_outage_classification() -> None:
+    """Which database errors are outages (503, retry) and which are faults (500)."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    from attester.storage.group_commit import StorageBusy, storage_outage
+
+    def sqlite_error(message: str) -> OperationalError:
+        return OperationalError("SELECT 1", {}, sqlite3.OperationalError(message))
+
+    class PgError(Exception):
+        def __init__(self, sqlstate: str) -> None:
+            self.sqlstate = sqlstate
+
+    assert storage_outage(sqlite_error("database is locked"))
+    assert storage_outage(sqlite_error("unable to open database file"))
+    assert not storage_outage(sqlite_error("no such table: instances"))
+    assert not storage_outage(sqlite_error("database disk image is malformed"))
+    assert storage_outage(OperationalError("x", {}, PgError("08006")))  # connection failure
+    assert storage_outage(OperationalError("x", {}, PgError("40P01")))  # deadlock
+    assert storage_outage(OperationalError("x", {}, PgError("57P01")))  # admin shutdown
+    assert not storage_outage(OperationalError("x", {}, PgError("42P01")))  # undefined table
+    assert storage_outage(StorageBusy("waited"))
+    assert not storage_outage(ValueError("x"))

@@ -11,9 +11,10 @@ A unit that raises is taken out: the transaction is rolled back and the others r
 without it (a failed statement leaves a PostgreSQL transaction unusable, and savepoints
 need a workaround on Python's SQLite driver). Units must therefore be re-runnable: no side
 effects outside the connection except results they overwrite. A database error (not an
-integrity error, which is the unit's own: a duplicate key) refuses the whole transaction;
-its units then run again one by one, so that a conflict of one (a PostgreSQL deadlock
-between two batches replaying one request) cannot fail the others.
+integrity error, which is the unit's own: a duplicate key) fails the whole batch, except a
+PostgreSQL deadlock or serialisation failure: then each unit runs again alone, so one
+request's conflict (two batches replaying one request) cannot fail the others. A unit that
+waited past ``queue_timeout`` for its turn fails (:class:`StorageBusy`) without running.
 
 On a SQLite file, writers of every process queue on an OS file lock beside the database
 (``<db>-writer.lock``) instead of polling SQLite's busy handler, which sleeps 1, 2, 5,
@@ -27,12 +28,14 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 try:
     import fcntl
@@ -43,16 +46,64 @@ T = TypeVar("T")
 
 #: at most this many units per transaction (a long batch delays its first caller)
 MAX_BATCH = 32
+#: a unit that waited this long for its turn fails instead of running (SQLite's busy timeout:
+#: a write has never waited longer than that for the database before)
+QUEUE_TIMEOUT = 30.0
 
 
 class _Unit(Generic[T]):
-    __slots__ = ("work", "done", "result", "error")
+    __slots__ = ("work", "done", "result", "error", "queued_at")
 
     def __init__(self, work: Callable[[Connection], T]) -> None:
         self.work = work
         self.done = False
         self.result: Any = None
         self.error: BaseException | None = None
+        self.queued_at = time.monotonic()
+
+
+class StorageBusy(Exception):
+    """A write waited longer than ``queue_timeout`` for its turn (the database stays locked
+    or unreachable, and the batches before it each waited their own timeout)."""
+
+
+#: SQLSTATEs of a transaction PostgreSQL aborted because of a concurrent one (deadlock,
+#: serialisation failure): retrying its units separately can succeed
+_CONFLICTS = frozenset({"40P01", "40001"})
+
+
+def _conflict(exc: BaseException) -> bool:
+    return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) in _CONFLICTS
+
+
+#: SQLite's messages for a database that is there but cannot be used now
+_SQLITE_OUTAGES = (
+    "database is locked",
+    "database table is locked",
+    "unable to open database file",
+    "disk i/o error",
+    "database or disk is full",
+)
+#: PostgreSQL SQLSTATE classes of the same kind: connection exception, transaction rollback
+#: (deadlock, serialisation), insufficient resources, operator intervention (shutdown,
+#: cancelled statement)
+_PG_OUTAGE_CLASSES = ("08", "40", "53", "57")
+
+
+def storage_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database is unavailable for now (answer 503, retry), as
+    opposed to a fault of ours (no such table, a corrupt file: 500)."""
+    if isinstance(exc, StorageBusy | PoolTimeout):
+        return True
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if isinstance(sqlstate, str):
+        return sqlstate[:2] in _PG_OUTAGE_CLASSES
+    message = str(exc.orig).lower()
+    return any(message.startswith(outage) for outage in _SQLITE_OUTAGES)
 
 
 class _UnitFailed(Exception):
@@ -61,9 +112,12 @@ class _UnitFailed(Exception):
 
 
 class GroupCommit:
-    def __init__(self, engine: Engine, *, max_batch: int = MAX_BATCH) -> None:
+    def __init__(
+        self, engine: Engine, *, max_batch: int = MAX_BATCH, queue_timeout: float = QUEUE_TIMEOUT
+    ) -> None:
         self.engine = engine
         self.max_batch = max_batch
+        self.queue_timeout = queue_timeout
         self._cond = threading.Condition()
         self._queue: list[_Unit[Any]] = []
         self._leading = False
@@ -106,32 +160,42 @@ class GroupCommit:
         return unit.result  # type: ignore[no-any-return]
 
     def _take(self, own: _Unit[Any]) -> list[_Unit[Any]]:
-        """The next batch: the oldest queued units, the leader's own among them."""
+        """The next batch: the oldest queued units, the leader's own among them. Units that
+        waited past ``queue_timeout`` fail with :class:`StorageBusy` instead (so that, while
+        the database stays locked, waits do not add up batch after batch)."""
+        expired = time.monotonic() - self.queue_timeout
         with self._cond:
             batch = self._queue[: self.max_batch]
             if own not in batch:
                 batch[-1:] = [own]
             for unit in batch:
                 self._queue.remove(unit)
-            return batch
+            late = [unit for unit in batch if unit.queued_at < expired]
+            for unit in late:
+                unit.error = StorageBusy("the database is busy: the write waited too long")
+                unit.done = True
+            return [unit for unit in batch if unit not in late]
 
     def _commit(self, batch: list[_Unit[Any]]) -> None:
+        if not batch:
+            return
         try:
             try:
                 self._together(batch)
-            except Exception:
-                # The database refused the transaction (on PostgreSQL, a deadlock between two
-                # batches that replay the same challenge and key, a serialisation failure,
-                # a lost connection): nothing of it was stored. Each unit runs again alone,
-                # so one unit's conflict cannot fail the requests that shared its batch.
-                survivors = [unit for unit in batch if unit.error is None]
-                if len(survivors) == len(batch) == 1:
+            except Exception as exc:
+                if not _conflict(exc) or len(batch) == 1:
                     raise
-                for unit in survivors:
+                # PostgreSQL aborted the transaction for a concurrent one's sake (a deadlock
+                # between two batches that replay the same request, a serialisation
+                # failure): nothing of it was stored. Every unit runs again alone, so one
+                # request's conflict cannot fail the requests that shared its batch. (Not
+                # for other errors: a locked or lost database would make each unit wait
+                # its own timeout in turn.)
+                for unit in batch:
                     try:
                         self._together([unit])
-                    except Exception as exc:
-                        unit.error, unit.result = exc, None
+                    except Exception as alone:
+                        unit.error, unit.result = alone, None
         except BaseException as exc:  # nothing of the batch is stored
             for unit in batch:
                 if unit.error is None:
