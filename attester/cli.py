@@ -63,6 +63,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 host=args.host,
                 port=args.port,
                 workers=args.workers,
+                reuse_port=not args.shared_socket,
                 log_config=None,
                 access_log=False,
                 # the client address is the peer; X-Forwarded-For only via trusted_proxies
@@ -392,6 +393,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument(
+        "--shared-socket",
+        action="store_true",
+        help="with --workers: all workers accept from one socket (uvicorn's way) instead of "
+        "each from its own SO_REUSEPORT socket (see RUNBOOK.md)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     keys = sub.add_parser("keys", help="manage the signing keys")

@@ -88,3 +88,28 @@ def test_a_dead_workers_socket_takes_no_connections(tmp_path: Path) -> None:
             assert httpx.get(url + "/healthz", timeout=5).status_code == 200
         workers = _wait_for_workers(port, 2)
         assert len(workers) == 2 and first not in workers
+
+
+def test_a_port_already_served_fails_at_start(tmp_path: Path) -> None:
+    """A second (or stale) ``serve`` on the same port must not join the first one's
+    SO_REUSEPORT group and take part of its traffic: it exits as uvicorn does (status 3)."""
+    import subprocess
+
+    from tests.test_cli import ATTESTER
+
+    with serving(tmp_path / "a", "--workers", "2") as url:
+        port = url.rsplit(":", 1)[1]
+        second = subprocess.run(
+            [*ATTESTER, "serve", "--port", port, "--data-dir", str(tmp_path / "b"), "--workers", "2"],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert second.returncode == 3, second.stderr[-2000:]
+        assert httpx.get(url + "/healthz").status_code == 200
+
+
+def test_shared_socket_option_keeps_one_listening_socket(tmp_path: Path) -> None:
+    with serving(tmp_path / "data", "--workers", "2", "--shared-socket") as url:
+        port = int(url.rsplit(":", 1)[1])
+        assert len(_inodes(port, state="0A")) == 1  # one socket, held by parent and workers
+        for _ in range(10):
+            assert httpx.get(url + "/healthz").status_code == 200
