@@ -38,6 +38,7 @@ from attester.storage import (
     create_store,
 )
 from attester.storage.admin import AdminStore
+from attester.storage.group_commit import storage_outage
 from attester.storage.purge import PurgeCutoffs, purge
 from attester.storage.status_entries import InstanceNotActive, StatusEntries, StatusListFull
 from attester.storage.store import IssueInTransaction
@@ -162,8 +163,9 @@ class AttesterService:
         except InstanceRevoked as exc:
             self._burn(redemption, now)
             raise not_active(exc.status) from None
-        except Exception:  # our fault (no key, database busy): the attempt still uses it up
-            self._burn(redemption, now)
+        except Exception as exc:  # our fault (no key, database busy): the attempt uses it up
+            if not storage_outage(exc):  # (the database being down, nothing was stored, and
+                self._burn(redemption, now)  # a burn would wait for it in vain once more)
             raise
         self._redeemed(now)
         log.info(
@@ -211,8 +213,9 @@ class AttesterService:
         except InstanceNotActive as exc:  # revoked or suspended since the checks above
             self._burn(redemption, now)
             raise not_active(exc.status) from None
-        except Exception:  # a refusal, or our fault: the attempt still uses the challenge up
-            self._burn(redemption, now)
+        except Exception as exc:  # a refusal, or our fault: the attempt uses the challenge up
+            if not storage_outage(exc):  # (not while the database is down: as registration)
+                self._burn(redemption, now)
             raise
         self._redeemed(now)
         return self._response(signed[0], instance, now)

@@ -13,7 +13,10 @@ reserved and tells the workers which address ``--port 0`` got; a socket that doe
 listen takes no connections. A worker that dies takes its socket with it, so no
 connection waits on a socket nobody accepts from. Before that, the port is bound once
 without SO_REUSEPORT, so that a port already served (a second ``attester serve``, a stale
-one) fails at start as with uvicorn instead of being shared with it silently.
+one) fails at start as with uvicorn instead of being shared with it silently. (Linux lets
+that probe bind while no socket on the port listens yet: a second server started in the
+second before the first one's workers listen, or while all of them are down, is not
+detected.)
 
 Only on Linux: macOS and FreeBSD accept SO_REUSEPORT without spreading connections (FreeBSD
 needs SO_REUSEPORT_LB), so there, and with ``serve --shared-socket``, the workers share

@@ -193,3 +193,63 @@ def test_sqlite_writers_queue_on_a_file_lock(tmp_path: Path) -> None:
     _register(store, 1)
     assert (tmp_path / "a.db-writer.lock").exists()
     store.dispose()
+
+
+def test_a_failed_batch_gives_every_unit_its_failure(database_url: str) -> None:
+    """Found in review: B refused as already registered only because batch-mate A inserted
+    the same key, then the batch failed on C: B must not answer instance_already_registered
+    for a key that no transaction stored."""
+    store = create_store(database_url)
+
+    def broken(connection: Connection) -> None:
+        connection.execute(text("SELECT * FROM no_such_table"))
+
+    def same_key(n: int) -> Any:
+        return store.register_instance(
+            platform="android", client_id="c", key_thumbprint="s" * 43, instance_jwk={"kty": "EC"},
+            now=NOW, redemption=Redemption(f"{n:064d}", NOW + timedelta(minutes=5)),
+            issued=IssuedRow(f"j{n}", "kid", NOW, NOW + timedelta(hours=1)),
+        )
+
+    release = _held(store.writes)
+    with ThreadPoolExecutor(3) as pool:
+        first = pool.submit(same_key, 1)
+        _wait_queued(store.writes, 1)
+        second = pool.submit(same_key, 2)
+        _wait_queued(store.writes, 2)
+        bad = pool.submit(store.writes.run, broken)
+        _wait_queued(store.writes, 3)
+        release.set()
+        for future in (first, second, bad):
+            with pytest.raises(DBAPIError):
+                future.result(timeout=30)
+    assert store.instance_by_thumbprint("s" * 43) is None
+    store.dispose()
+
+
+def test_an_expired_write_is_answered_before_its_batch_ends(database_url: str) -> None:
+    from attester.storage.group_commit import StorageBusy
+
+    store = create_store(database_url)
+    store.writes.queue_timeout = 0.2
+    slow_started, slow_release = threading.Event(), threading.Event()
+
+    def slow(_: Connection) -> None:
+        slow_started.set()
+        slow_release.wait(10)
+
+    release = _held(store.writes)
+    with ThreadPoolExecutor(2) as pool:
+        late = pool.submit(_register, store, 10)
+        _wait_queued(store.writes, 1)
+        time.sleep(0.4)
+        running = pool.submit(store.writes.run, slow)
+        _wait_queued(store.writes, 2)
+        release.set()
+        assert slow_started.wait(10)
+        with pytest.raises(StorageBusy):
+            late.result(timeout=5)  # while the batch it was taken with still runs
+        assert not running.done()
+        slow_release.set()
+        running.result(timeout=30)
+    store.dispose()

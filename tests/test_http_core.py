@@ -231,3 +231,15 @@ def test_storage_outage_classification() -> None:
     assert not storage_outage(OperationalError("x", {}, PgError("42P01")))  # undefined table
     assert storage_outage(StorageBusy("waited"))
     assert not storage_outage(ValueError("x"))
+    # a real failed connect: psycopg sets no SQLSTATE when no server answers
+    from sqlalchemy import create_engine
+
+    from tests.support import free_port
+
+    engine = create_engine(f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/none")
+    try:
+        with pytest.raises(OperationalError) as refused:
+            engine.connect()
+    finally:
+        engine.dispose()
+    assert storage_outage(refused.value)

@@ -99,9 +99,11 @@ def storage_outage(exc: BaseException) -> bool:
         return False
     if exc.connection_invalidated:
         return True
-    sqlstate = getattr(exc.orig, "sqlstate", None)
-    if isinstance(sqlstate, str):
-        return sqlstate[:2] in _PG_OUTAGE_CLASSES
+    if hasattr(exc.orig, "sqlstate"):  # psycopg
+        sqlstate = exc.orig.sqlstate
+        # None: no server answered (refused, unresolvable, a connection limit, a database
+        # that is not there: psycopg sets no SQLSTATE on a failed connect)
+        return sqlstate is None or str(sqlstate)[:2] in _PG_OUTAGE_CLASSES
     message = str(exc.orig).lower()
     return any(message.startswith(outage) for outage in _SQLITE_OUTAGES)
 
@@ -147,7 +149,12 @@ class GroupCommit:
                 # the batch is taken once the writer lock is ours: what queued while another
                 # process wrote commits with it
                 with self._writer_lock():
-                    self._commit(self._take(unit))
+                    batch = self._take(unit)
+                    if unit.done:  # our own write expired: answer now, another thread leads
+                        with self._cond:
+                            self._queue[:0] = batch
+                    else:
+                        self._commit(batch)
             finally:
                 with self._cond:
                     if unit in self._queue:  # the lock could not be taken
@@ -174,6 +181,8 @@ class GroupCommit:
             for unit in late:
                 unit.error = StorageBusy("the database is busy: the write waited too long")
                 unit.done = True
+            if late:
+                self._cond.notify_all()  # answered now, not after the batch
             return [unit for unit in batch if unit not in late]
 
     def _commit(self, batch: list[_Unit[Any]]) -> None:
@@ -197,9 +206,10 @@ class GroupCommit:
                     except Exception as alone:
                         unit.error, unit.result = alone, None
         except BaseException as exc:  # nothing of the batch is stored
+            # every unit gets the batch's failure, also one taken out before it: its error
+            # may have come from a batch-mate's write that was then never committed
             for unit in batch:
-                if unit.error is None:
-                    unit.error, unit.result = exc, None
+                unit.error, unit.result = exc, None
             if not isinstance(exc, Exception):
                 raise
         finally:
