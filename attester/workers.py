@@ -67,7 +67,11 @@ class OwnSocketProcess(multiprocess.Process):
         own = []
         for shared in sockets or []:
             host, port = shared.getsockname()[:2]
-            own.append(reuse_port_socket(host, port))
+            try:
+                own.append(reuse_port_socket(host, port))
+            except OSError as exc:  # uvicorn's supervisor stops on this status, not retries
+                log.error("worker cannot listen on %s:%s: %s", host, port, exc)
+                sys.exit(STARTUP_FAILURE)
             shared.close()
         super().target(own)
 
