@@ -133,14 +133,14 @@ def test_postgres_deadlock_between_batches_fails_only_its_cause(postgres_databas
 
     release = _held(first.writes)
     with ThreadPoolExecutor(3) as pool:
-        # the first batch waits on the second's row first, so PostgreSQL's deadlock check
+        # the first batch waits on the second's row 0.6 s earlier, so PostgreSQL's deadlock check
         # (deadlock_timeout after a wait began) aborts the first batch's transaction
         cause = pool.submit(first.writes.run, make("d1" * 32, "d2" * 32, mine, theirs, 0.0))
         innocent = pool.submit(_register, first, 8)
         _wait_queued(first.writes, 2)
         release.set()
         other = pool.submit(lambda: (mine.wait(10), second.writes.run(
-            make("d2" * 32, "d1" * 32, theirs, mine, 0.3)))[1])
+            make("d2" * 32, "d1" * 32, theirs, mine, 0.6)))[1])
         other.result(timeout=60)
         with pytest.raises(ChallengeAlreadyRedeemed):  # alone, after the other committed
             cause.result(timeout=60)
