@@ -288,6 +288,7 @@ class AttesterService:
         by then, another is reserved and the JWT signed again inside the transaction.
         """
         candidate = self.status_lists.candidate() if app.status_list else None
+        wanted = None if candidate is None else self.status_lists.claim(*candidate)
 
         def sign(status: dict[str, Any] | None) -> IssuedAttestation:
             with self.metrics.timed(self.metrics.issuance_duration):
@@ -295,13 +296,13 @@ class AttesterService:
                     app=app, instance_jwk=instance_jwk, now=now, status=status, extra_claims=claims
                 )
 
-        presigned = sign(None if candidate is None else self.status_lists.claim(*candidate))
+        presigned = sign(wanted)
 
         def issue(connection: Connection, instance_id: str) -> IssuedRow:
             issued = presigned
             if candidate is not None:
                 status = self._status_claim(connection, instance_id, app, now, prefer=candidate)
-                if status != self.status_lists.claim(*candidate):
+                if status != wanted:
                     issued = sign(status)
             signed[:] = [issued]  # a group commit may run this again (group_commit.py)
             return IssuedRow(issued.reference, issued.kid, issued.issued_at, issued.expires_at)

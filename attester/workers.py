@@ -46,10 +46,14 @@ STARTUP_FAILURE = 3
 log = logging.getLogger(__name__)
 
 
+def _tcp_socket(host: str) -> socket.socket:
+    """A TCP socket of ``host``'s family (an IPv6 literal has a colon, as uvicorn decides)."""
+    return socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+
+
 def reuse_port_socket(host: str, port: int) -> socket.socket:
     """A TCP socket bound to ``host:port`` with SO_REUSEADDR and SO_REUSEPORT, not listening."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = _tcp_socket(host)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -93,8 +97,7 @@ def run(app: str, *, host: str, port: int, workers: int, reuse_port: bool = True
 
 def _parent_socket(host: str, port: int) -> socket.socket | None:
     """The parent's SO_REUSEPORT socket, once the port proved free; None to share one."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    probe = socket.socket(family, socket.SOCK_STREAM)
+    probe = _tcp_socket(host)
     try:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         probe.bind((host, port))  # no SO_REUSEPORT: fails if anyone serves the port already

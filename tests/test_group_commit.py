@@ -29,6 +29,11 @@ def _register(store: Any, n: int, *, digest: str | None = None) -> Any:
     )
 
 
+def _missing_table(connection: Connection) -> None:
+    """A unit the database refuses (a statement it cannot run)."""
+    connection.execute(text("SELECT * FROM no_such_table"))
+
+
 def _held(group: GroupCommit) -> threading.Event:
     """Make the next transaction wait (inside its unit) until the returned event is set,
     so the units submitted meanwhile queue behind it and commit together."""
@@ -96,13 +101,10 @@ def test_a_database_error_fails_the_batch_and_stores_nothing(database_url: str) 
     fails the whole batch: re-running each unit would make each wait its own timeout."""
     store = create_store(database_url)
 
-    def broken(connection: Connection) -> None:
-        connection.execute(text("SELECT * FROM no_such_table"))
-
     release = _held(store.writes)
     with ThreadPoolExecutor(2) as pool:
         registration = pool.submit(_register, store, 7)
-        bad = pool.submit(store.writes.run, broken)
+        bad = pool.submit(store.writes.run, _missing_table)
         _wait_queued(store.writes, 2)
         release.set()
         with pytest.raises(DBAPIError):
@@ -172,7 +174,7 @@ def test_a_lone_unit_refused_by_the_database_raises_and_stores_nothing(database_
 
     def half(connection: Connection) -> None:
         _redeem_in(connection, Redemption("9" * 64, NOW))
-        connection.execute(text("SELECT * FROM no_such_table"))
+        _missing_table(connection)
 
     with pytest.raises(DBAPIError):
         store.writes.run(half)
@@ -201,9 +203,6 @@ def test_a_failed_batch_gives_every_unit_its_failure(database_url: str) -> None:
     for a key that no transaction stored."""
     store = create_store(database_url)
 
-    def broken(connection: Connection) -> None:
-        connection.execute(text("SELECT * FROM no_such_table"))
-
     def same_key(n: int) -> Any:
         return store.register_instance(
             platform="android", client_id="c", key_thumbprint="s" * 43, instance_jwk={"kty": "EC"},
@@ -217,7 +216,7 @@ def test_a_failed_batch_gives_every_unit_its_failure(database_url: str) -> None:
         _wait_queued(store.writes, 1)
         second = pool.submit(same_key, 2)
         _wait_queued(store.writes, 2)
-        bad = pool.submit(store.writes.run, broken)
+        bad = pool.submit(store.writes.run, _missing_table)
         _wait_queued(store.writes, 3)
         release.set()
         for future in (first, second, bad):

@@ -44,6 +44,14 @@ def lock_instance(session: Session | Connection, instance_id: str, *, only_activ
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
+def lock_active_instance(session: Session | Connection, instance_id: str) -> None:
+    """:func:`lock_instance` of an active instance; :class:`InstanceNotActive` (with the
+    status it has: revoked, suspended, or gone) when it is not."""
+    if not lock_instance(session, instance_id, only_active=True):
+        status = session.scalar(_INSTANCE_STATUS, {"target_id": instance_id})
+        raise InstanceNotActive(instance_id, status or "revoked")
+
+
 _INSTANCES = Instance.__table__
 _LOCK_ANY = (
     update(_INSTANCES)
@@ -107,9 +115,8 @@ class StatusEntries:
         transaction (the store's registration and renewal do), so the check is not
         repeated. ``prefer``: the index to try first (one a JWT was signed with already).
         """
-        if not locked and not lock_instance(session, instance_id, only_active=True):
-            status = session.scalar(_INSTANCE_STATUS, {"target_id": instance_id})
-            raise InstanceNotActive(instance_id, status or "revoked")
+        if not locked:
+            lock_active_instance(session, instance_id)
         for attempt in range(ALLOCATION_TRIES):
             if attempt == 0 and prefer is not None:
                 list_id, idx = prefer

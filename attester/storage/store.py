@@ -34,7 +34,7 @@ from sqlalchemy.orm import sessionmaker
 
 from attester.storage.group_commit import GroupCommit
 from attester.storage.models import Instance, IssuedAttestation, RedeemedChallenge
-from attester.storage.status_entries import InstanceNotActive, lock_instance
+from attester.storage.status_entries import lock_active_instance
 
 
 class AlreadyRegistered(Exception):
@@ -132,7 +132,6 @@ _INSTANCE_BY_THUMBPRINT_FOR_UPDATE = (
     .with_for_update()
 )
 _INSTANCE_BY_THUMBPRINT = select(_INSTANCES).where(_INSTANCES.c.key_thumbprint == bindparam("thumbprint"))
-_INSTANCE_STATUS = select(_INSTANCES.c.status).where(_INSTANCES.c.id == bindparam("target_id"))
 _REDEEMED_DIGEST = select(_REDEEMED.c.digest).where(_REDEEMED.c.digest == bindparam("digest"))
 
 
@@ -404,9 +403,7 @@ class Store:
                 _redeem_in(connection, redemption)
             # under the instance's lock: a revocation or suspension that committed since the
             # caller's checks refuses the JWT (also for apps without a status list)
-            if not lock_instance(connection, instance_id, only_active=True):
-                status = connection.scalar(_INSTANCE_STATUS, {"target_id": instance_id})
-                raise InstanceNotActive(instance_id, status or "revoked")
+            lock_active_instance(connection, instance_id)
             _add_issued(connection, instance_id, issue(connection, instance_id))
 
         self.writes.run(work)
