@@ -41,7 +41,7 @@ from attester.storage.admin import AdminStore
 from attester.storage.group_commit import storage_outage
 from attester.storage.purge import PurgeCutoffs, purge
 from attester.storage.status_entries import InstanceNotActive, StatusEntries, StatusListFull
-from attester.storage.store import IssueInTransaction
+from attester.storage.store import Presigned
 from keys.jwks import JwksDocument, thumbprint
 from keys.store import KeyStore, fsync_directory
 
@@ -277,7 +277,7 @@ class AttesterService:
         signed: list[IssuedAttestation],
         *,
         claims: Mapping[str, Any] | None = None,
-    ) -> IssueInTransaction:
+    ) -> Presigned:
         """The step that records the JWT inside the store transaction (the JWT is signed
         here, before it: the transaction may hold the database's one write lock).
 
@@ -285,7 +285,8 @@ class AttesterService:
         exists, under its lock), so a registration or renewal is one commit and a JWT is
         handed out only when its row, its index and the challenge redemption all committed.
         The JWT is signed for a random index first; in the rare case that index is taken
-        by then, another is reserved and the JWT signed again inside the transaction.
+        by then, another is reserved and the JWT signed again inside the transaction
+        (registrations written together reserve their indexes in one statement: store.py).
         """
         candidate = self.status_lists.candidate() if app.status_list else None
         wanted = None if candidate is None else self.status_lists.claim(*candidate)
@@ -298,16 +299,24 @@ class AttesterService:
 
         presigned = sign(wanted)
 
+        def record(issued: IssuedAttestation) -> IssuedRow:
+            signed[:] = [issued]  # a group commit may run this again (group_commit.py)
+            return IssuedRow(issued.reference, issued.kid, issued.issued_at, issued.expires_at)
+
         def issue(connection: Connection, instance_id: str) -> IssuedRow:
             issued = presigned
             if candidate is not None:
                 status = self._status_claim(connection, instance_id, app, now, prefer=candidate)
                 if status != wanted:
                     issued = sign(status)
-            signed[:] = [issued]  # a group commit may run this again (group_commit.py)
-            return IssuedRow(issued.reference, issued.kid, issued.issued_at, issued.expires_at)
+            return record(issued)
 
-        return issue
+        return Presigned(
+            issue,
+            accept=lambda: record(presigned),
+            candidate=candidate,
+            status_expires_at=None if candidate is None else self._status_expiry(app, now),
+        )
 
     @staticmethod
     def _response(issued: IssuedAttestation, instance: InstanceRecord, now: datetime) -> dict[str, Any]:
@@ -333,15 +342,22 @@ class AttesterService:
         The store calls the issuing step with the instance locked and seen active in the
         same transaction (registration inserts or updates it, renewal checks it), so the
         allocation does not check again."""
-        # exp is at most now + lifetime (iat may be rounded down, never up)
-        expires_at = now + timedelta(seconds=self.issuer.lifetime(app))
         try:
             return self.status_lists.allocate(
-                instance_id, expires_at=expires_at, connection=connection, locked=True, prefer=prefer
+                instance_id,
+                expires_at=self._status_expiry(app, now),
+                connection=connection,
+                locked=True,
+                prefer=prefer,
             )
         except StatusListFull:
             log.error("status lists full: raise status_list.size or status_list.count")
             raise ProblemError("status_list_full", "no status list index is free", status=503) from None
+
+    def _status_expiry(self, app: AppConfig, now: datetime) -> datetime:
+        """When a status entry of a JWT issued ``now`` may go: its exp at the latest (iat may
+        be rounded down, never up)."""
+        return now + timedelta(seconds=self.issuer.lifetime(app))
 
     # -- data lifecycle ----------------------------------------------------------------
     def purge(self, *, actor: str = "system:purge") -> dict[str, int]:

@@ -11,12 +11,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, event, text
 from sqlalchemy.exc import DBAPIError
 
-from attester.storage import ChallengeAlreadyRedeemed, IssuedRow, Redemption, create_store
+from attester.storage import (
+    AlreadyRegistered,
+    ChallengeAlreadyRedeemed,
+    IssuedRow,
+    Redemption,
+    create_store,
+)
 from attester.storage.group_commit import GroupCommit
-from attester.storage.store import _redeem_in
+from attester.storage.status_entries import claim_entries
+from attester.storage.store import Presigned, _redeem_in
 
 NOW = datetime(2026, 11, 1, 12, tzinfo=UTC)
 
@@ -72,6 +79,129 @@ def test_concurrent_registrations_share_commits_and_all_land(database_url: str) 
         assert store.instance_by_thumbprint(f"t{n:042d}").id == record.id
         assert [jti for jti, _, _ in store.issued_for(record.id)] == [f"j{n}"]
         assert store.challenge_redeemed(f"{n:064d}")
+    store.dispose()
+
+
+def _inserts(store: Any) -> list[str]:
+    """The tables of the INSERT statements ``store`` runs from now on (one per execution)."""
+    seen: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO"):
+            seen.append(statement.split()[2])
+
+    event.listen(store.engine, "before_cursor_execute", count)
+    return seen
+
+
+def test_registrations_in_a_batch_are_written_with_one_statement_per_table(database_url: str) -> None:
+    """Eight registrations in one batch: one multi-row INSERT per table, not one per request
+    (each statement is a round trip, or on SQLite a GIL re-take under the write lock)."""
+    store = create_store(database_url)
+    release = _held(store.writes)
+    inserts = _inserts(store)
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(_register, store, n) for n in range(8)]
+        _wait_queued(store.writes, 8)
+        release.set()
+        records = [f.result(timeout=30) for f in futures]
+    assert sorted(inserts) == ["instances", "issued_attestations", "redeemed_challenges"]
+    assert len({record.id for record in records}) == 8
+    for n, record in enumerate(records):
+        assert store.instance_by_thumbprint(f"t{n:042d}").id == record.id
+        assert [jti for jti, _, _ in store.issued_for(record.id)] == [f"j{n}"]
+    store.dispose()
+
+
+def _presigned(n: int, candidate: tuple[int, int], calls: list[str]) -> Presigned:
+    """An issuing step signed for status index ``candidate``; called (the index was taken),
+    it records the call and reserves index ``1000 + n`` instead, as the service's would."""
+    row = IssuedRow(f"j{n}", "kid", NOW, NOW + timedelta(hours=1))
+
+    def again(connection: Connection, instance_id: str) -> IssuedRow:
+        calls.append(f"j{n}")
+        assert claim_entries(connection, [(0, 1000 + n, instance_id, NOW)]) == {(0, 1000 + n)}
+        return IssuedRow(f"j{n}-again", "kid", NOW, NOW + timedelta(hours=1))
+
+    return Presigned(again, lambda: row, candidate=candidate, status_expires_at=NOW + timedelta(hours=1))
+
+
+def test_a_batch_reserves_free_status_indexes_at_once_and_only_the_taken_ones_again(
+    database_url: str,
+) -> None:
+    """Of four registrations in a batch, one was signed for an index another JWT holds and
+    two for the same index: the first of those two and the fourth keep their JWT as signed,
+    the other two reserve another index and sign again; every entry names its instance."""
+    store = create_store(database_url)
+    with store.engine.begin() as connection:  # index (0, 5) is another JWT's
+        connection.execute(text(
+            "INSERT INTO instances (id, platform, client_id, key_thumbprint, instance_jwk, status, "
+            "registered_at) VALUES ('other', 'android', 'c', 'other', '{}', 'active', '2026-11-01')"
+        ))
+        assert claim_entries(connection, [(0, 5, "other", NOW)]) == {(0, 5)}
+    calls: list[str] = []
+    candidates = {1: (0, 5), 2: (0, 7), 3: (0, 7), 4: (0, 9)}
+    release = _held(store.writes)
+    with ThreadPoolExecutor(4) as pool:
+        futures = {
+            n: pool.submit(
+                store.register_instance,
+                platform="android", client_id="c", key_thumbprint=f"t{n:042d}",
+                instance_jwk={"kty": "EC"}, now=NOW,
+                redemption=Redemption(f"{n:064d}", NOW), issue=_presigned(n, candidate, calls),
+            )
+            for n, candidate in candidates.items()
+        }
+        _wait_queued(store.writes, 4)
+        release.set()
+        records = {n: f.result(timeout=30) for n, f in futures.items()}
+    assert store.writes.commits == 2  # the held unit, then the four together
+    retried = {n for n in candidates if f"j{n}" in calls}
+    assert len(retried) == 2 and 1 in retried and len(retried & {2, 3}) == 1
+    with store.engine.connect() as connection:
+        entries = dict(connection.execute(text("SELECT idx, instance_id FROM status_entries")).all())
+    kept = ({2, 3} - retried).pop()
+    assert entries[5] == "other"
+    assert entries[7] == records[kept].id and entries[9] == records[4].id
+    for n in retried:
+        assert entries[1000 + n] == records[n].id
+        assert [jti for jti, _, _ in store.issued_for(records[n].id)] == [f"j{n}-again"]
+    for n in (kept, 4):
+        assert [jti for jti, _, _ in store.issued_for(records[n].id)] == [f"j{n}"]
+    store.dispose()
+
+
+def test_a_batch_with_a_key_registered_before_falls_back_to_one_by_one(database_url: str) -> None:
+    """A re-attested key (refreshed in place) and a key sent twice (the second refused) in a
+    batch of new keys: the multi-row insert refuses them, and each write then runs alone."""
+    store = create_store(database_url)
+    before = _register(store, 1)
+    release = _held(store.writes)
+    inserts = _inserts(store)
+
+    def again(n: int, digest: str, *, replace: bool) -> Any:
+        return store.register_instance(
+            platform="android", client_id="c", key_thumbprint=f"t{n:042d}", instance_jwk={"kty": "EC"},
+            now=NOW, redemption=Redemption(digest, NOW), replace_same_key=replace,
+            issued=IssuedRow(f"j{digest[:4]}", "kid", NOW, NOW + timedelta(hours=1)),
+        )
+
+    with ThreadPoolExecutor(4) as pool:
+        new = pool.submit(_register, store, 2)
+        refreshed = pool.submit(again, 1, "a" * 64, replace=True)
+        twice = [pool.submit(again, 3, d * 64, replace=False) for d in "bc"]
+        _wait_queued(store.writes, 4)
+        release.set()
+        assert refreshed.result(timeout=30).id == before.id
+        assert new.result(timeout=30).id == store.instance_by_thumbprint(f"t{2:042d}").id
+        outcomes = []
+        for future in twice:
+            try:
+                outcomes.append(future.result(timeout=30).id)
+            except AlreadyRegistered:
+                outcomes.append("refused")
+    assert sorted(outcomes, key=str)[-1] == "refused" and outcomes.count("refused") == 1
+    assert inserts.count("instances") > 1  # tried together, then one by one
     store.dispose()
 
 

@@ -52,6 +52,28 @@ def lock_active_instance(session: Session | Connection, instance_id: str) -> Non
         raise InstanceNotActive(instance_id, status or "revoked")
 
 
+def claim_entries(
+    connection: Connection, rows: list[tuple[int, int, str, datetime | None]]
+) -> set[tuple[int, int]]:
+    """Reserve the indexes ``(list_id, idx, instance_id, expires_at)`` of several JWTs in
+    one statement (status 0, valid); the ``(list_id, idx)`` that were free, now reserved.
+    The caller holds the instances' locks (it inserted their rows in this transaction)."""
+    if not rows:
+        return set()
+    statement = _CLAIM_MANY[connection.dialect.name]
+    values = [
+        {"list_id": list_id, "idx": idx, "instance_id": instance_id, "status": 0, "expires_at": expires_at}
+        for list_id, idx, instance_id, expires_at in rows
+    ]
+    return {(int(list_id), int(idx)) for list_id, idx in connection.execute(statement, values)}
+
+
+_CLAIM_MANY = {
+    dialect.dialect.name: dialect.insert(StatusEntry)
+    .on_conflict_do_nothing()
+    .returning(StatusEntry.list_id, StatusEntry.idx)
+    for dialect in (sqlite, postgresql)
+}
 _INSTANCES = Instance.__table__
 _LOCK_ANY = (
     update(_INSTANCES)

@@ -32,9 +32,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 
-from attester.storage.group_commit import GroupCommit
+from attester.storage.group_commit import GroupCommit, Unbatch
 from attester.storage.models import Instance, IssuedAttestation, RedeemedChallenge
-from attester.storage.status_entries import lock_active_instance
+from attester.storage.status_entries import claim_entries, lock_active_instance
 
 
 class AlreadyRegistered(Exception):
@@ -117,6 +117,26 @@ class InstanceRecord:
 #: with the instance's row locked and seen active in that transaction
 IssueInTransaction = Callable[[Connection, str], IssuedRow]
 
+
+@dataclass(frozen=True)
+class Presigned:
+    """An issuing step whose JWT was signed before the transaction, for status-list index
+    ``candidate`` (None: the JWT has no status claim).
+
+    Called (an :data:`IssueInTransaction`), it reserves the index in the transaction (or
+    another, signing again when it was taken). Registrations written together
+    (``_NewInstance.run_many``) instead reserve every candidate in one statement and
+    ``accept`` the JWTs whose index was free; only the others are called.
+    """
+
+    issue: IssueInTransaction
+    accept: Callable[[], IssuedRow]  # the JWT as signed is the one recorded and handed out
+    candidate: tuple[int, int] | None = None
+    status_expires_at: datetime | None = None  # of the status entry, when there is a candidate
+
+    def __call__(self, connection: Connection, instance_id: str) -> IssuedRow:
+        return self.issue(connection, instance_id)
+
 _INSTANCES = Instance.__table__
 _ISSUED = IssuedAttestation.__table__
 _REDEEMED = RedeemedChallenge.__table__
@@ -133,10 +153,15 @@ _INSTANCE_BY_THUMBPRINT_FOR_UPDATE = (
 )
 _INSTANCE_BY_THUMBPRINT = select(_INSTANCES).where(_INSTANCES.c.key_thumbprint == bindparam("thumbprint"))
 _REDEEMED_DIGEST = select(_REDEEMED.c.digest).where(_REDEEMED.c.digest == bindparam("digest"))
+# the same inserts for several rows at once: with RETURNING, SQLAlchemy writes them as one
+# multi-row INSERT (its "insertmanyvalues"), not one statement per row
+_INSERT_ISSUED_MANY = insert(_ISSUED).returning(_ISSUED.c.jti)
+_INSERT_REDEEMED_MANY = insert(_REDEEMED).returning(_REDEEMED.c.digest)
+_INSERT_INSTANCES_MANY = insert(_INSTANCES).returning(_INSTANCES.c.id)
 
 
-def _already_issued(issued: IssuedRow) -> IssueInTransaction:
-    return lambda _session, _instance_id: issued
+def _already_issued(issued: IssuedRow) -> Presigned:
+    return Presigned(lambda _connection, _instance_id: issued, lambda: issued)
 
 
 def _add_issued(connection: Connection, instance_id: str, issued: IssuedRow) -> None:
@@ -298,20 +323,7 @@ class Store:
             "apple_risk_metric": apple_risk_metric,
             "apple_receipt_refreshed_at": apple_receipt_refreshed_at,
         }
-
-        def work(connection: Connection) -> InstanceRecord:
-            if redemption is not None:
-                _redeem_in(connection, redemption)
-            # a new key (the usual case) is one statement; a unique key taken (this key,
-            # or an App Attest key id) inserts nothing
-            instance_id = str(uuid.uuid4())
-            if connection.scalar(self._insert_instance, {"id": instance_id, **values}) is None:
-                instance_id = self._reregister(connection, key_thumbprint, platform, values, replace_same_key)
-            if issue is not None:
-                _add_issued(connection, instance_id, issue(connection, instance_id))
-            return InstanceRecord.of(SimpleNamespace(id=instance_id, **values))
-
-        return self.writes.run(work)
+        return self.writes.run(_NewInstance(self, values, replace_same_key, redemption, issue))
 
     @staticmethod
     def _reregister(
@@ -416,3 +428,93 @@ class Store:
                 .order_by(IssuedAttestation.issued_at)
             )
             return [(r[0], r[1], r[2]) for r in rows]
+
+
+@dataclass
+class _NewInstance:
+    """A registration's writes, a unit of the group commit: the challenge redemption, the
+    instance row and the issued JWT (with its status-list entry)."""
+
+    store: Store
+    values: dict[str, Any]  # the instance row but its id
+    replace_same_key: bool
+    redemption: Redemption | None
+    issue: IssueInTransaction | None
+
+    def __call__(self, connection: Connection) -> InstanceRecord:
+        """Alone: every case (a replayed challenge, a key registered before, a taken index)."""
+        if self.redemption is not None:
+            _redeem_in(connection, self.redemption)
+        # a new key (the usual case) is one statement; a unique key taken (this key, or an
+        # App Attest key id) inserts nothing
+        instance_id = str(uuid.uuid4())
+        if connection.scalar(self.store._insert_instance, {"id": instance_id, **self.values}) is None:
+            instance_id = self.store._reregister(
+                connection,
+                self.values["key_thumbprint"],
+                self.values["platform"],
+                self.values,
+                self.replace_same_key,
+            )
+        if self.issue is not None:
+            _add_issued(connection, instance_id, self.issue(connection, instance_id))
+        return InstanceRecord.of(SimpleNamespace(id=instance_id, **self.values))
+
+    @staticmethod
+    def run_many(connection: Connection, writes: list[_NewInstance]) -> list[InstanceRecord]:
+        """Several registrations with new keys and unused challenges, one statement per
+        table: the redemptions, the instance rows, the status entries (those whose index
+        was taken meanwhile, or twice here, are reserved again one by one), the JWTs.
+
+        A duplicate key (a challenge used, a key or App Attest key id registered) raises
+        the database's IntegrityError: the group commit then runs each write alone."""
+        if any(not isinstance(write.issue, Presigned) for write in writes):
+            raise Unbatch("an issuing step that was not signed before the transaction")
+        issues: list[Presigned] = [write.issue for write in writes]  # type: ignore[misc]
+        redemptions = [
+            {"digest": write.redemption.digest, "expires_at": write.redemption.expires_at}
+            for write in writes
+            if write.redemption is not None
+        ]
+        if redemptions:
+            _insert_all(connection, _INSERT_REDEEMED_MANY, redemptions)
+        ids = [str(uuid.uuid4()) for _ in writes]
+        _insert_all(
+            connection, _INSERT_INSTANCES_MANY, [{"id": i, **w.values} for i, w in zip(ids, writes)]
+        )
+        wanted = {
+            n: issue.candidate for n, issue in enumerate(issues) if issue.candidate is not None
+        }
+        first = {candidate: n for n, candidate in reversed(wanted.items())}  # one row per index
+        claimed = claim_entries(
+            connection,
+            [
+                (*candidate, ids[n], issues[n].status_expires_at)
+                for candidate, n in first.items()
+            ],
+        )
+        rows = [
+            issue(connection, ids[n])  # its index was taken: another, and a new signature
+            if n in wanted and (first[wanted[n]] != n or wanted[n] not in claimed)
+            else issue.accept()
+            for n, issue in enumerate(issues)
+        ]
+        _insert_all(
+            connection,
+            _INSERT_ISSUED_MANY,
+            [
+                {"jti": row.jti, "instance_id": instance_id, "kid": row.kid,
+                 "issued_at": row.issued_at, "expires_at": row.expires_at}
+                for row, instance_id in zip(rows, ids)
+            ],
+        )
+        return [
+            InstanceRecord.of(SimpleNamespace(id=instance_id, **write.values))
+            for instance_id, write in zip(ids, writes)
+        ]
+
+
+def _insert_all(connection: Connection, statement: Any, rows: list[dict[str, Any]]) -> None:
+    """Insert ``rows`` (one multi-row statement); every row must land."""
+    if len(connection.execute(statement, rows).all()) != len(rows):
+        raise Unbatch("a row was not inserted")
