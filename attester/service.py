@@ -477,7 +477,7 @@ def build_service(
     """Open storage and keys (creating them on first start) and wire the use cases."""
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     now = clock()
-    store = create_store(settings.resolved_database_url)
+    store = create_store(settings.resolved_database_url, pool_size=settings.database_pool_size)
     key_store = build_key_store(settings)
     key_store.ensure_initialised(now)
     metrics = metrics or Metrics()

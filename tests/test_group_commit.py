@@ -382,3 +382,30 @@ def test_an_expired_write_is_answered_before_its_batch_ends(database_url: str) -
         slow_release.set()
         running.result(timeout=30)
     store.dispose()
+
+
+def test_the_store_keeps_its_pool_of_connections_and_opens_no_more(database_url: str) -> None:
+    """``database_pool_size`` connections at most: a third request for one waits for one
+    of the two to come back (no connection opened and closed per request)."""
+    store = create_store(database_url, pool_size=2)
+    opened: list[object] = []
+    event.listen(store.engine, "connect", lambda *_: opened.append(1))
+    held = [store.engine.connect() for _ in range(2)]
+    with ThreadPoolExecutor(1) as pool:
+        third = pool.submit(lambda: store.engine.connect().close())
+        time.sleep(0.3)
+        assert not third.done()
+        held.pop().close()
+        third.result(timeout=10)
+    held.pop().close()
+    assert len(opened) <= 2
+    store.dispose()
+
+
+def test_the_pool_size_is_a_setting(tmp_path: Path) -> None:
+    from attester.service import build_service
+    from attester.settings import Settings
+
+    service = build_service(Settings(data_dir=tmp_path, database_pool_size=3))
+    assert service.store.engine.pool.size() == 3
+    service.store.dispose()

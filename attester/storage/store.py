@@ -25,6 +25,7 @@ from sqlalchemy import (
     delete,
     event,
     insert,
+    make_url,
     select,
     update,
 )
@@ -197,13 +198,21 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def create_store(url: str, *, migrate: bool = True) -> Store:
-    """Open the database at ``url`` and bring its schema up to date."""
+def create_store(url: str, *, migrate: bool = True, pool_size: int = 16) -> Store:
+    """Open the database at ``url`` and bring its schema up to date.
+
+    ``pool_size`` connections at most, kept open: SQLAlchemy's default (5, and 10 more
+    opened per use and closed after it) made a PostgreSQL connection's start and end part
+    of every request beyond the fifth at once (HTTP registrations on 32 connections:
+    307/s, against 437/s with 16 kept).
+    """
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"pool_size": pool_size, "max_overflow": 0}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+        if make_url(url).database in (None, "", ":memory:"):
+            kwargs = {"connect_args": kwargs["connect_args"]}  # one connection per thread: no pool
     else:  # a server can drop idle connections (a local SQLite file cannot: no ping)
         kwargs["pool_pre_ping"] = True
     engine = create_engine(url, **kwargs)
