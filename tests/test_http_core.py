@@ -6,6 +6,7 @@ import json
 import logging
 import socket
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -243,3 +244,15 @@ def test_storage_outage_classification() -> None:
     finally:
         engine.dispose()
     assert storage_outage(refused.value)
+
+
+def test_fastapi_opentelemetry_hooks_are_off(tmp_path: Path) -> None:
+    """Neither app asks for OpenTelemetry providers per request (our metrics and access
+    log are our own); FastAPI's flag, read the way FastAPI reads it."""
+    from attester.app import create_admin_app, create_app
+    from attester.settings import Settings
+
+    app = create_app(Settings(data_dir=tmp_path))
+    admin = create_admin_app(app.state.service)
+    assert not app._native_telemetry.enabled() and not admin._native_telemetry.enabled()
+    app.state.service.store.dispose()

@@ -230,6 +230,9 @@ class Store:
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         #: the registrations', renewals' and burnt challenges' write transactions
         self.writes = GroupCommit(engine)
+        # single reads outside any transaction: PostgreSQL then needs no BEGIN before the
+        # statement and no ROLLBACK when the connection goes back (two round trips fewer)
+        self._reads = engine.execution_options(isolation_level="AUTOCOMMIT")
         dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
         self._insert_instance = (
             dialect.insert(_INSTANCES).on_conflict_do_nothing().returning(_INSTANCES.c.id)
@@ -263,7 +266,7 @@ class Store:
 
     def challenge_redeemed(self, digest: str) -> bool:
         """Whether the challenge was redeemed already (a read: no commit, no fsync)."""
-        with self.engine.connect() as connection:
+        with self._reads.connect() as connection:
             return connection.scalar(_REDEEMED_DIGEST, {"digest": digest}) is not None
 
     def purge_expired(self, now: datetime) -> int:
