@@ -409,3 +409,26 @@ def test_the_pool_size_is_a_setting(tmp_path: Path) -> None:
     service = build_service(Settings(data_dir=tmp_path, database_pool_size=3))
     assert service.store.engine.pool.size() == 3
     service.store.dispose()
+
+
+def test_each_unit_of_a_failed_batch_raises_its_own_exception(database_url: str) -> None:
+    """One exception object raised in several threads mixes their tracebacks: every other
+    unit raises a copy (same type, same database error, caused by the batch's)."""
+    store = create_store(database_url)
+    release = _held(store.writes)
+    with ThreadPoolExecutor(2) as pool:
+        registration = pool.submit(_register, store, 5)
+        _wait_queued(store.writes, 1)
+        bad = pool.submit(store.writes.run, _missing_table)
+        _wait_queued(store.writes, 2)
+        release.set()
+        errors = []
+        for future in (registration, bad):
+            with pytest.raises(DBAPIError) as caught:
+                future.result(timeout=30)
+            errors.append(caught.value)
+    first, second = errors
+    assert first is not second and type(first) is type(second)
+    assert str(first.orig) == str(second.orig)
+    assert (first.__cause__ is second) or (second.__cause__ is first)
+    store.dispose()

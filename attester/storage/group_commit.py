@@ -37,6 +37,7 @@ Writers that do not come through here (the CLI, admin actions) still meet SQLite
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import threading
 import time
@@ -119,6 +120,20 @@ def storage_outage(exc: BaseException) -> bool:
     return any(message.startswith(outage) for outage in _SQLITE_OUTAGES)
 
 
+def _detached(exc: BaseException) -> BaseException:
+    """A copy of ``exc`` for another request thread to raise, caused by ``exc``: one object
+    raised in several threads gets their frames spliced into one traceback (the log of a
+    failed batch showed every follower's frames in each). ``exc`` if it cannot be copied."""
+    try:
+        clone = copy.copy(exc)
+    except Exception:
+        return exc
+    if type(clone) is not type(exc):
+        return exc
+    clone.__cause__ = exc
+    return clone
+
+
 class Unbatch(Exception):
     """Raised by a ``run_many`` for units it does not cover: each of them runs alone."""
 
@@ -169,7 +184,7 @@ class GroupCommit:
                         with self._cond:
                             self._queue[:0] = batch
                     else:
-                        self._commit(batch)
+                        self._commit(batch, own=unit)
             finally:
                 with self._cond:
                     if unit in self._queue:  # the lock could not be taken
@@ -200,7 +215,7 @@ class GroupCommit:
                 self._cond.notify_all()  # answered now, not after the batch
             return [unit for unit in batch if unit not in late]
 
-    def _commit(self, batch: list[_Unit[Any]]) -> None:
+    def _commit(self, batch: list[_Unit[Any]], *, own: _Unit[Any]) -> None:
         if not batch:
             return
         try:
@@ -224,7 +239,7 @@ class GroupCommit:
             # every unit gets the batch's failure, also one taken out before it: its error
             # may have come from a batch-mate's write that was then never committed
             for unit in batch:
-                unit.error, unit.result = exc, None
+                unit.error, unit.result = (exc if unit is own else _detached(exc)), None
             if not isinstance(exc, Exception):
                 raise
         finally:
