@@ -3,6 +3,7 @@ and a unit that fails leaves the others' writes intact (SQLite and PostgreSQL)."
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -432,3 +433,52 @@ def test_each_unit_of_a_failed_batch_raises_its_own_exception(database_url: str)
     assert str(first.orig) == str(second.orig)
     assert (first.__cause__ is second) or (second.__cause__ is first)
     store.dispose()
+
+
+def test_two_registrations_with_one_challenge_in_a_batch_one_is_a_replay(database_url: str) -> None:
+    store = create_store(database_url)
+    release = _held(store.writes)
+    with ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(_register, store, n, digest="e" * 64) for n in (1, 2)]
+        other = pool.submit(_register, store, 3)
+        _wait_queued(store.writes, 3)
+        release.set()
+        outcomes = []
+        for future in futures:
+            try:
+                outcomes.append(future.result(timeout=30).id)
+            except ChallengeAlreadyRedeemed:
+                outcomes.append("replayed")
+        assert other.result(timeout=30).id == store.instance_by_thumbprint(f"t{3:042d}").id
+    assert outcomes.count("replayed") == 1
+    assert store.writes.unbatched == 1  # tried together, then one by one
+    store.dispose()
+
+
+def test_a_write_waiting_for_a_connection_does_not_hold_the_writer_lock(tmp_path: Path) -> None:
+    """The pool is empty: the leader waits for a connection before it takes the file lock
+    every process's writes queue on (so another worker's writes go on meanwhile)."""
+    import fcntl
+
+    store = create_store(f"sqlite:///{tmp_path / 'a.db'}", pool_size=1)
+    held = store.engine.connect()
+    with ThreadPoolExecutor(1) as pool:
+        write = pool.submit(_register, store, 1)
+        time.sleep(0.3)
+        assert not write.done()
+        fd = os.open(tmp_path / "a.db-writer.lock", os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free: raises if the leader held it
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+        held.close()
+        assert write.result(timeout=10).id
+    store.dispose()
+
+
+def test_in_memory_sqlite_keeps_its_own_pool() -> None:
+    for url in ("sqlite://", "sqlite:///file:mem1?mode=memory&uri=true"):
+        store = create_store(url, pool_size=3)
+        assert _register(store, 1).id
+        store.dispose()

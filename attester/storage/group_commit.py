@@ -25,7 +25,10 @@ threads verifying evidence beside it, re-taking the GIL was most of the lock's h
 registrations of all workers together. ``run_many`` covers only the plain case; anything
 else it meets (a duplicate key, any exception but the database's own) raises, the
 transaction is rolled back and each unit of the batch runs alone, as above, so that the
-exceptions and the fall-backs are the unit's own code's, written once.
+exceptions and the fall-backs are the unit's own code's, written once. (Such units run
+first in their transaction: the units of a batch are concurrent requests, so any order is
+one they could have arrived in; of a registration and a burn of the same challenge, either
+may be the one that finds it used.)
 
 On a SQLite file, writers of every process queue on an OS file lock beside the database
 (``<db>-writer.lock``) instead of polling SQLite's busy handler, which sleeps 1, 2, 5,
@@ -157,9 +160,11 @@ class GroupCommit:
         self._lock_path = _writer_lock_path(engine)
         self._lock_fd: int | None = None
         self._lock_pid = 0
-        #: transactions committed and units in them (for the benchmark and the tests)
+        #: transactions committed and units in them, batches written one unit at a time after
+        #: a run_many did not fit (for the benchmark and the tests)
         self.commits = 0
         self.units = 0
+        self.unbatched = 0
 
     def run(self, work: Callable[[Connection], T]) -> T:
         """Run ``work`` in a write transaction (perhaps with others'); its result once committed."""
@@ -176,15 +181,7 @@ class GroupCommit:
                 self._leader = threading.get_ident()
         if lead:
             try:
-                # the batch is taken once the writer lock is ours: what queued while another
-                # process wrote commits with it
-                with self._writer_lock():
-                    batch = self._take(unit)
-                    if unit.done:  # our own write expired: answer now, another thread leads
-                        with self._cond:
-                            self._queue[:0] = batch
-                    else:
-                        self._commit(batch, own=unit)
+                self._lead(unit)
             finally:
                 with self._cond:
                     if unit in self._queue:  # the lock could not be taken
@@ -195,6 +192,25 @@ class GroupCommit:
         if unit.error is not None:
             raise unit.error
         return unit.result  # type: ignore[no-any-return]
+
+    def _lead(self, own: _Unit[Any]) -> None:
+        # the connection first: waiting for one (a full pool) must not hold the writer lock,
+        # which every process's writes wait for; a database that cannot be reached fails
+        # what queued at once, as a failed transaction does
+        try:
+            connection = self.engine.connect()
+        except Exception as exc:
+            self._fail(self._take(own), exc, own=own)
+            return
+        # the batch is taken once the writer lock is ours: what queued while another process
+        # wrote commits with it
+        with connection, self._writer_lock():
+            batch = self._take(own)
+            if own.done:  # our own write expired: answer now, another thread leads
+                with self._cond:
+                    self._queue[:0] = batch
+            else:
+                self._commit(connection, batch, own=own)
 
     def _take(self, own: _Unit[Any]) -> list[_Unit[Any]]:
         """The next batch: the oldest queued units, the leader's own among them. Units that
@@ -215,12 +231,12 @@ class GroupCommit:
                 self._cond.notify_all()  # answered now, not after the batch
             return [unit for unit in batch if unit not in late]
 
-    def _commit(self, batch: list[_Unit[Any]], *, own: _Unit[Any]) -> None:
+    def _commit(self, connection: Connection, batch: list[_Unit[Any]], *, own: _Unit[Any]) -> None:
         if not batch:
             return
         try:
             try:
-                self._together(batch)
+                self._together(connection, batch)
             except Exception as exc:
                 if not _conflict(exc) or len(batch) == 1:
                     raise
@@ -232,21 +248,26 @@ class GroupCommit:
                 # its own timeout in turn.)
                 for unit in batch:
                     try:
-                        self._together([unit])
+                        self._together(connection, [unit])
                     except Exception as alone:
                         unit.error, unit.result = alone, None
         except BaseException as exc:  # nothing of the batch is stored
             # every unit gets the batch's failure, also one taken out before it: its error
             # may have come from a batch-mate's write that was then never committed
-            for unit in batch:
-                unit.error, unit.result = (exc if unit is own else _detached(exc)), None
+            self._fail(batch, exc, own=own)
             if not isinstance(exc, Exception):
                 raise
         finally:
             for unit in batch:
                 unit.done = True
 
-    def _together(self, units: list[_Unit[Any]]) -> None:
+    @staticmethod
+    def _fail(batch: list[_Unit[Any]], exc: BaseException, *, own: _Unit[Any]) -> None:
+        for unit in batch:
+            unit.error, unit.result = (exc if unit is own else _detached(exc)), None
+            unit.done = True
+
+    def _together(self, connection: Connection, units: list[_Unit[Any]]) -> None:
         """Run ``units`` in one transaction and commit. A unit that raises is taken out
         (its ``error`` set) and the transaction run again without it; a database error,
         or a failed begin or commit, propagates with nothing stored."""
@@ -256,7 +277,7 @@ class GroupCommit:
             for unit in pending:
                 unit.error = unit.result = None
             try:
-                with self.engine.begin() as connection:
+                with connection.begin():
                     alone = self._run_many(connection, pending) if together else pending
                     for unit in alone:
                         try:
@@ -274,6 +295,7 @@ class GroupCommit:
                 continue
             except Unbatch:
                 together = False
+                self.unbatched += 1
                 continue
             except BaseException:
                 for unit in pending:

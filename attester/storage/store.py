@@ -32,6 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
+from sqlalchemy.pool import QueuePool
 
 from attester.storage.group_commit import GroupCommit, Unbatch
 from attester.storage.models import Instance, IssuedAttestation, RedeemedChallenge
@@ -208,11 +209,13 @@ def create_store(url: str, *, migrate: bool = True, pool_size: int = 16) -> Stor
     """
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    kwargs: dict[str, Any] = {"pool_size": pool_size, "max_overflow": 0}
+    parsed = make_url(url)
+    pool_class = parsed.get_dialect().get_pool_class(parsed)  # in-memory SQLite: one per thread
+    kwargs: dict[str, Any] = {"poolclass": pool_class}
+    if issubclass(pool_class, QueuePool):
+        kwargs.update(pool_size=pool_size, max_overflow=0)
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
-        if make_url(url).database in (None, "", ":memory:"):
-            kwargs = {"connect_args": kwargs["connect_args"]}  # one connection per thread: no pool
     else:  # a server can drop idle connections (a local SQLite file cannot: no ping)
         kwargs["pool_pre_ping"] = True
     engine = create_engine(url, **kwargs)
@@ -231,8 +234,14 @@ class Store:
         #: the registrations', renewals' and burnt challenges' write transactions
         self.writes = GroupCommit(engine)
         # single reads outside any transaction: PostgreSQL then needs no BEGIN before the
-        # statement and no ROLLBACK when the connection goes back (two round trips fewer)
-        self._reads = engine.execution_options(isolation_level="AUTOCOMMIT")
+        # statement and no ROLLBACK when the connection goes back (two round trips fewer);
+        # Python's SQLite driver begins nothing for a read anyway (and resetting the level
+        # would cost a PRAGMA per read)
+        self._reads = (
+            engine.execution_options(isolation_level="AUTOCOMMIT")
+            if engine.dialect.name == "postgresql"
+            else engine
+        )
         dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
         self._insert_instance = (
             dialect.insert(_INSTANCES).on_conflict_do_nothing().returning(_INSTANCES.c.id)
