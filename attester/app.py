@@ -22,6 +22,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from attester import logs
+from attester.json_routes import JsonEndpoints, lean_endpoints
 from attester.documents import CachedDocuments
 from attester.errors import PROBLEM_JSON, ProblemError, from_verification, loggable
 from attester.metrics import metrics_from_environment
@@ -328,10 +329,14 @@ def create_app(
     *,
     clock: Clock = utcnow,
     service: AttesterService | None = None,
+    lean: bool = True,
 ) -> FastAPI:
     """Build the service and its HTTP interface from ``settings``.
 
     The admin API is mounted here only when it is enabled without a port of its own.
+    ``lean``: the registrations and the renewal answered before FastAPI's router
+    (attester/json_routes.py); False leaves every request to FastAPI (for the tests that
+    compare the two).
     """
     service = service or build_service(settings, clock=clock, metrics=metrics_from_environment())
     routers: list[APIRouter] = [build_core_router(service)]
@@ -359,7 +364,13 @@ def create_app(
         _install_docs(app, settings)
     _install_error_handlers(app)
     service.metrics.bind_routes(app)
-    # inside RequestContext (request id, access log, metrics), before the router
+    # inside RequestContext (request id, access log, metrics), before the router: the
+    # registrations and the renewal (attester/json_routes.py), then the published documents
+    app.add_middleware(
+        JsonEndpoints,
+        endpoints=lean_endpoints(routers) if lean else {},
+        exception_handlers=lambda: app.exception_handlers,
+    )
     app.add_middleware(
         CachedDocuments,
         sources=document_sources(service),

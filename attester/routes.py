@@ -16,6 +16,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from attester.json_routes import lean
 from attester.documents import Document, DocumentSource, etag_matches
 from attester.errors import ProblemError
 from attester.openapi import (
@@ -194,6 +195,7 @@ def build_core_router(service: AttesterService) -> APIRouter:
         return JSONResponse(service.new_challenge(), headers=NO_STORE)
 
     @router.post("/v1/attestations/renew", responses=problem_responses(*RENEWAL_PROBLEMS))
+    @lean
     def renew(body: RenewRequest, request: Request) -> JSONResponse:
         limits.check_ip("renewal", request)
         fields: dict[str, Any] = body.model_dump()

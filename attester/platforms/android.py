@@ -20,6 +20,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from attester.json_routes import lean
 from attester.android_integrity import IntegrityGate
 from attester.android_revocation import RevocationFetcher
 from attester.challenges import Challenge
@@ -379,6 +380,7 @@ def plug_in(service: AttesterService) -> tuple[AndroidPlatform, APIRouter]:
     router = APIRouter()
 
     @router.post("/v1/android/attestations", responses=problem_responses(*REGISTRATION_PROBLEMS))
+    @lean
     def register(body: AndroidRegistration, request: Request) -> JSONResponse:
         service.rate_limits.check_ip("registration", request)
         result = service.register(

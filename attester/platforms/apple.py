@@ -26,6 +26,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from attester.json_routes import lean
 from attester.apple_fraud import FraudMetric
 from attester.challenges import Challenge
 from attester.codec import decode_base64
@@ -401,6 +402,7 @@ def plug_in(service: AttesterService) -> tuple[Platform, APIRouter]:
     router = APIRouter()
 
     @router.post("/v1/apple/attestations", responses=problem_responses(*REGISTRATION_PROBLEMS))
+    @lean
     def register(body: AppleAttestationRequest, request: Request) -> JSONResponse:
         service.rate_limits.check_ip("registration", request)
         evidence = AppleEvidence.decode(body)
