@@ -132,7 +132,7 @@ def _validated(model: type[BaseModel], body: bytes) -> BaseModel:
             [{"type": "json_invalid", "loc": ("body", exc.pos), "msg": "JSON decode error",
               "input": {}, "ctx": {"error": exc.msg}}]
         ) from None
-    except ValueError:  # bytes in no UTF encoding
+    except Exception:  # bytes in no UTF encoding, nesting too deep (RecursionError): as FastAPI
         raise HTTPException(status_code=400, detail="There was an error parsing the body") from None
     try:
         return model.model_validate(value, from_attributes=True)

@@ -26,6 +26,7 @@ BODIES = [
     b"{",
     b'{"challenge": "x",}',
     b"\xff\xfe",
+    b"[" * 5000 + b"]" * 5000,  # deeper than json.loads recurses
     b"{}",
     b'{"challenge": 5, "key_proof": [], "certificate_chain": "x"}',
     b'{"challenge": "' + b"a" * 5000 + b'", "key_proof": "k", "certificate_chain": ["AA=="]}',
