@@ -84,6 +84,15 @@ def problem_response(error: ProblemError, headers: dict[str, str] | None = None)
 NO_OPENTELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
 
+def _json_media_type(headers: list[tuple[bytes, bytes]]) -> bool:
+    """The first Content-Type is ``application/json`` or ``application/<x>+json`` (the one
+    FastAPI reads: a second header, or ``text/x+json``, does not make a body JSON)."""
+    value = next((v for k, v in headers if k.lower() == b"content-type"), b"")
+    media = value.decode("latin-1").split(";")[0].strip().lower()
+    kind, _, subtype = media.partition("/")
+    return kind == "application" and (subtype == "json" or subtype.endswith("+json"))
+
+
 class RequestContext:
     """Pure ASGI middleware: request id, JSON access log, body size limit.
 
@@ -136,10 +145,7 @@ class RequestContext:
 
         try:
             body = await self._read_body(headers, receive)
-            content_type = headers.get("content-type", "").split(";")[0].strip().lower()
-            if body and scope.get("method") == "POST" and not (
-                content_type == "application/json" or content_type.endswith("+json")
-            ):
+            if body and scope.get("method") == "POST" and not _json_media_type(scope["headers"]):
                 response = problem_response(
                     ProblemError("unsupported_media_type", "send application/json", status=415)
                 )

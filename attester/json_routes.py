@@ -11,8 +11,14 @@ as FastAPI does it, and the Starlette request.
 
 What FastAPI would answer is kept: a body that does not validate raises the same
 ``RequestValidationError`` (``loc`` under ``body``; an empty body is a missing one), and an
-exception goes to the app's own exception handlers, looked up by its class as Starlette
-looks them up. The endpoint runs in a worker thread, as FastAPI runs a plain ``def``.
+exception goes to the app's own exception handlers, looked up along its class's MRO (all of
+them are async and keyed by class; Starlette's lookup by HTTP status is not needed). The
+endpoint runs in a worker thread, as FastAPI runs a plain ``def``. Two differences, both
+deliberate: an unexpected exception's 500 is answered here, inside RequestContext, so it
+carries the request id (FastAPI answers it from its outermost layer, after the id is gone,
+and re-raises it for uvicorn to log again; here the handler's "internal error" log is the
+one record); and the paths are matched as sent, without a ``root_path`` (behind a proxy that
+strips a prefix, requests go through FastAPI's router, as before).
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ def lean(endpoint: F) -> F:
 
 @dataclass(frozen=True)
 class _Endpoint:
+    route: APIRoute
     call: Callable[..., Response]
     model: type[BaseModel]
     body: str  # the parameter names
@@ -71,7 +78,7 @@ def lean_endpoints(routers: Iterable[APIRouter]) -> dict[str, _Endpoint]:
             or route.dependencies
         ):
             raise TypeError(f"{route.path}: a lean route is def f(body: Model, request: Request) on POST")
-        found[route.path] = _Endpoint(call, parameters[models[0]].annotation, models[0], requests[0])
+        found[route.path] = _Endpoint(route, call, parameters[models[0]].annotation, models[0], requests[0])
     return found
 
 
@@ -98,6 +105,9 @@ class JsonEndpoints:
         if endpoint is None or scope.get("method") != "POST":
             await self.app(scope, receive, send)
             return
+        # what the router would have set for the endpoint (nothing here reads it but, say, an
+        # error reporter naming requests by their route would)
+        scope["route"], scope["endpoint"], scope["path_params"] = endpoint.route, endpoint.call, {}
         request = Request(scope, receive)
         try:
             body = _validated(endpoint.model, await request.body())

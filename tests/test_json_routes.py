@@ -39,12 +39,14 @@ BODIES = [
 ]
 
 
-def _post(app: Any, path: str, body: bytes) -> tuple[int, dict[str, str], Any]:
+def _post(
+    app: Any, path: str, body: bytes, *, content_types: list[bytes] = [b"application/json"]  # noqa: B006
+) -> tuple[int, dict[str, str], Any]:
     scope = {
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
         "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
         "root_path": "", "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 80),
-        "headers": [(b"host", b"t"), (b"content-type", b"application/json"),
+        "headers": [(b"host", b"t"), *((b"content-type", c) for c in content_types),
                     (b"content-length", str(len(body)).encode()), (b"x-request-id", b"rid-1")],
     }
     messages = [{"type": "http.request", "body": body, "more_body": False}]
@@ -65,11 +67,12 @@ def _post(app: Any, path: str, body: bytes) -> tuple[int, dict[str, str], Any]:
 
 @pytest.fixture(scope="module")
 def apps(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    settings = Settings(data_dir=tmp_path_factory.mktemp("lean"))
-    lean_app = create_app(settings)
-    plain = create_app(settings, service=lean_app.state.service, lean=False)
+    """Two apps, each with its own service (own rate-limit counters, own database)."""
+    lean_app = create_app(Settings(data_dir=tmp_path_factory.mktemp("lean")))
+    plain = create_app(Settings(data_dir=tmp_path_factory.mktemp("plain")), lean=False)
     yield lean_app, plain
-    lean_app.state.service.store.dispose()
+    for app in (lean_app, plain):
+        app.state.service.store.dispose()
 
 
 def test_the_lean_routes_are_the_registrations_and_the_renewal(apps: Any) -> None:
@@ -91,7 +94,8 @@ def test_a_lean_route_answers_what_fastapi_answers(apps: Any, path: str, body: b
     status, headers, expected = _post(plain, path, body)
     assert (lean_status, lean_body) == (status, expected)
     assert lean_status in (400, 401, 403, 409, 410, 422, 429)
-    for name in ("content-type", "x-request-id"):
+    assert set(lean_headers) == set(headers)
+    for name in set(headers) - {"content-length"}:
         assert lean_headers[name] == headers[name]
 
 
@@ -109,3 +113,16 @@ def test_a_lean_route_of_another_shape_is_refused_when_the_app_is_built() -> Non
 
     with pytest.raises(TypeError, match="lean route"):
         lean_endpoints([router])
+
+
+@pytest.mark.parametrize(
+    "content_types",
+    [[b"text/x+json"], [b"foo+json"], [b"text/plain", b"application/json"], [b"application"]],
+)
+def test_a_body_not_sent_as_json_is_refused_before_either_path(apps: Any, content_types: list[bytes]) -> None:
+    """Found in review: the media-type check took the last Content-Type and any ``+json``;
+    FastAPI reads the first and wants ``application/``."""
+    lean_app, plain = apps
+    for app in (lean_app, plain):
+        status, _, body = _post(app, LEAN_PATHS[0], b"{}", content_types=content_types)
+        assert (status, body["code"]) == (415, "unsupported_media_type")
