@@ -11,6 +11,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
+from platform_verifiers.der import certificate_parts
+
 
 @dataclass(frozen=True)
 class TrustAnchor:
@@ -31,7 +33,7 @@ class TrustAnchor:
 
     @functools.cached_property
     def tbs(self) -> bytes:
-        return self.certificate.tbs_certificate_bytes
+        return certificate_parts(self.der)[0]
 
     @functools.cached_property
     def public_key(self) -> PublicKeyTypes:
@@ -39,9 +41,9 @@ class TrustAnchor:
 
     @functools.cached_property
     def spki_der(self) -> bytes:
-        return self.public_key.public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        """The key as the certificate encodes it: chain certificates are compared by
+        theirs, read the same way (der.py)."""
+        return certificate_parts(self.der)[1]
 
     @property
     def spki_sha256(self) -> str:

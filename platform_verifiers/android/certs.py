@@ -28,6 +28,7 @@ from pyasn1.type import namedtype, univ
 from pyasn1_modules import rfc4055, rfc5280
 
 from platform_verifiers.android.schema import KEY_DESCRIPTION_OID, PROVISIONING_INFO_OID
+from platform_verifiers.der import certificate_parts
 from platform_verifiers.errors import ASN1_DECODE_ERRORS, VerificationError
 
 _BASIC_CONSTRAINTS_OID = "2.5.29.19"
@@ -289,17 +290,13 @@ def _decode_with_pyca(der: bytes) -> ChainCertificate:
         algorithm = _pss(_split_params(der))
     else:
         algorithm = _signature_algorithm(cert.signature_algorithm_oid.dotted_string, None)
-    key = _pyca_key(cert)
+    tbs, spki = certificate_parts(der)  # as sent, not encoded again (der.py says why)
     return ChainCertificate(
         der=der,
-        tbs=cert.tbs_certificate_bytes,
+        tbs=tbs,
         signature_algorithm=algorithm,
         signature=cert.signature,
-        spki_der=key.public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        if key is not None
-        else _spki_with_pyasn1(der),
+        spki_der=spki,
         serial=cert.serial_number,
         not_before=cert.not_valid_before_utc,
         not_after=cert.not_valid_after_utc,
@@ -307,7 +304,7 @@ def _decode_with_pyca(der: bytes) -> ChainCertificate:
         path_length=path_length,
         key_descriptions=key_descriptions,
         has_provisioning_info=provisioning,
-        loaded_key=key,
+        loaded_key=_pyca_key(cert),
         extensions=infos,
     )
 
@@ -317,12 +314,6 @@ def _pyca_key(cert: x509.Certificate) -> PublicKeyTypes | None:
         return cert.public_key()
     except (ValueError, UnsupportedAlgorithm):
         return None
-
-
-def _spki_with_pyasn1(der: bytes) -> bytes:
-    cert, _ = ber_decoder.decode(der, asn1Spec=rfc5280.Certificate())
-    spki: bytes = der_encoder.encode(cert["tbsCertificate"]["subjectPublicKeyInfo"])
-    return spki
 
 
 def _split_params(der: bytes) -> bytes | None:
