@@ -17,8 +17,8 @@ from pyasn1.codec.ber import decoder as ber_decoder
 from pyasn1.codec.der import encoder as der_encoder
 from pyasn1_modules import rfc5280
 
-from platform_verifiers.android.certs import decode_certificate
 from platform_verifiers.anchors import load_anchor
+from platform_verifiers.android.certs import decode_certificate
 from platform_verifiers.der import certificate_parts
 from tests.android.conftest import load_chain, manifest_entries
 from tests.android.synth import make_chain, make_root
