@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 
+from attester import cooperative
 from platform_verifiers.android.revocation import RevocationSnapshot, parse_status_list
 from platform_verifiers.errors import VerificationError
 
@@ -121,9 +122,21 @@ class RevocationFetcher:
         return self._snapshot
 
     def get(self, now: datetime) -> RevocationSnapshot | None:
-        """The current snapshot, refetched only once the cached one is stale."""
+        """The current snapshot, refetched only once the cached one is stale.
+
+        A request on the event loop (cooperative.py) reads a fresh snapshot without the
+        lock and fetches in a thread: the lock is held while fetching, and the loop must
+        neither wait for it nor suspend holding it."""
         if now.tzinfo is None:
             raise ValueError("now must be timezone-aware")
+        if cooperative.active():
+            snapshot, fresh_until = self._snapshot, self._fresh_until
+            if snapshot is not None and fresh_until and now < fresh_until:
+                return snapshot
+            return cooperative.blocking(self._get, now)
+        return self._get(now)
+
+    def _get(self, now: datetime) -> RevocationSnapshot | None:
         with self._lock:
             if self._snapshot is not None and self._fresh_until and now < self._fresh_until:
                 return self._snapshot

@@ -22,11 +22,12 @@ from typing import Any
 
 import orjson
 
+from attester import cooperative
 from attester.errors import ProblemError
 from attester.settings import MAX_ATTESTATION_LIFETIME, AppConfig
 from keys.jwks import b64url, b64url_bytes
 from keys.pkcs11 import Pkcs11Error
-from keys.signer import Signer
+from keys.signer import FileSigner, Signer
 from keys.store import KeyStore
 
 TYP = "oauth-client-attestation+jwt"
@@ -206,7 +207,7 @@ class AttestationIssuer:
             signer = keys.active_signer(now)
             # built as bytes: signed and hashed as bytes, decoded to str once
             signing_input = self._header(signer, app, iat, exp) + b64url_bytes(body)
-            signature = b64url_bytes(signer.sign(signing_input))
+            signature = b64url_bytes(_sign(signer, signing_input))
             jwt = signing_input + b"." + signature
         except Pkcs11Error as exc:  # the HSM is unreachable or refuses: our fault, retryable
             raise ProblemError(
@@ -255,7 +256,15 @@ class AttestationIssuer:
 def sign_compact(signer: Signer, header: dict[str, Any], claims: dict[str, Any]) -> str:
     """A compact JWS over ``header`` (which names ``signer``'s alg and kid) and ``claims``."""
     signing_input = _segment(header) + "." + _segment(claims)
-    return signing_input + "." + b64url(signer.sign(signing_input.encode("ascii")))
+    return signing_input + "." + b64url(_sign(signer, signing_input.encode("ascii")))
+
+
+def _sign(signer: Signer, signing_input: bytes) -> bytes:
+    """A key file's signature is computed right here; another signer's (an HSM's) may wait
+    on a device or the network: in a thread when the request runs on the event loop."""
+    if isinstance(signer, FileSigner):
+        return signer.sign(signing_input)
+    return cooperative.blocking(signer.sign, signing_input)
 
 
 def _segment(obj: dict[str, Any]) -> str:

@@ -12,9 +12,10 @@ as FastAPI does it, and the Starlette request.
 What FastAPI would answer is kept: a body that does not validate raises the same
 ``RequestValidationError`` (``loc`` under ``body``; an empty body is a missing one), and an
 exception goes to the app's own exception handlers, looked up along its class's MRO (all of
-them are async and keyed by class; Starlette's lookup by HTTP status is not needed). The
-endpoint runs in a worker thread, as FastAPI runs a plain ``def``. Two differences, both
-deliberate: an unexpected exception's 500 is answered here, inside RequestContext, so it
+them are async and keyed by class; Starlette's lookup by HTTP status is not needed). Three
+differences, all deliberate: the endpoint runs on the event loop's thread (cooperative.py:
+in a greenlet suspended where it would wait), where FastAPI runs a plain ``def`` in a
+worker thread; an unexpected exception's 500 is answered here, inside RequestContext, so it
 carries the request id (FastAPI answers it from its outermost layer, after the id is gone,
 and re-raises it for uvicorn to log again; here the handler's "internal error" log is the
 one record); and the paths are matched as sent, without a ``root_path`` (behind a proxy that
@@ -34,9 +35,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
-from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+from attester import cooperative
 from attester.documents import ASGIApp, Receive, Scope, Send
 
 F = TypeVar("F", bound=Callable[..., Response])
@@ -111,7 +112,7 @@ class JsonEndpoints:
         request = Request(scope, receive)
         try:
             body = _validated(endpoint.model, await request.body())
-            response = await run_in_threadpool(
+            response = await cooperative.run(
                 endpoint.call, **{endpoint.body: body, endpoint.request: request}
             )
         except Exception as exc:

@@ -32,6 +32,7 @@ from sqlalchemy import Engine, case, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
+from attester import cooperative
 from attester.errors import ProblemError
 from attester.metrics import Metrics
 from attester.settings import RateLimitSettings, Settings
@@ -272,6 +273,14 @@ class RateLimits:
 
     def hit(self, endpoint: str, scope: str, key: str) -> None:
         """Count one request; raise ``rate_limited`` (429, Retry-After) over any limit."""
+        if (endpoint, scope) not in self._rules:
+            return
+        if isinstance(self.storage, LocalCounterStorage):
+            self._hit(endpoint, scope, key)
+        else:  # a write to the database: not on the event loop (cooperative.py)
+            cooperative.blocking(self._hit, endpoint, scope, key)
+
+    def _hit(self, endpoint: str, scope: str, key: str) -> None:
         for item in self._rules.get((endpoint, scope), ()):
             if not self._limiter.hit(item, endpoint, scope, key):
                 reset = self._limiter.get_window_stats(item, endpoint, scope, key).reset_time

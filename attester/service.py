@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from attester import cooperative
 from attester.challenges import Challenge, ChallengeService, replayed
 from attester.errors import ProblemError
 from attester.issuance import AttestationIssuer, IssuedAttestation
@@ -133,7 +134,7 @@ class AttesterService:
             jwk, _ = parse_instance_jwk(verified.instance_jwk)
             self.check_key_proof(key_proof, jwk=jwk, challenge=checked, now=now)
             if verified.online is not None:  # Google's or Apple's services, once all else passed
-                verified = verified.online()
+                verified = cooperative.blocking(verified.online)  # the network: in a thread
         except Exception:
             self._burn(redemption, now)
             raise

@@ -406,8 +406,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path("attester-data")
     database_url: str | None = None
     # database connections each process keeps open (and at most uses): requests beyond it
-    # wait for one; none are opened and closed per request
-    database_pool_size: int = Field(default=16, ge=1, le=256)
+    # wait for one; none are opened and closed per request. At least 2: a request on the event
+    # loop reads with one while the group commit's writer, suspended, holds another
+    database_pool_size: int = Field(default=16, ge=2, le=256)
     key_dir: Path | None = None
     challenge_secret_file: Path | None = None
     challenge_lifetime: int = Field(default=300, ge=10, le=3600)

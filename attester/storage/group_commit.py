@@ -35,10 +35,20 @@ On a SQLite file, writers of every process queue on an OS file lock beside the d
 10 ... ms between tries: with two workers, most of a registration's time was that sleep.
 Writers that do not come through here (the CLI, admin actions) still meet SQLite's
 ``busy_timeout``.
+
+Callers are threads or requests running on the event loop's thread (cooperative.py). A
+request is suspended where a thread would wait (for the leader, or, leading, for another
+process's writer lock, which a worker thread waits for); before it leads it lets the
+other requests ready on the loop reach their own writes, which then join its batch. A
+request that leads writes a SQLite batch right on the loop's thread: with no other thread
+of the process running Python, the driver's GIL releases cost nothing (in threads, each
+re-take waited for a verifying thread to yield: cooperative.py has the figures). A
+PostgreSQL batch is written in a worker thread (its round trips could wait long).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import os
@@ -48,9 +58,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from greenlet import getcurrent
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from attester import cooperative
 
 try:
     import fcntl
@@ -156,8 +169,12 @@ class GroupCommit:
         self._cond = threading.Condition()
         self._queue: list[_Unit[Any]] = []
         self._leading = False
-        self._leader = 0
+        self._leader: object = None  # the thread's or greenlet's greenlet that leads
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._lock_path = _writer_lock_path(engine)
+        # a SQLite database's statements are local and short: a leader that is a request
+        # greenlet runs them on the event loop's thread (cooperative.py says why)
+        self._inline = engine.dialect.name == "sqlite"
         self._lock_fd: int | None = None
         self._lock_pid = 0
         #: transactions committed and units in them, batches written one unit at a time after
@@ -169,29 +186,61 @@ class GroupCommit:
     def run(self, work: Callable[[Connection], T]) -> T:
         """Run ``work`` in a write transaction (perhaps with others'); its result once committed."""
         unit: _Unit[T] = _Unit(work)
-        if self._leader == threading.get_ident():
+        me = getcurrent()  # a thread, or a request greenlet of the event loop's thread
+        if self._leader is me:
             raise RuntimeError("a unit of work started another (it would wait for itself)")
         with self._cond:
             self._queue.append(unit)
             while self._leading and not unit.done:
-                self._cond.wait()
+                self._wait()
             lead = not unit.done
             if lead:
                 self._leading = True
-                self._leader = threading.get_ident()
+                self._leader = me
         if lead:
             try:
-                self._lead(unit)
+                if cooperative.active() and not self._inline:
+                    # a database on another host: its round trips wait in a thread
+                    cooperative.blocking(self._lead, unit)
+                else:
+                    if cooperative.active():
+                        # the requests ready on the loop reach their writes first: they
+                        # queue behind this one and are written in its batch
+                        cooperative.wait(asyncio.sleep(0))
+                    self._lead(unit)
             finally:
                 with self._cond:
                     if unit in self._queue:  # the lock could not be taken
                         self._queue.remove(unit)
                     self._leading = False
-                    self._leader = 0
-                    self._cond.notify_all()
+                    self._leader = None
+                    self._wake()
         if unit.error is not None:
             raise unit.error
         return unit.result  # type: ignore[no-any-return]
+
+    def _wait(self) -> None:
+        """Wait (``self._cond`` held) until :meth:`_wake`; a request greenlet is suspended
+        meanwhile, without the lock (cooperative.py: never suspend holding one)."""
+        if not cooperative.active():
+            self._cond.wait()
+            return
+        loop = asyncio.get_running_loop()
+        woken = loop.create_future()
+        self._waiters.append((loop, woken))
+        self._cond.release()
+        try:
+            cooperative.wait(woken)
+        finally:
+            self._cond.acquire()
+
+    def _wake(self) -> None:
+        """Wake every waiter (``self._cond`` held): threads and suspended greenlets."""
+        self._cond.notify_all()
+        waiters, self._waiters = self._waiters, []
+        for loop, woken in waiters:
+            with contextlib.suppress(RuntimeError):  # its loop closed: nobody waits there now
+                loop.call_soon_threadsafe(_resolve, woken)
 
     def _lead(self, own: _Unit[Any]) -> None:
         # the connection first: waiting for one (a full pool) must not hold the writer lock,
@@ -209,6 +258,7 @@ class GroupCommit:
             if own.done:  # our own write expired: answer now, another thread leads
                 with self._cond:
                     self._queue[:0] = batch
+                    self._wake()
             else:
                 self._commit(connection, batch, own=own)
 
@@ -228,7 +278,7 @@ class GroupCommit:
                 unit.error = StorageBusy("the database is busy: the write waited too long")
                 unit.done = True
             if late:
-                self._cond.notify_all()  # answered now, not after the batch
+                self._wake()  # answered now, not after the batch
             return [unit for unit in batch if unit not in late]
 
     def _commit(self, connection: Connection, batch: list[_Unit[Any]], *, own: _Unit[Any]) -> None:
@@ -339,7 +389,10 @@ class GroupCommit:
         if fd is None:
             yield
             return
-        fcntl.flock(fd, fcntl.LOCK_EX)  # releases the GIL while it waits
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # another process writes
+            _wait_for_lock(fd)
         try:
             yield
         finally:
@@ -361,6 +414,32 @@ class GroupCommit:
         if self._lock_fd is not None and self._lock_pid == os.getpid():
             os.close(self._lock_fd)
         self._lock_fd = None
+
+
+def _wait_for_lock(fd: int) -> None:
+    """Take the writer lock another process holds: blocking here in a thread, or, for a
+    request on the event loop, in a worker thread while the loop goes on. Should that
+    request be cancelled meanwhile (a worker shutting down), the lock the thread takes
+    after all is given back at once."""
+    if not cooperative.active():
+        fcntl.flock(fd, fcntl.LOCK_EX)  # releases the GIL while it waits
+        return
+    taken = asyncio.get_running_loop().run_in_executor(None, fcntl.flock, fd, fcntl.LOCK_EX)
+    try:
+        cooperative.wait(asyncio.shield(taken))
+    except BaseException:
+        taken.add_done_callback(lambda done: _give_back(fd, done))
+        raise
+
+
+def _give_back(fd: int, taken: asyncio.Future[None]) -> None:
+    if not taken.cancelled() and taken.exception() is None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _resolve(woken: asyncio.Future[None]) -> None:
+    if not woken.done():
+        woken.set_result(None)
 
 
 def _writer_lock_path(engine: Engine) -> Path | None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -34,6 +34,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 from sqlalchemy.pool import QueuePool
 
+from attester import cooperative
 from attester.storage.group_commit import GroupCommit, Unbatch
 from attester.storage.models import Instance, IssuedAttestation, RedeemedChallenge
 from attester.storage.status_entries import claim_entries, lock_active_instance
@@ -139,6 +140,7 @@ class Presigned:
     def __call__(self, connection: Connection, instance_id: str) -> IssuedRow:
         return self.issue(connection, instance_id)
 
+T = TypeVar("T")
 _INSTANCES = Instance.__table__
 _ISSUED = IssuedAttestation.__table__
 _REDEEMED = RedeemedChallenge.__table__
@@ -275,11 +277,26 @@ class Store:
 
     def challenge_redeemed(self, digest: str) -> bool:
         """Whether the challenge was redeemed already (a read: no commit, no fsync)."""
+        return self._outside(self._challenge_redeemed, digest)
+
+    def _challenge_redeemed(self, digest: str) -> bool:
         with self._reads.connect() as connection:
             return connection.scalar(_REDEEMED_DIGEST, {"digest": digest}) is not None
 
+    def _outside(self, fn: Callable[..., T], *args: Any, write: bool = False) -> T:
+        """``fn(*args)``, database work of a request outside the group commit: in a thread
+        when the request runs on the event loop (cooperative.py) and the work may wait
+        there: always on PostgreSQL (the network), and for a write on SQLite (the file's
+        one write lock, held by another process perhaps); a SQLite read runs inline."""
+        if write or self.engine.dialect.name != "sqlite":
+            return cooperative.blocking(fn, *args)
+        return fn(*args)
+
     def purge_expired(self, now: datetime) -> int:
         """Drop redeemed challenges that can no longer verify anyway."""
+        return self._outside(self._purge_expired, now, write=True)
+
+    def _purge_expired(self, now: datetime) -> int:
         with self._sessions.begin() as session:
             result = session.execute(
                 delete(RedeemedChallenge).where(RedeemedChallenge.expires_at < now)
@@ -375,6 +392,9 @@ class Store:
         return str(row.id)
 
     def instance_by_thumbprint(self, key_thumbprint: str) -> InstanceRecord | None:
+        return self._outside(self._instance_by_thumbprint, key_thumbprint)
+
+    def _instance_by_thumbprint(self, key_thumbprint: str) -> InstanceRecord | None:
         with self.engine.connect() as connection:
             row = connection.execute(_INSTANCE_BY_THUMBPRINT, {"thumbprint": key_thumbprint}).first()
             return None if row is None else InstanceRecord.of(row)
@@ -384,6 +404,9 @@ class Store:
 
         Two replicas accepting the same assertion race on this UPDATE; exactly one wins.
         """
+        return self._outside(self._advance_counter, instance_id, new_counter, now, write=True)
+
+    def _advance_counter(self, instance_id: str, new_counter: int, now: datetime) -> bool:
         with self._sessions.begin() as session:
             result = session.execute(
                 update(Instance)

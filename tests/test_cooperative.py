@@ -1,0 +1,187 @@
+"""Request work on the event loop's thread (attester/cooperative.py) and the group commit's
+side of it: requests suspended at their writes are written together, a thread's and a
+greenlet's writes share batches, and what waits long waits in a thread, not on the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import fcntl
+import os
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from attester import cooperative
+from attester.storage import create_store
+from tests.test_group_commit import _register
+
+REQUEST = contextvars.ContextVar("request", default="none")
+
+
+def test_run_returns_the_result_on_the_loop_thread_and_marks_itself_active() -> None:
+    seen: dict[str, Any] = {}
+
+    def work(x: int) -> int:
+        seen["active"], seen["thread"] = cooperative.active(), threading.get_ident()
+        return x * 2
+
+    async def main() -> int:
+        seen["loop"] = threading.get_ident()
+        return await cooperative.run(work, x=21)
+
+    assert asyncio.run(main()) == 42
+    assert seen["active"] and seen["thread"] == seen["loop"]
+    assert not cooperative.active()
+
+
+def test_exceptions_come_out_of_run_with_their_type() -> None:
+    def work() -> None:
+        raise KeyError("k")
+
+    with pytest.raises(KeyError):
+        asyncio.run(cooperative.run(work))
+
+
+def test_wait_suspends_one_request_while_another_runs() -> None:
+    """The first request waits for an event only the second sets: without suspension (a
+    blocked loop) the second could never run."""
+    order: list[str] = []
+
+    async def main() -> None:
+        event = asyncio.Event()
+
+        def first() -> None:
+            order.append("first waits")
+            cooperative.wait(event.wait())
+            order.append("first resumed")
+
+        def second() -> None:
+            order.append("second sets")
+            event.set()
+
+        await asyncio.gather(cooperative.run(first), cooperative.run(second))
+
+    asyncio.run(main())
+    assert order == ["first waits", "second sets", "first resumed"]
+
+
+def test_an_awaitable_that_fails_raises_where_the_request_waits() -> None:
+    async def fails() -> None:
+        raise ValueError("refused")
+
+    def work() -> str:
+        try:
+            cooperative.wait(fails())
+        except ValueError as exc:
+            return f"caught {exc}"
+        return "not raised"
+
+    assert asyncio.run(cooperative.run(work)) == "caught refused"
+
+
+def test_blocking_runs_in_a_thread_only_from_a_request() -> None:
+    assert cooperative.blocking(threading.get_ident) == threading.get_ident()
+
+    async def main() -> tuple[int, int]:
+        return threading.get_ident(), await cooperative.run(
+            lambda: cooperative.blocking(threading.get_ident)
+        )
+
+    loop_thread, worker = asyncio.run(main())
+    assert worker != loop_thread
+
+
+def test_the_request_sees_the_context_it_was_started_in() -> None:
+    async def main() -> str:
+        REQUEST.set("r-1")
+        return await cooperative.run(REQUEST.get)
+
+    assert asyncio.run(main()) == "r-1"
+
+
+def test_wait_outside_a_request_is_refused() -> None:
+    pending = asyncio.sleep(0)
+    with pytest.raises(RuntimeError, match="outside"):
+        cooperative.wait(pending)
+    pending.close()
+
+
+# -- the group commit -------------------------------------------------------------------
+def test_requests_on_the_loop_are_written_together(database_url: str) -> None:
+    """Twelve registrations started at once on one loop: each suspends at its write, the
+    first lets the others reach theirs, and far fewer transactions than writes commit."""
+    store = create_store(database_url)
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(
+            *(cooperative.run(_register, store=store, n=n) for n in range(12))
+        )
+
+    records = asyncio.run(main())
+    assert len({record.id for record in records}) == 12
+    assert store.writes.units == 12 and store.writes.commits <= 3
+    for n, record in enumerate(records):
+        assert store.instance_by_thumbprint(f"t{n:042d}").id == record.id
+    store.dispose()
+
+
+def test_a_thread_and_requests_on_the_loop_share_the_queue(database_url: str) -> None:
+    store = create_store(database_url)
+    results: dict[str, Any] = {}
+
+    def from_thread() -> None:
+        results["thread"] = _register(store, 100)
+
+    async def main() -> list[Any]:
+        thread = threading.Thread(target=from_thread)
+        thread.start()
+        records = await asyncio.gather(
+            *(cooperative.run(_register, store=store, n=n) for n in range(6))
+        )
+        await asyncio.to_thread(thread.join, 30)
+        return records
+
+    records = asyncio.run(main())
+    assert len({r.id for r in [*records, results["thread"]]}) == 7
+    assert store.writes.units == 7
+    store.dispose()
+
+
+def test_the_writer_lock_held_elsewhere_does_not_stop_the_loop(tmp_path: Any) -> None:
+    """Another process's write (here: the lock file locked through a second descriptor)
+    makes the writes wait in a thread; the loop goes on serving meanwhile, and they commit
+    once the lock is free."""
+    store = create_store(f"sqlite:///{tmp_path / 'a.db'}")
+    lock_path = str(tmp_path / "a.db") + "-writer.lock"
+    other = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(other, fcntl.LOCK_EX)
+    ticks = 0
+
+    async def ticker(stop: asyncio.Event) -> None:
+        nonlocal ticks
+        while not stop.is_set():
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    async def main() -> list[Any]:
+        stop = asyncio.Event()
+        ticking = asyncio.create_task(ticker(stop))
+        writes = asyncio.gather(*(cooperative.run(_register, store=store, n=n) for n in range(4)))
+        await asyncio.sleep(0.3)
+        assert not writes.done()  # waiting for the lock...
+        assert ticks >= 10  # ...while the loop served
+        fcntl.flock(other, fcntl.LOCK_UN)
+        records = await asyncio.wait_for(writes, 30)
+        stop.set()
+        await ticking
+        return records
+
+    started = time.monotonic()
+    records = asyncio.run(main())
+    os.close(other)
+    assert len(records) == 4 and time.monotonic() - started < 30
+    assert store.writes.units == 4
+    store.dispose()
