@@ -22,15 +22,21 @@ Rules for code that runs here (each of the places that wait says which it follow
   wanting it would block the loop for good. Take such locks around work that does not wait,
   or do the whole locked step in a thread (:func:`blocking`).
 * What may wait long (the network, a remote database, a file lock another process holds)
-  goes through :func:`blocking`; a local SQLite file's statements run inline (fast, and a
-  thread hop would cost more than they do).
+  goes through :func:`blocking`, or :func:`finish` where a cancelled request must still
+  wait for it; a local SQLite file's reads run inline (fast, and a thread hop would cost
+  more than they do), and the group commit's SQLite batch runs inline but fails at once
+  rather than wait for a lock (storage/group_commit.py).
+* While holding what other requests wait for (a batch holds the database's write lock),
+  be :func:`pinned`: nothing suspends there, :func:`blocking` runs inline.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import contextvars
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import anyio.to_thread
@@ -41,6 +47,8 @@ T = TypeVar("T")
 
 class _Request(greenlet):  # type: ignore[misc]
     """A greenlet running request work for :func:`run` (told apart by its class)."""
+
+    pinned = 0  # inside pinned(): nothing suspends
 
 
 async def run(fn: Callable[..., T], /, **kwargs: Any) -> T:
@@ -59,8 +67,25 @@ async def run(fn: Callable[..., T], /, **kwargs: Any) -> T:
 
 
 def active() -> bool:
-    """Whether the caller runs in :func:`run` (and so must not block the loop)."""
-    return isinstance(getcurrent(), _Request)
+    """Whether the caller runs in :func:`run`, may suspend, and so must not block the loop."""
+    current = getcurrent()
+    return isinstance(current, _Request) and not current.pinned
+
+
+@contextlib.contextmanager
+def pinned() -> Iterator[None]:
+    """A section that must not be suspended (it holds what other requests would wait
+    for: the group commit's batch holds the database's write lock): :func:`blocking`
+    runs inline in it, blocking the loop instead, and :func:`active` is False."""
+    current = getcurrent()
+    if not isinstance(current, _Request):
+        yield
+        return
+    current.pinned += 1
+    try:
+        yield
+    finally:
+        current.pinned -= 1
 
 
 def wait(awaitable: Awaitable[T]) -> T:
@@ -71,8 +96,32 @@ def wait(awaitable: Awaitable[T]) -> T:
     return current.parent.switch(awaitable)  # type: ignore[no-any-return]
 
 
-def blocking(fn: Callable[..., T], /, *args: Any) -> T:
-    """``fn(*args)``: in a worker thread when called from :func:`run`, else right here."""
+def blocking(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)``: in a worker thread when called from :func:`run`, else right here."""
     if not active():
-        return fn(*args)
-    return wait(anyio.to_thread.run_sync(functools.partial(fn, *args)))
+        return fn(*args, **kwargs)
+    return wait(anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs)))
+
+
+def finish(
+    fn: Callable[..., T], /, *args: Any, undo: Callable[[T], object] | None = None, **kwargs: Any
+) -> T:
+    """:func:`blocking`, for work that must not be left half done: if the request is
+    cancelled meanwhile (a worker shutting down), it still waits for ``fn`` to return,
+    calls ``undo`` with what it returned (to give back a lock it took), then raises the
+    cancellation."""
+    if not active():
+        return fn(*args, **kwargs)
+    work = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)  # as anyio's
+    done = asyncio.get_running_loop().run_in_executor(None, work)
+    try:
+        return wait(asyncio.shield(done))
+    except BaseException:
+        while not done.done():
+            try:
+                wait(asyncio.shield(done))
+            except BaseException:  # cancelled again: still wait for the thread
+                continue
+        if undo is not None and not done.cancelled() and done.exception() is None:
+            undo(done.result())
+        raise

@@ -185,3 +185,96 @@ def test_the_writer_lock_held_elsewhere_does_not_stop_the_loop(tmp_path: Any) ->
     assert len(records) == 4 and time.monotonic() - started < 30
     assert store.writes.units == 4
     store.dispose()
+
+
+def test_pinned_sections_run_blocking_work_inline() -> None:
+    async def main() -> tuple[int, int, bool]:
+        def work() -> tuple[int, bool]:
+            with cooperative.pinned():
+                return cooperative.blocking(threading.get_ident), cooperative.active()
+
+        ident, active = await cooperative.run(work)
+        return threading.get_ident(), ident, active
+
+    loop_thread, ident, active = asyncio.run(main())
+    assert ident == loop_thread and not active
+
+
+def test_finish_outlives_a_cancellation_and_undoes_what_it_did() -> None:
+    """A request cancelled while its thread works (a worker shutting down) still waits for
+    the thread, hands its result to ``undo`` (a lock to give back), then is cancelled."""
+    events: list[str] = []
+
+    def slow() -> str:
+        time.sleep(0.3)
+        events.append("thread done")
+        return "lock"
+
+    def work() -> None:
+        cooperative.finish(slow, undo=lambda taken: events.append(f"undo {taken}"))
+        events.append("not reached")
+
+    async def main() -> None:
+        task = asyncio.create_task(cooperative.run(work))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert events == ["thread done", "undo lock"]
+
+
+def test_a_batch_meeting_sqlite_locked_by_another_writer_waits_in_a_thread(tmp_path: Any) -> None:
+    """A writer outside the group commit (an admin action, the CLI) holds SQLite's write
+    lock: the batch's statements fail at once on the loop (no busy handler sleeping there),
+    the batch is written again in a thread once the lock is free, and the loop serves on."""
+    import sqlite3
+
+    path = tmp_path / "a.db"
+    store = create_store(f"sqlite:///{path}")
+    outside = sqlite3.connect(path, isolation_level=None)
+    outside.execute("BEGIN IMMEDIATE")
+    ticks = 0
+
+    async def ticker(stop: asyncio.Event) -> None:
+        nonlocal ticks
+        while not stop.is_set():
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    async def main() -> list[Any]:
+        stop = asyncio.Event()
+        ticking = asyncio.create_task(ticker(stop))
+        writes = asyncio.gather(*(cooperative.run(_register, store=store, n=n) for n in range(3)))
+        await asyncio.sleep(0.3)
+        assert not writes.done() and ticks >= 10
+        outside.execute("ROLLBACK")
+        records = await asyncio.wait_for(writes, 30)
+        stop.set()
+        await ticking
+        return records
+
+    records = asyncio.run(main())
+    assert len({r.id for r in records}) == 3
+    with store.engine.connect() as connection:  # the loop's connection got its timeout back
+        (timeout,) = connection.connection.driver_connection.execute("PRAGMA busy_timeout").fetchone()
+    assert timeout == 30000
+    outside.close()
+    store.dispose()
+
+
+def test_a_unit_that_starts_another_is_refused_where_units_run_in_a_thread(database_url: str) -> None:
+    """On PostgreSQL a request's units run in a worker thread: a unit that starts another
+    write there still gets the RuntimeError (it would wait for itself for ever)."""
+    store = create_store(database_url)
+
+    def nested() -> None:
+        store.writes.run(lambda _connection: store.writes.run(lambda _inner: None))
+
+    async def main() -> None:
+        await asyncio.wait_for(cooperative.run(nested), 20)
+
+    with pytest.raises(RuntimeError, match="started another"):
+        asyncio.run(main())
+    store.dispose()

@@ -20,12 +20,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from attester.json_routes import lean
+from attester import cooperative
 from attester.android_integrity import IntegrityGate
 from attester.android_revocation import RevocationFetcher
 from attester.challenges import Challenge
 from attester.codec import decode_base64
 from attester.errors import ProblemError
+from attester.json_routes import lean
 from attester.openapi import (
     CHALLENGE_PROBLEMS,
     INTEGRITY_PROBLEMS,
@@ -360,7 +361,8 @@ class AndroidPlatform:
         check_policy(kd, leaf.public_key(), policy_for(app.android))
         # Play Integrity (review of issue 10): a token sent at renewal is checked, never ignored
         application = kd.authorization("attestation_application_id")
-        self.integrity.at_renewal(
+        cooperative.blocking(  # Google's service: in a thread when on the event loop
+            self.integrity.at_renewal,
             client_id=app.client_id,
             app=app.android,
             token=request.get("integrity_token"),

@@ -26,11 +26,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from attester.json_routes import lean
+from attester import cooperative
 from attester.apple_fraud import FraudMetric
 from attester.challenges import Challenge
 from attester.codec import decode_base64
 from attester.errors import ProblemError
+from attester.json_routes import lean
 from attester.keyproof import parse_instance_jwk
 from attester.openapi import (
     CHALLENGE_PROBLEMS,
@@ -389,7 +390,8 @@ class AppleAppAttest:
                 "counter_not_increasing", "this assertion counter has been used already"
             )
         # fraud metric (issue 10): after the counter, so a replayed assertion costs no exchange
-        self.fraud.at_renewal(instance, app, now=now)
+        # Apple's service and the receipt's write: in a thread when on the event loop
+        cooperative.blocking(self.fraud.at_renewal, instance, app, now=now)
 
 
 def plug_in(service: AttesterService) -> tuple[Platform, APIRouter]:

@@ -170,6 +170,7 @@ class GroupCommit:
         self._queue: list[_Unit[Any]] = []
         self._leading = False
         self._leader: object = None  # the thread's or greenlet's greenlet that leads
+        self._running: object = None  # and where its units run (a thread, for PostgreSQL)
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._lock_path = _writer_lock_path(engine)
         # a SQLite database's statements are local and short: a leader that is a request
@@ -187,7 +188,7 @@ class GroupCommit:
         """Run ``work`` in a write transaction (perhaps with others'); its result once committed."""
         unit: _Unit[T] = _Unit(work)
         me = getcurrent()  # a thread, or a request greenlet of the event loop's thread
-        if self._leader is me:
+        if me is self._leader or me is self._running:
             raise RuntimeError("a unit of work started another (it would wait for itself)")
         with self._cond:
             self._queue.append(unit)
@@ -200,8 +201,9 @@ class GroupCommit:
         if lead:
             try:
                 if cooperative.active() and not self._inline:
-                    # a database on another host: its round trips wait in a thread
-                    cooperative.blocking(self._lead, unit)
+                    # a database on another host: its round trips wait in a thread (and a
+                    # cancelled request still waits for it: one leader at a time)
+                    cooperative.finish(self._lead, unit)
                 else:
                     if cooperative.active():
                         # the requests ready on the loop reach their writes first: they
@@ -243,6 +245,13 @@ class GroupCommit:
                 loop.call_soon_threadsafe(_resolve, woken)
 
     def _lead(self, own: _Unit[Any]) -> None:
+        self._running = getcurrent()  # where the units run (a thread, for a remote database)
+        try:
+            self._lead_batch(own)
+        finally:
+            self._running = None
+
+    def _lead_batch(self, own: _Unit[Any]) -> None:
         # the connection first: waiting for one (a full pool) must not hold the writer lock,
         # which every process's writes wait for; a database that cannot be reached fails
         # what queued at once, as a failed transaction does
@@ -259,8 +268,33 @@ class GroupCommit:
                 with self._cond:
                     self._queue[:0] = batch
                     self._wake()
+            elif cooperative.active():  # a request on the event loop: SQLite, inline
+                self._commit_inline(connection, batch, own=own)
             else:
                 self._commit(connection, batch, own=own)
+
+    def _commit_inline(
+        self, connection: Connection, batch: list[_Unit[Any]], *, own: _Unit[Any]
+    ) -> None:
+        """Write ``batch`` on the event loop's thread, unsuspended (it holds the writer lock
+        and, once it writes, SQLite's), failing at once rather than waiting in SQLite's busy
+        handler: a writer outside the group commit (an admin action, the CLI, a purge, a
+        database-backed rate limit) may hold SQLite's lock. On any failure the batch is
+        written again in a thread, as a thread's would be (its units are re-runnable), and
+        the loop goes on meanwhile."""
+        if not batch:
+            return
+        try:
+            with cooperative.pinned(), _busy_fails_at_once(connection):
+                self._together(connection, batch)
+        except Exception:
+            cooperative.finish(self._commit, connection, batch, own=own)
+            return
+        except BaseException as exc:  # nothing of the batch is stored
+            self._fail(batch, exc, own=own)
+            raise
+        for unit in batch:
+            unit.done = True
 
     def _take(self, own: _Unit[Any]) -> list[_Unit[Any]]:
         """The next batch: the oldest queued units, the leader's own among them. Units that
@@ -391,8 +425,8 @@ class GroupCommit:
             return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:  # another process writes
-            _wait_for_lock(fd)
+        except BlockingIOError:  # another process writes: wait (a request: in a thread)
+            cooperative.finish(fcntl.flock, fd, fcntl.LOCK_EX, undo=lambda _: _unlock(fd))
         try:
             yield
         finally:
@@ -416,25 +450,21 @@ class GroupCommit:
         self._lock_fd = None
 
 
-def _wait_for_lock(fd: int) -> None:
-    """Take the writer lock another process holds: blocking here in a thread, or, for a
-    request on the event loop, in a worker thread while the loop goes on. Should that
-    request be cancelled meanwhile (a worker shutting down), the lock the thread takes
-    after all is given back at once."""
-    if not cooperative.active():
-        fcntl.flock(fd, fcntl.LOCK_EX)  # releases the GIL while it waits
-        return
-    taken = asyncio.get_running_loop().run_in_executor(None, fcntl.flock, fd, fcntl.LOCK_EX)
+def _unlock(fd: int) -> None:
+    fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _busy_fails_at_once(connection: Connection) -> Iterator[None]:
+    """SQLite's busy timeout at 0 for a while: a locked database fails the statement at
+    once instead of sleeping in its busy handler (on the event loop's thread)."""
+    driver = connection.connection.driver_connection  # no SQLAlchemy transaction begins
+    (timeout,) = driver.execute("PRAGMA busy_timeout").fetchone()
+    driver.execute("PRAGMA busy_timeout = 0")
     try:
-        cooperative.wait(asyncio.shield(taken))
-    except BaseException:
-        taken.add_done_callback(lambda done: _give_back(fd, done))
-        raise
-
-
-def _give_back(fd: int, taken: asyncio.Future[None]) -> None:
-    if not taken.cancelled() and taken.exception() is None:
-        fcntl.flock(fd, fcntl.LOCK_UN)
+        yield
+    finally:
+        driver.execute(f"PRAGMA busy_timeout = {int(timeout)}")
 
 
 def _resolve(woken: asyncio.Future[None]) -> None:

@@ -419,6 +419,11 @@ class Store:
         self, instance_id: str, *, receipt: bytes, risk_metric: int | None, now: datetime
     ) -> None:
         """Keep the receipt Apple just returned and its risk metric (Apple fraud metric)."""
+        self._outside(self._store_receipt, instance_id, receipt, risk_metric, now, write=True)
+
+    def _store_receipt(
+        self, instance_id: str, receipt: bytes, risk_metric: int | None, now: datetime
+    ) -> None:
         with self._sessions.begin() as session:
             session.execute(
                 update(Instance)
