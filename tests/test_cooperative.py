@@ -150,6 +150,30 @@ def test_a_thread_and_requests_on_the_loop_share_the_queue(database_url: str) ->
     store.dispose()
 
 
+async def _writes_held_up(store: Any, count: int, release: Any) -> list[Any]:
+    """Start ``count`` registrations on the loop while something holds them up; check that
+    they wait and that the loop serves meanwhile (a ticker ticks); ``release()``; their records."""
+    ticks = 0
+    stop = asyncio.Event()
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not stop.is_set():
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    ticking = asyncio.create_task(ticker())
+    writes = asyncio.gather(*(cooperative.run(_register, store=store, n=n) for n in range(count)))
+    await asyncio.sleep(0.3)
+    assert not writes.done()  # held up...
+    assert ticks >= 10  # ...while the loop served
+    release()
+    records = await asyncio.wait_for(writes, 30)
+    stop.set()
+    await ticking
+    return list(records)
+
+
 def test_the_writer_lock_held_elsewhere_does_not_stop_the_loop(tmp_path: Any) -> None:
     """Another process's write (here: the lock file locked through a second descriptor)
     makes the writes wait in a thread; the loop goes on serving meanwhile, and they commit
@@ -158,26 +182,9 @@ def test_the_writer_lock_held_elsewhere_does_not_stop_the_loop(tmp_path: Any) ->
     lock_path = str(tmp_path / "a.db") + "-writer.lock"
     other = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     fcntl.flock(other, fcntl.LOCK_EX)
-    ticks = 0
-
-    async def ticker(stop: asyncio.Event) -> None:
-        nonlocal ticks
-        while not stop.is_set():
-            ticks += 1
-            await asyncio.sleep(0.01)
 
     async def main() -> list[Any]:
-        stop = asyncio.Event()
-        ticking = asyncio.create_task(ticker(stop))
-        writes = asyncio.gather(*(cooperative.run(_register, store=store, n=n) for n in range(4)))
-        await asyncio.sleep(0.3)
-        assert not writes.done()  # waiting for the lock...
-        assert ticks >= 10  # ...while the loop served
-        fcntl.flock(other, fcntl.LOCK_UN)
-        records = await asyncio.wait_for(writes, 30)
-        stop.set()
-        await ticking
-        return records
+        return await _writes_held_up(store, 4, lambda: fcntl.flock(other, fcntl.LOCK_UN))
 
     started = time.monotonic()
     records = asyncio.run(main())
@@ -235,25 +242,9 @@ def test_a_batch_meeting_sqlite_locked_by_another_writer_waits_in_a_thread(tmp_p
     store = create_store(f"sqlite:///{path}")
     outside = sqlite3.connect(path, isolation_level=None)
     outside.execute("BEGIN IMMEDIATE")
-    ticks = 0
-
-    async def ticker(stop: asyncio.Event) -> None:
-        nonlocal ticks
-        while not stop.is_set():
-            ticks += 1
-            await asyncio.sleep(0.01)
 
     async def main() -> list[Any]:
-        stop = asyncio.Event()
-        ticking = asyncio.create_task(ticker(stop))
-        writes = asyncio.gather(*(cooperative.run(_register, store=store, n=n) for n in range(3)))
-        await asyncio.sleep(0.3)
-        assert not writes.done() and ticks >= 10
-        outside.execute("ROLLBACK")
-        records = await asyncio.wait_for(writes, 30)
-        stop.set()
-        await ticking
-        return records
+        return await _writes_held_up(store, 3, lambda: outside.execute("ROLLBACK"))
 
     records = asyncio.run(main())
     assert len({r.id for r in records}) == 3
