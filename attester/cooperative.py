@@ -27,7 +27,8 @@ Rules for code that runs here (each of the places that wait says which it follow
   more than they do), and the group commit's SQLite batch runs inline but fails at once
   rather than wait for a lock (storage/group_commit.py).
 * While holding what other requests wait for (a batch holds the database's write lock),
-  be :func:`pinned`: nothing suspends there, :func:`blocking` runs inline.
+  be :func:`pinned`: nothing suspends there (:func:`blocking` raises :class:`WouldSuspend`,
+  and the section is done again where it may wait).
 """
 
 from __future__ import annotations
@@ -75,8 +76,8 @@ def active() -> bool:
 @contextlib.contextmanager
 def pinned() -> Iterator[None]:
     """A section that must not be suspended (it holds what other requests would wait
-    for: the group commit's batch holds the database's write lock): :func:`blocking`
-    runs inline in it, blocking the loop instead, and :func:`active` is False."""
+    for: the group commit's batch holds the database's write lock): :func:`blocking` and
+    :func:`finish` raise :class:`WouldSuspend` in it, and :func:`active` is False."""
     current = getcurrent()
     if not isinstance(current, _Request):
         yield
@@ -88,6 +89,12 @@ def pinned() -> Iterator[None]:
         current.pinned -= 1
 
 
+def _refuse_if_pinned() -> None:
+    current = getcurrent()
+    if isinstance(current, _Request) and current.pinned:
+        raise WouldSuspend
+
+
 def wait(awaitable: Awaitable[T]) -> T:
     """From code running in :func:`run`: suspend until ``awaitable`` is done; its result."""
     current = getcurrent()
@@ -96,8 +103,16 @@ def wait(awaitable: Awaitable[T]) -> T:
     return current.parent.switch(awaitable)  # type: ignore[no-any-return]
 
 
+class WouldSuspend(BaseException):
+    """:func:`blocking` or :func:`finish` called in a :func:`pinned` section: whoever pinned
+    it catches this and does the work again where it may wait (a BaseException, so that
+    the ``except Exception`` of the code in between does not take it for the work's own)."""
+
+
 def blocking(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-    """``fn(*args, **kwargs)``: in a worker thread when called from :func:`run`, else right here."""
+    """``fn(*args, **kwargs)``: in a worker thread when called from :func:`run`, else right
+    here; :class:`WouldSuspend` in a :func:`pinned` section."""
+    _refuse_if_pinned()
     if not active():
         return fn(*args, **kwargs)
     return wait(anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs)))
@@ -110,6 +125,7 @@ def finish(
     cancelled meanwhile (a worker shutting down), it still waits for ``fn`` to return,
     calls ``undo`` with what it returned (to give back a lock it took), then raises the
     cancellation."""
+    _refuse_if_pinned()
     if not active():
         return fn(*args, **kwargs)
     work = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)  # as anyio's

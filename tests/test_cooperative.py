@@ -194,17 +194,24 @@ def test_the_writer_lock_held_elsewhere_does_not_stop_the_loop(tmp_path: Any) ->
     store.dispose()
 
 
-def test_pinned_sections_run_blocking_work_inline() -> None:
-    async def main() -> tuple[int, int, bool]:
-        def work() -> tuple[int, bool]:
-            with cooperative.pinned():
-                return cooperative.blocking(threading.get_ident), cooperative.active()
+def test_pinned_sections_refuse_to_suspend() -> None:
+    """In a pinned section (a batch holding the write lock) work that would wait raises
+    WouldSuspend, a BaseException: an ``except Exception`` on the way does not take it."""
 
-        ident, active = await cooperative.run(work)
-        return threading.get_ident(), ident, active
+    def work() -> tuple[bool, str]:
+        with cooperative.pinned():
+            active = cooperative.active()
+            try:
+                cooperative.blocking(threading.get_ident)
+            except Exception:
+                return active, "taken for the work's own error"
+            except cooperative.WouldSuspend:
+                return active, "refused"
+        return active, "ran"
 
-    loop_thread, ident, active = asyncio.run(main())
-    assert ident == loop_thread and not active
+    assert asyncio.run(cooperative.run(work)) == (False, "refused")
+    with cooperative.pinned():  # outside a request: nothing to refuse
+        assert cooperative.blocking(threading.get_ident) == threading.get_ident()
 
 
 def test_finish_outlives_a_cancellation_and_undoes_what_it_did() -> None:
@@ -268,4 +275,46 @@ def test_a_unit_that_starts_another_is_refused_where_units_run_in_a_thread(datab
 
     with pytest.raises(RuntimeError, match="started another"):
         asyncio.run(main())
+    store.dispose()
+
+
+def test_a_unit_that_would_wait_in_a_batch_on_the_loop_is_written_from_a_thread(tmp_path: Any) -> None:
+    """A unit of a batch written on the loop that needs to wait (an HSM signing again) may
+    not suspend there: the batch is rolled back and written again in a thread, once."""
+    store = create_store(f"sqlite:///{tmp_path / 'a.db'}")
+    runs: list[int] = []
+
+    def unit(connection: Any) -> int:
+        runs.append(threading.get_ident())
+        connection.exec_driver_sql(
+            "INSERT INTO redeemed_challenges (digest, expires_at) VALUES ('d', '2030-01-01 00:00:00.000000')"
+        )
+        return cooperative.blocking(threading.get_ident)
+
+    async def main() -> tuple[int, int]:
+        return threading.get_ident(), await cooperative.run(store.writes.run, work=unit)
+
+    loop_thread, signer_thread = asyncio.run(main())
+    assert runs[0] == loop_thread and len(runs) == 2 and runs[1] != loop_thread
+    assert signer_thread == runs[1]  # in the thread, the waiting work runs right there
+    assert store.challenge_redeemed("d")
+    with store.engine.connect() as connection:  # written once, not twice
+        assert connection.exec_driver_sql("SELECT count(*) FROM redeemed_challenges").scalar() == 1
+    store.dispose()
+
+
+def test_a_full_pool_makes_requests_check_out_in_a_thread(tmp_path: Any) -> None:
+    """Every pooled connection out (threads waiting for SQLite, say): a request's read and
+    its batch's connection are checked out in a thread; the loop serves on meanwhile."""
+    store = create_store(f"sqlite:///{tmp_path / 'a.db'}", pool_size=2)
+    held = [store.engine.connect(), store.engine.connect()]
+
+    def release() -> None:
+        for connection in held:
+            connection.close()
+
+    async def main() -> list[Any]:
+        return await _writes_held_up(store, 2, release)
+
+    assert len({r.id for r in asyncio.run(main())}) == 2
     store.dispose()

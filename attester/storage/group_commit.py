@@ -51,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import logging
 import os
 import threading
 import time
@@ -62,6 +63,7 @@ from greenlet import getcurrent
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.pool import QueuePool
 
 from attester import cooperative
 
@@ -70,6 +72,7 @@ try:
 except ImportError:  # pragma: no cover - not POSIX: SQLite's busy handler alone
     fcntl = None  # type: ignore[assignment]
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: at most this many units per transaction (a long batch delays its first caller)
@@ -256,7 +259,10 @@ class GroupCommit:
         # which every process's writes wait for; a database that cannot be reached fails
         # what queued at once, as a failed transaction does
         try:
-            connection = self.engine.connect()
+            if cooperative.active() and pool_exhausted(self.engine):
+                connection = cooperative.blocking(self.engine.connect)
+            else:
+                connection = self.engine.connect()
         except Exception as exc:
             self._fail(self._take(own), exc, own=own)
             return
@@ -279,22 +285,37 @@ class GroupCommit:
         """Write ``batch`` on the event loop's thread, unsuspended (it holds the writer lock
         and, once it writes, SQLite's), failing at once rather than waiting in SQLite's busy
         handler: a writer outside the group commit (an admin action, the CLI, a purge, a
-        database-backed rate limit) may hold SQLite's lock. On any failure the batch is
-        written again in a thread, as a thread's would be (its units are re-runnable), and
-        the loop goes on meanwhile."""
+        database-backed rate limit) may hold SQLite's lock. On any failure before its commit,
+        and when a unit would wait (an HSM signing again: cooperative.WouldSuspend), the
+        batch is written again in a thread, as a thread's would be (its units are
+        re-runnable), and the loop goes on meanwhile."""
         if not batch:
             return
+        committed = False
         try:
             with cooperative.pinned(), _busy_fails_at_once(connection):
                 self._together(connection, batch)
-        except Exception:
-            cooperative.finish(self._commit, connection, batch, own=own)
-            return
+                committed = True
+        except (Exception, cooperative.WouldSuspend):
+            if not committed:
+                _roll_back_driver(connection)
+                cooperative.finish(self._commit_in_thread, connection, batch, own)
+                return
+            # stored; only the busy timeout could not be given back: not to the pool so
+            log.warning("a connection lost its busy timeout: discarded", exc_info=True)
+            connection.invalidate()
         except BaseException as exc:  # nothing of the batch is stored
             self._fail(batch, exc, own=own)
             raise
         for unit in batch:
             unit.done = True
+
+    def _commit_in_thread(self, connection: Connection, batch: list[_Unit[Any]], own: _Unit[Any]) -> None:
+        running, self._running = self._running, getcurrent()  # the check that units nest not
+        try:
+            self._commit(connection, batch, own=own)
+        finally:
+            self._running = running
 
     def _take(self, own: _Unit[Any]) -> list[_Unit[Any]]:
         """The next batch: the oldest queued units, the leader's own among them. Units that
@@ -448,6 +469,26 @@ class GroupCommit:
         if self._lock_fd is not None and self._lock_pid == os.getpid():
             os.close(self._lock_fd)
         self._lock_fd = None
+
+
+def _roll_back_driver(connection: Connection) -> None:
+    """Roll back what a failed attempt left open in the driver: SQLite keeps its
+    transaction when it refuses a COMMIT, and SQLAlchemy, which then counts it as ended,
+    rolls nothing back, so the retry would write into it (and commit both)."""
+    try:
+        driver = connection.connection.driver_connection
+        if driver is not None and driver.in_transaction:
+            driver.rollback()
+    except Exception:  # a broken connection: the retry gets a fresh one
+        log.warning("could not roll back a failed batch's connection", exc_info=True)
+        connection.invalidate()
+
+
+def pool_exhausted(engine: Engine) -> bool:
+    """Whether a checkout from ``engine``'s pool would wait (create_store keeps no overflow):
+    a request on the event loop then checks out in a thread instead of blocking the loop."""
+    pool = engine.pool
+    return isinstance(pool, QueuePool) and pool.checkedout() >= pool.size()
 
 
 def _unlock(fd: int) -> None:

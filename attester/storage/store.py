@@ -35,7 +35,7 @@ from sqlalchemy.orm import sessionmaker
 from sqlalchemy.pool import QueuePool
 
 from attester import cooperative
-from attester.storage.group_commit import GroupCommit, Unbatch
+from attester.storage.group_commit import GroupCommit, Unbatch, pool_exhausted
 from attester.storage.models import Instance, IssuedAttestation, RedeemedChallenge
 from attester.storage.status_entries import claim_entries, lock_active_instance
 
@@ -287,8 +287,9 @@ class Store:
         """``fn(*args)``, database work of a request outside the group commit: in a thread
         when the request runs on the event loop (cooperative.py) and the work may wait
         there: always on PostgreSQL (the network), and for a write on SQLite (the file's
-        one write lock, held by another process perhaps); a SQLite read runs inline."""
-        if write or self.engine.dialect.name != "sqlite":
+        one write lock, held by another process perhaps); a SQLite read runs inline, unless
+        every pooled connection is out (the checkout would wait on the loop)."""
+        if write or self.engine.dialect.name != "sqlite" or pool_exhausted(self.engine):
             return cooperative.blocking(fn, *args)
         return fn(*args)
 

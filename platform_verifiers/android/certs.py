@@ -28,7 +28,7 @@ from pyasn1.type import namedtype, univ
 from pyasn1_modules import rfc4055, rfc5280
 
 from platform_verifiers.android.schema import KEY_DESCRIPTION_OID, PROVISIONING_INFO_OID
-from platform_verifiers.der import certificate_parts
+from platform_verifiers.der import canonical_key, certificate_parts
 from platform_verifiers.errors import ASN1_DECODE_ERRORS, VerificationError
 
 _BASIC_CONSTRAINTS_OID = "2.5.29.19"
@@ -332,16 +332,23 @@ _PYCA_REFUSALS: tuple[type[Exception], ...] = (
 
 
 def decode_certificate(der: bytes, index: int) -> ChainCertificate:
-    """Decode one DER certificate; ``certificate_malformed`` if neither reader can."""
+    """Decode one DER certificate; ``certificate_malformed`` if neither reader can, or if its
+    key is not in its canonical encoding (keys are compared by their bytes: der.py)."""
     try:
-        return _decode_with_pyca(der)
+        cert = _decode_with_pyca(der)
     except _PYCA_REFUSALS:
         # pyca refuses it, or its extensions need the tolerant reader and that failed too
-        pass
+        try:
+            cert = _decode_with_pyasn1(der)
+        except ASN1_DECODE_ERRORS as exc:
+            raise _malformed(index, type(exc).__name__) from exc
     try:
-        return _decode_with_pyasn1(der)
-    except ASN1_DECODE_ERRORS as exc:
-        raise _malformed(index, type(exc).__name__) from exc
+        canonical = canonical_key(cert.spki_der)
+    except IndexError:
+        canonical = False
+    if not canonical:
+        raise _malformed(index, "key_not_canonical")
+    return cert
 
 
 def signature_valid(child: ChainCertificate, issuer_key: PublicKeyTypes) -> bool:
