@@ -130,16 +130,20 @@ class RevocationFetcher:
         if now.tzinfo is None:
             raise ValueError("now must be timezone-aware")
         if cooperative.active():
-            snapshot, fresh_until = self._snapshot, self._fresh_until
-            if snapshot is not None and fresh_until and now < fresh_until:
-                return snapshot
-            return cooperative.blocking(self._get, now)
+            return self._fresh(now) or cooperative.blocking(self._get, now)
         return self._get(now)
+
+    def _fresh(self, now: datetime) -> RevocationSnapshot | None:
+        """The snapshot if it is still fresh at ``now`` (read without the lock: a refresh
+        replaces both attributes, and either pairing of them is a valid answer)."""
+        snapshot, fresh_until = self._snapshot, self._fresh_until
+        return snapshot if snapshot is not None and fresh_until and now < fresh_until else None
 
     def _get(self, now: datetime) -> RevocationSnapshot | None:
         with self._lock:
-            if self._snapshot is not None and self._fresh_until and now < self._fresh_until:
-                return self._snapshot
+            fresh = self._fresh(now)
+            if fresh is not None:
+                return fresh
             if self._retry_at is not None and now < self._retry_at:
                 return self._snapshot
             return self.refresh(now)

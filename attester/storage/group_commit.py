@@ -310,8 +310,11 @@ class GroupCommit:
         for unit in batch:
             unit.done = True
 
-    def _commit_in_thread(self, connection: Connection, batch: list[_Unit[Any]], own: _Unit[Any]) -> None:
-        running, self._running = self._running, getcurrent()  # the check that units nest not
+    def _commit_in_thread(
+        self, connection: Connection, batch: list[_Unit[Any]], own: _Unit[Any]
+    ) -> None:
+        # the units run in this thread now: the check that a unit starts no other looks here
+        running, self._running = self._running, getcurrent()
         try:
             self._commit(connection, batch, own=own)
         finally:
