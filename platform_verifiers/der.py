@@ -6,7 +6,11 @@ re-serialises the parsed structure (6-10 us a certificate) and a key's
 30-35 us for a P-384 or RSA-4096 key: a fifth of an uncached Android verification beyond
 its signature checks went there). The signature covers the tbsCertificate exactly as sent
 (RFC 5280, 4.1.1.3), and a key is compared by its SubjectPublicKeyInfo as its certificate
-encodes it, so the verifiers slice both out of the certificate instead.
+encodes it, so the verifiers slice both out of the certificate instead. The extensions likewise: pyca
+hands each one out only as a parsed object (``cert.extensions``, 10-20 us a certificate) that
+``public_bytes()`` encodes again (another 15-30 us); the Android verifier reads only a few of
+them and checks the rest by their OID and critical flag (android/extensions.py), so the list
+is sliced out too, each value as its certificate encodes it.
 
 Only for certificates that pyca has already read: its DER parser has then checked that
 every length is definite and minimal and that the elements walked here are where RFC 5280
@@ -23,7 +27,10 @@ one, and a root's key in another encoding could otherwise pass for a different k
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 _SEQUENCE = 0x30
+_OID = 0x06
 _VERSION = 0xA0  # [0] EXPLICIT Version, absent for v1
 # serialNumber, signature, issuer, validity, subject: between the version and the key
 _BEFORE_KEY = 5
@@ -40,8 +47,30 @@ def _element(der: bytes, pos: int) -> tuple[int, int]:
     return start, start + length
 
 
-def certificate_parts(der: bytes) -> tuple[bytes, bytes]:
-    """(tbsCertificate, subjectPublicKeyInfo) of ``der``, each a slice of it."""
+class RawExtension(NamedTuple):
+    """One extension as its certificate encodes it."""
+
+    oid: str  # dotted
+    critical: bool
+    value: bytes  # the contents of extnValue
+
+
+class CertificateParts(NamedTuple):
+    tbs: bytes
+    spki: bytes
+    extensions: tuple[RawExtension, ...]  # in encoding order, duplicates kept
+
+
+# after the key: issuerUniqueID [1] and subjectUniqueID [2] (IMPLICIT BIT STRING, v2 and
+# v3 only, both long deprecated) and extensions [3] EXPLICIT (v3)
+_UNIQUE_IDS = (0x81, 0x82)
+_EXTENSIONS = 0xA3
+_BOOLEAN, _OCTET_STRING = 0x01, 0x04
+_TRUE = 0xFF  # DER's one encoding of TRUE; FALSE (the default) is never encoded in DER
+
+
+def certificate_parts(der: bytes) -> CertificateParts:
+    """tbsCertificate, subjectPublicKeyInfo and extensions of ``der``, slices of it."""
     if der[0] != _SEQUENCE:
         raise ValueError("not a certificate")
     tbs_at, _ = _element(der, 0)
@@ -54,13 +83,78 @@ def certificate_parts(der: bytes) -> tuple[bytes, bytes]:
         pos = _element(der, pos)[1]
     if pos >= tbs_end or der[pos] != _SEQUENCE:
         raise ValueError("no subjectPublicKeyInfo")
-    return der[tbs_at:tbs_end], der[pos : _element(der, pos)[1]]
+    spki_end = _element(der, pos)[1]
+    spki = der[pos:spki_end]
+    extensions: tuple[RawExtension, ...] = ()
+    pos = spki_end
+    while pos < tbs_end:
+        start, end = _element(der, pos)
+        if der[pos] == _EXTENSIONS:
+            extensions = _extensions(der, start)
+        elif der[pos] not in _UNIQUE_IDS:
+            raise ValueError("an unexpected element after the key")
+        pos = end
+    return CertificateParts(der[tbs_at:tbs_end], spki, extensions)
+
+
+def _extensions(der: bytes, pos: int) -> tuple[RawExtension, ...]:
+    """The Extensions SEQUENCE at ``pos``: each SEQUENCE {extnID, critical DEFAULT FALSE,
+    extnValue}. pyca's parser has checked each (an encoded FALSE, a BOOLEAN other than
+    0xFF, a missing extnValue all refuse the certificate); the tags are checked again."""
+    if der[pos] != _SEQUENCE:
+        raise ValueError("no Extensions")
+    pos, end = _element(der, pos)
+    out = []
+    while pos < end:
+        if der[pos] != _SEQUENCE:
+            raise ValueError("no Extension")
+        body, extension_end = _element(der, pos)
+        if der[body] != _OID:
+            raise ValueError("no extnID")
+        oid_start, at = _element(der, body)
+        oid = dotted(der[oid_start:at])
+        critical = False
+        if der[at] == _BOOLEAN:
+            flag, at = _element(der, at)
+            critical = der[flag] == _TRUE
+        if der[at] != _OCTET_STRING:
+            raise ValueError("no extnValue")
+        value_start, value_end = _element(der, at)
+        if value_end != extension_end:
+            raise ValueError("an unexpected element in an Extension")
+        out.append(RawExtension(oid, critical, der[value_start:value_end]))
+        pos = extension_end
+    return tuple(out)
+
+
+# OID contents -> dotted form; certificates carry a few dozen OIDs, so it stays small
+_DOTTED: dict[bytes, str] = {}
+
+
+def dotted(contents: bytes) -> str:
+    """The dotted form of an OBJECT IDENTIFIER's contents (X.690 8.19)."""
+    known = _DOTTED.get(contents)
+    if known is not None:
+        return known
+    arcs: list[int] = []
+    value = 0
+    for byte in contents:
+        value = (value << 7) | (byte & 0x7F)
+        if not byte & 0x80:
+            arcs.append(value)
+            value = 0
+    if not arcs or contents[-1] & 0x80:
+        raise ValueError("a truncated OBJECT IDENTIFIER")
+    first = min(arcs[0] // 40, 2)
+    text = ".".join(map(str, (first, arcs[0] - 40 * first, *arcs[1:])))
+    if len(_DOTTED) < 4096:  # never grow without bound on odd input
+        _DOTTED[contents] = text
+    return text
 
 
 _RSA = bytes.fromhex("06092a864886f70d010101")  # rsaEncryption
 _EC = bytes.fromhex("06072a8648ce3d0201")  # id-ecPublicKey
 _NULL = b"\x05\x00"
-_OID = 0x06
 _UNCOMPRESSED = 0x04
 
 

@@ -5,8 +5,11 @@ a leaf whose ecdsa-with-SHA256 AlgorithmIdentifier carries an explicit NULL (pyc
 refuses to load it) and a leaf with an unparsable CRL Distribution Points extension
 (pyca refuses its extension list). Google's reference verifier accepts both, so we read
 each certificate with pyca/cryptography (fast) and fall back to pyasn1 (RFC 5280
-schema) for the parts pyca rejects. Extensions are never interpreted beyond the few
-this verifier needs: basicConstraints, the KeyDescription and the RKP ProvisioningInfo.
+schema) for the parts pyca rejects. The extension list is read as the certificate
+encodes it (der.py), never through pyca's parsed extensions, so an extension pyca cannot
+parse is no reason for the slow reader; extensions are never interpreted beyond the few
+this verifier needs: basicConstraints, keyUsage, the KeyDescription and the RKP
+ProvisioningInfo.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from pyasn1.type import namedtype, univ
 from pyasn1_modules import rfc4055, rfc5280
 
 from platform_verifiers.android.schema import KEY_DESCRIPTION_OID, PROVISIONING_INFO_OID
-from platform_verifiers.der import canonical_key, certificate_parts
+from platform_verifiers.der import RawExtension, canonical_key, certificate_parts
 from platform_verifiers.errors import ASN1_DECODE_ERRORS, VerificationError
 
 _BASIC_CONSTRAINTS_OID = "2.5.29.19"
@@ -60,13 +63,9 @@ class SignatureAlgorithm:
     pss_salt_length: int | None = None
 
 
-@dataclass(frozen=True)
-class ExtensionInfo:
-    """One extension as it is encoded: the chain's fail-closed checks read these."""
-
-    oid: str
-    critical: bool
-    value: bytes  # the DER inside extnValue
+# One extension as it is encoded (oid, critical, value: the DER inside extnValue): the
+# chain's fail-closed checks read these.
+ExtensionInfo = RawExtension
 
 
 @dataclass(frozen=True)
@@ -185,39 +184,50 @@ def _extension_infos_from_tbs(tbs: Any) -> tuple[ExtensionInfo, ...]:
     )
 
 
-def _extension_infos_from_pyca(extensions: x509.Extensions) -> tuple[ExtensionInfo, ...]:
-    infos = []
-    for ext in extensions:
-        value = ext.value
-        try:
-            raw = (
-                value.value
-                if isinstance(value, x509.UnrecognizedExtension)
-                else value.public_bytes()
-            )
-        except NotImplementedError as exc:
-            raise ValueError("extension cannot be re-encoded") from exc  # -> tolerant reader
-        infos.append(ExtensionInfo(ext.oid.dotted_string, ext.critical, raw))
-    return tuple(infos)
-
-
 def _basic_constraints(value: bytes) -> tuple[bool, int | None]:
+    plain = basic_constraints_der(value)
+    if plain is not None:
+        return plain
     bc, _ = ber_decoder.decode(value, asn1Spec=rfc5280.BasicConstraints())
     path = int(bc["pathLenConstraint"]) if bc["pathLenConstraint"].isValue else None
     return bool(bc["cA"]), path
 
 
+def basic_constraints_der(value: bytes) -> tuple[bool, int | None] | None:
+    """(cA, pathLenConstraint) of a BasicConstraints in plain DER, else None (pyasn1 reads
+    it then, the schema of record; tests/android pins that both agree where this answers).
+
+    DER: SEQUENCE { cA BOOLEAN DEFAULT FALSE (present only as TRUE, 0xFF), pathLenConstraint
+    INTEGER (0..MAX) OPTIONAL (minimal, non-negative) }, short lengths, nothing after.
+    """
+    if len(value) < 2 or value[0] != 0x30 or value[1] != len(value) - 2:
+        return None
+    ca = value[2:5] == b"\x01\x01\xff"
+    rest = value[5:] if ca else value[2:]
+    if not rest:
+        return ca, None
+    if rest[0] != 0x02 or len(rest) < 3 or rest[1] != len(rest) - 2 or rest[1] > 8:
+        return None
+    if rest[2] & 0x80 or (rest[2] == 0 and len(rest) > 3 and not rest[3] & 0x80):
+        return None  # negative, or not minimal
+    return ca, int.from_bytes(rest[2:], "big")
+
+
 def _from_raw_extensions(
-    extensions: list[tuple[str, bytes]],
+    extensions: tuple[ExtensionInfo, ...],
 ) -> tuple[bool | None, int | None, tuple[bytes, ...], bool]:
     is_ca: bool | None = None
     path_length: int | None = None
-    for oid, value in extensions:
+    key_descriptions = []
+    provisioning = False
+    for oid, _, value in extensions:
         if oid == _BASIC_CONSTRAINTS_OID:
             is_ca, path_length = _basic_constraints(value)
-    key_descriptions = tuple(v for oid, v in extensions if oid == KEY_DESCRIPTION_OID)
-    provisioning = any(oid == PROVISIONING_INFO_OID for oid, _ in extensions)
-    return is_ca, path_length, key_descriptions, provisioning
+        elif oid == KEY_DESCRIPTION_OID:
+            key_descriptions.append(value)
+        elif oid == PROVISIONING_INFO_OID:
+            provisioning = True
+    return is_ca, path_length, tuple(key_descriptions), provisioning
 
 
 def _time(value: Any) -> datetime:
@@ -238,9 +248,7 @@ def _decode_with_pyasn1(der: bytes) -> ChainCertificate:
     alg = cert["signatureAlgorithm"]
     params = bytes(alg["parameters"]) if alg["parameters"].isValue else None
     infos = _extension_infos_from_tbs(tbs)
-    is_ca, path_length, key_descriptions, provisioning = _from_raw_extensions(
-        [(e.oid, e.value) for e in infos]
-    )
+    is_ca, path_length, key_descriptions, provisioning = _from_raw_extensions(infos)
     return ChainCertificate(
         der=der,
         tbs=tbs_raw,
@@ -260,29 +268,11 @@ def _decode_with_pyasn1(der: bytes) -> ChainCertificate:
 
 def _decode_with_pyca(der: bytes) -> ChainCertificate:
     cert = x509.load_der_x509_certificate(der)
-    try:
-        extensions = cert.extensions
-    except ValueError:
-        # e.g. an unparsable CRL Distribution Points: read the extension list raw.
-        tbs, _ = ber_decoder.decode(cert.tbs_certificate_bytes, asn1Spec=rfc5280.TBSCertificate())
-        infos = _extension_infos_from_tbs(tbs)
-        is_ca, path_length, key_descriptions, provisioning = _from_raw_extensions(
-            [(e.oid, e.value) for e in infos]
-        )
-    else:
-        infos = _extension_infos_from_pyca(extensions)
-        is_ca, path_length = None, None
-        key_descriptions_list: list[bytes] = []
-        provisioning = False
-        for ext in extensions:
-            oid = ext.oid.dotted_string
-            if isinstance(ext.value, x509.BasicConstraints):
-                is_ca, path_length = ext.value.ca, ext.value.path_length
-            elif oid == KEY_DESCRIPTION_OID and isinstance(ext.value, x509.UnrecognizedExtension):
-                key_descriptions_list.append(ext.value.value)
-            elif oid == PROVISIONING_INFO_OID:
-                provisioning = True
-        key_descriptions = tuple(key_descriptions_list)
+    # the extensions as sent, not through cert.extensions (der.py says why): pyca's loading
+    # has checked the list's encoding; the few values read here are read by our own schema
+    # (the tolerant reader's), and check_extensions refuses duplicates, as pyca would
+    tbs, spki, infos = certificate_parts(der)
+    is_ca, path_length, key_descriptions, provisioning = _from_raw_extensions(infos)
     params = cert.signature_algorithm_parameters
     algorithm: SignatureAlgorithm | None
     if isinstance(params, padding.PSS):
@@ -290,7 +280,6 @@ def _decode_with_pyca(der: bytes) -> ChainCertificate:
         algorithm = _pss(_split_params(der))
     else:
         algorithm = _signature_algorithm(cert.signature_algorithm_oid.dotted_string, None)
-    tbs, spki = certificate_parts(der)  # as sent, not encoded again (der.py says why)
     return ChainCertificate(
         der=der,
         tbs=tbs,

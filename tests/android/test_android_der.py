@@ -1,12 +1,15 @@
-"""The tbsCertificate and SubjectPublicKeyInfo sliced from a certificate (platform_verifiers/der.py).
+"""The tbsCertificate, SubjectPublicKeyInfo and extensions sliced from a certificate
+(platform_verifiers/der.py).
 
 The verifiers use the slices where they used pyca's re-encodings: on every real certificate
-(../shared/vectors, MANIFEST.json's chains and roots) both must be byte for byte what pyca
-gives, or for keys pyca cannot load what the RFC 5280 schema reads.
+(../shared/vectors, MANIFEST.json's chains and roots) each must be byte for byte what pyca
+gives (the extensions: pyca's list, each value as pyca encodes it again), or where pyca
+cannot read a part what the RFC 5280 schema reads.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -18,8 +21,14 @@ from pyasn1.codec.der import encoder as der_encoder
 from pyasn1_modules import rfc5280
 
 from platform_verifiers.anchors import load_anchor
-from platform_verifiers.android.certs import decode_certificate
-from platform_verifiers.der import canonical_key, certificate_parts
+from platform_verifiers.android.certs import (
+    ExtensionInfo,
+    _decode_with_pyasn1,
+    basic_constraints_der,
+    decode_certificate,
+)
+from platform_verifiers.android.extensions import key_usage
+from platform_verifiers.der import canonical_key, certificate_parts, dotted
 from tests.android.conftest import load_chain, manifest_entries
 from tests.android.synth import make_chain, make_root
 
@@ -51,16 +60,38 @@ def _schema_spki(der: bytes) -> bytes:
 @pytest.mark.parametrize(("path", "index"), _certificates())
 def test_slices_are_what_pyca_encodes(path: str, index: int) -> None:
     der = load_chain(path)[index]
-    tbs, spki = certificate_parts(der)
     decoded = decode_certificate(der, index)
-    assert (decoded.tbs, decoded.spki_der) == (tbs, spki)
-    assert canonical_key(spki)  # every real key is in its one encoding
     try:
         cert = x509.load_der_x509_certificate(der)
     except ValueError:  # the tolerant reader decoded it (above): the RFC 5280 schema's reading
-        assert spki == _schema_spki(der)
+        assert decoded.spki_der == _schema_spki(der)
         return
+    tbs, spki, extensions = certificate_parts(der)
+    assert (decoded.tbs, decoded.spki_der, decoded.extensions) == (tbs, spki, extensions)
+    assert canonical_key(spki)  # every real key is in its one encoding
     assert tbs == cert.tbs_certificate_bytes
+    # the extension list: the schema's reading of it always, pyca's where pyca reads it
+    assert extensions == _decode_with_pyasn1(der).extensions
+    try:
+        parsed = cert.extensions
+    except ValueError:  # e.g. the unparsable CRL Distribution Points (MANIFEST.json)
+        parsed = None
+    if parsed is not None:
+        assert [(e.oid, e.critical) for e in extensions] == [
+            (p.oid.dotted_string, p.critical) for p in parsed
+        ]
+        for raw, ext in zip(extensions, parsed, strict=True):
+            if isinstance(ext.value, x509.KeyUsage):
+                # pyca encodes the bits again in DER, dropping trailing zero bytes some
+                # leaves carry (the one reading that differs): the bits are the same
+                assert key_usage(raw, index) == key_usage(
+                    ExtensionInfo(raw.oid, raw.critical, ext.value.public_bytes()), index
+                )
+            elif not isinstance(ext.value, x509.UnrecognizedExtension):
+                assert raw.value == ext.value.public_bytes()
+            if isinstance(ext.value, x509.BasicConstraints):
+                assert basic_constraints_der(raw.value) == (ext.value.ca, ext.value.path_length)
+                assert (decoded.is_ca, decoded.path_length) == (ext.value.ca, ext.value.path_length)
     try:
         key = cert.public_key()
     except (ValueError, UnsupportedAlgorithm):  # e.g. ML-DSA: the schema's reading instead
@@ -75,10 +106,27 @@ def test_anchor_compares_by_the_key_its_certificate_encodes() -> None:
     root = make_root()
     pem = root.certificate.public_bytes(serialization.Encoding.PEM)
     anchor = load_anchor("synthetic", pem, source="test")
-    assert (anchor.tbs, anchor.spki_der) == certificate_parts(anchor.der)
+    assert (anchor.tbs, anchor.spki_der) == certificate_parts(anchor.der)[:2]
     chain = make_chain(challenge=b"c", root=root)
     top = decode_certificate(chain.chain[-1], len(chain.chain) - 1)
     assert top.spki_der == anchor.spki_der  # the chain carries the root: the same key
+
+
+def _wrapped(tbs_body: bytes) -> bytes:
+    tbs = bytes([0x30, len(tbs_body)]) + tbs_body
+    return bytes([0x30, len(tbs)]) + tbs
+
+
+# serialNumber, signature, issuer, validity, subject, an empty key: what comes after is walked
+_TBS_FIELDS = b"\x02\x01\x01\x30\x00\x30\x00\x30\x00\x30\x00\x30\x00"
+
+
+class _Tbs(bytes):
+    def __add__(self, tail: bytes) -> bytes:  # type: ignore[override]
+        return _wrapped(_TBS_FIELDS + tail)
+
+
+_TBS_HEAD = _Tbs()
 
 
 @pytest.mark.parametrize(
@@ -90,6 +138,13 @@ def test_anchor_compares_by_the_key_its_certificate_encodes() -> None:
         (b"\x30\x0d\x30\x0b\x02\x01\x01\x30\x00\x30\x00\x30\x00\x30\x00", "no subjectPublicKeyInfo"),
         # the seventh element is there, but is not a SEQUENCE
         (b"\x30\x0f\x30\x0d\x02\x01\x01\x30\x00\x30\x00\x30\x00\x30\x00\x04\x00", "no subjectPublicKeyInfo"),
+        # after the key: something that is neither a unique identifier nor [3] extensions
+        (_TBS_HEAD + b"\x04\x00", "an unexpected element after the key"),
+        (_TBS_HEAD + b"\xa3\x02\x04\x00", "no Extensions"),
+        (_TBS_HEAD + b"\xa3\x04\x30\x02\x04\x00", "no Extension"),
+        (_TBS_HEAD + b"\xa3\x06\x30\x04\x30\x02\x04\x00", "no extnID"),
+        (_TBS_HEAD + b"\xa3\x09\x30\x07\x30\x05\x06\x01\x2a\x02\x00", "no extnValue"),
+        (_TBS_HEAD + b"\xa3\x0b\x30\x09\x30\x07\x06\x01\x2a\x04\x00\x05\x00", "an unexpected element in an Extension"),
     ],
 )
 def test_elements_out_of_place_are_refused(der: bytes, why: str) -> None:
@@ -103,7 +158,7 @@ def test_long_form_lengths_and_the_version_are_walked() -> None:
     assert leaf[1] & 0x80  # a long-form length: over 127 bytes
     cert = x509.load_der_x509_certificate(leaf)
     assert cert.version is x509.Version.v3  # so the [0] version is there and skipped
-    tbs, spki = certificate_parts(leaf)
+    tbs, spki, _ = certificate_parts(leaf)
     assert tbs == cert.tbs_certificate_bytes
     assert spki == cert.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -184,3 +239,90 @@ def test_a_chain_certificate_with_a_compressed_key_is_malformed() -> None:
         decode_certificate(altered, 0)
     assert refused.value.code == "certificate_malformed"
     assert refused.value.detail["why"] == "key_not_canonical"
+
+
+def test_extensions_are_read_with_their_flags_and_unique_ids_skipped() -> None:
+    extension = b"\x30\x0a\x06\x03\x55\x1d\x13\x01\x01\xff\x04\x00"  # critical, empty value
+    plain = b"\x30\x08\x06\x03\x55\x1d\x0f\x04\x01\x07"
+    extensions = b"\x30" + bytes([len(extension + plain)]) + extension + plain
+    der = _TBS_HEAD + b"\x81\x01\x00\x82\x01\x00\xa3" + bytes([len(extensions)]) + extensions
+    _, _, read = certificate_parts(der)
+    assert [tuple(e) for e in read] == [("2.5.29.19", True, b""), ("2.5.29.15", False, b"\x07")]
+
+
+@pytest.mark.parametrize(
+    ("contents", "text"),
+    [
+        ("2a864886f70d010101", "1.2.840.113549.1.1.1"),
+        ("2b06010401d679020111", "1.3.6.1.4.1.11129.2.1.17"),
+        ("551d13", "2.5.29.19"),
+        ("00", "0.0"),
+        ("8837", "2.999"),  # a first subidentifier over 80: joint-iso-itu-t
+    ],
+)
+def test_object_identifiers_in_dotted_form(contents: str, text: str) -> None:
+    assert dotted(bytes.fromhex(contents)) == text
+    assert x509.ObjectIdentifier(text).dotted_string == text
+
+
+@pytest.mark.parametrize("contents", ["", "2a86"])
+def test_a_truncated_object_identifier_is_refused(contents: str) -> None:
+    with pytest.raises(ValueError, match="truncated"):
+        dotted(bytes.fromhex(contents))
+
+
+@pytest.mark.parametrize(
+    ("value", "read"),
+    [
+        ("3000", (False, None)),
+        ("30030101ff", (True, None)),
+        ("30060101ff020100", (True, 0)),
+        ("30060101ff02017f", (True, 127)),
+        ("30070101ff02020080", (True, 128)),
+        ("3003020105", (False, 5)),
+        # not plain DER: pyasn1 (the schema of record) reads these
+        ("3003010100", None),  # FALSE encoded, which DER leaves out
+        ("30030101 01", None),  # TRUE not as 0xFF
+        ("30060101ff0201ff", None),  # a negative path length
+        ("30070101ff02020001", None),  # not minimal
+        ("30050101ff0400", None),  # something else after cA
+        ("3181 00", None),
+        ("3004 0101ff", None),  # a length that does not fit
+    ],
+)
+def test_basic_constraints_in_plain_der_agree_with_the_schema(value: str, read: Any) -> None:
+    from platform_verifiers.android.certs import _basic_constraints
+
+    raw = bytes.fromhex(value.replace(" ", ""))
+    assert basic_constraints_der(raw) == read
+    if read is not None:
+        bc, rest = ber_decoder.decode(raw, asn1Spec=rfc5280.BasicConstraints())
+        assert not rest
+        path = int(bc["pathLenConstraint"]) if bc["pathLenConstraint"].isValue else None
+        assert (bool(bc["cA"]), path) == read
+        assert _basic_constraints(raw) == read
+
+
+def test_a_basic_constraints_in_ber_is_read_by_the_schema() -> None:
+    """pyca loads the certificate (extension values are opaque to its loading); the
+    BasicConstraints with an encoded FALSE is not plain DER, so pyasn1 reads it."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtensionOID, NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ber")])
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(7)
+        .not_valid_before(datetime(2020, 1, 1)).not_valid_after(datetime(2030, 1, 1))
+        .add_extension(
+            x509.UnrecognizedExtension(ExtensionOID.BASIC_CONSTRAINTS, b"\x30\x06\x01\x01\x00\x02\x01\x03"),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    der = cert.public_bytes(serialization.Encoding.DER)
+    decoded = decode_certificate(der, 0)
+    assert (decoded.is_ca, decoded.path_length) == (False, 3)
+    assert decoded.extensions == _decode_with_pyasn1(der).extensions
