@@ -229,22 +229,51 @@ _BOOT_STATES = frozenset(int(state) for state in VerifiedBootState)
 
 
 def _authorization_list(data: bytes, start: int, stop: int) -> AuthorizationList:
+    """The entries' headers are read inline for the forms every KeyMint list uses (a tag
+    number in one to three octets, a short length; an INTEGER inside): through ``_tlv``
+    and ``_value`` this loop was most of the decoding. Any other form takes that way."""
     values: dict[str, Any] = {}
     unknown: list[int] = []
     pos = start
-    while pos < stop:
-        first, number, e_start, e_stop = _tlv(data, pos, stop)
-        if first & 0xE0 != 0xA0:  # context-specific, constructed: [n] EXPLICIT
-            raise NotRecognised
-        known = _TAGS.get(number)
-        if known is None:
-            unknown.append(number)
-        else:
-            name, kind = known
-            if name in values:
-                raise NotRecognised  # duplicate: pyasn1's path rejects it with its code
-            values[name] = _value(kind, data, e_start, e_stop)
-        pos = e_stop
+    tags = _TAGS
+    try:
+        while pos < stop:
+            first = data[pos]
+            number = first & 0x1F
+            head = pos + 1
+            if number == 0x1F:  # a tag number of 31 or more, in base 128 (X.690 8.1.2.4)
+                octet = data[head]
+                if 0x1F <= octet < 0x80:
+                    number, head = octet, head + 1
+                elif octet > 0x80 and data[head + 1] < 0x80:
+                    number, head = ((octet & 0x7F) << 7) | data[head + 1], head + 2
+                else:
+                    head = 0  # not minimal, or longer: the general reader decides
+            length = data[head] if head else 0x80
+            if length < 0x80:
+                e_start = head + 1
+                e_stop = e_start + length
+                if e_stop > stop:
+                    raise NotRecognised
+            else:
+                first, number, e_start, e_stop = _tlv(data, pos, stop)
+            if first & 0xE0 != 0xA0:  # context-specific, constructed: [n] EXPLICIT
+                raise NotRecognised
+            known = tags.get(number)
+            if known is None:
+                unknown.append(number)
+            else:
+                name, kind = known
+                if name in values:
+                    raise NotRecognised  # duplicate: pyasn1's path rejects it with its code
+                inner = data[e_start + 1]
+                if kind == "int" and data[e_start] == _INTEGER and inner < 0x80 and inner == e_stop - e_start - 2:
+                    values[name] = _integer(data, e_start + 2, e_stop)  # one short INTEGER
+                else:
+                    values[name] = _value(kind, data, e_start, e_stop)
+            pos = e_stop
+    except IndexError:  # a header running past the data
+        raise NotRecognised from None
     return _authorization(values, unknown)
 
 

@@ -71,13 +71,6 @@ def _has_serial_number(name: x509.Name) -> bool:
     return bool(name.get_attributes_for_oid(NameOID.SERIAL_NUMBER))
 
 
-def _is_droid_ca2(name: x509.Name) -> bool:
-    try:
-        return name.rfc4514_string() == DROID_CA2
-    except ValueError:
-        return False
-
-
 def classify(
     certs: Sequence[ChainCertificate], anchor: TrustAnchor, anchor_spki: bytes
 ) -> Classification:
@@ -89,8 +82,9 @@ def classify(
     # The leaf's subject is chosen by the app (setCertificateSubject): never evidence.
     # Only the certificate under the root is read, and those are plain DER in every chain
     # we know; one pyca can't read is simply neither factory nor Droid CA2 (fail closed).
-    subject = certs[under_root].subject_name if under_root > 0 else None
-    if subject is not None and _is_droid_ca2(subject):
+    cert = certs[under_root] if under_root > 0 else None
+    subject = cert.subject_name if cert is not None else None
+    if cert is not None and cert.subject_rfc4514 == DROID_CA2:
         return Classification(rkp, ProvisioningRule.DROID_CA2_UNDER_ROOT)
     if any(c.has_provisioning_info for c in certs):
         return Classification(rkp, ProvisioningRule.PROVISIONING_INFO)

@@ -53,6 +53,8 @@ SYNTHETIC = {
     "unverified_boot": default_key_description(verified_boot_state=VerifiedBootState.UNVERIFIED),
     "negative_origin": default_key_description(origin=-5),
     "big_integer": default_key_description(os_patch_level=2**70),
+    # an INTEGER with a long-form length inside a tag: not the inline one-octet-length read
+    "huge_integer": default_key_description(os_patch_level=2**1030),
     "unknown_tag": default_key_description(unknown_hardware={900: bytes.fromhex("bf870403020101")}),
     "version_500": default_key_description(attestation_version=500),
     "no_curve": default_key_description(ec_curve=None),
@@ -160,3 +162,24 @@ def _with_hardware_element(raw: bytes, extra: bytes) -> bytes:
         kd["hardwareEnforced"].append(univ.Any(bytes(element)))
         pos = len(extra) - len(rest)
     return bytes(encoder.encode(kd))
+
+
+def test_fastkd_a_three_octet_tag_number_takes_the_general_reader() -> None:
+    # [20000] (base 128: 81 9c 20), beyond the two octets read inline: an unknown tag
+    raw = _with_hardware_element(default_key_description(), bytes.fromhex("bf819c2003020105"))
+    fast = read_key_description(raw)
+    assert fast.hardware_enforced.unknown_tags == (20000,)
+    assert fast == parse_key_description(raw)
+
+
+@pytest.mark.parametrize(
+    "element",
+    [
+        "bf0503020105",  # [5] in the long form, which DER keeps for numbers of 31 and more
+        "bf80864203020105",  # a tag number with a leading zero septet (0x80)
+    ],
+)
+def test_fastkd_a_tag_number_not_in_its_minimal_form_is_not_recognised(element: str) -> None:
+    raw = _with_hardware_element(default_key_description(), bytes.fromhex(element))
+    with pytest.raises(NotRecognised):
+        read_key_description(raw)
