@@ -9,6 +9,7 @@ is hashed and compared with every configured digest in constant time.
 from __future__ import annotations
 
 import hashlib
+import logging
 import hmac
 import secrets
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from attester.storage.admin import AdminStore, InstanceMissing, TransitionRefuse
 from attester.storage.status_entries import StatusEntries
 from keys.certs import chain_expiry
 from keys.store import KeyStore
+
+log = logging.getLogger("attester")
 
 ACTIONS = ("revoke", "suspend", "reinstate")
 REASON_MAX = 500  # characters of an operator's reason kept in the audit record
@@ -84,6 +87,47 @@ def app_json(service: AttesterService, client_id: str) -> dict[str, Any]:
     return body
 
 
+def apply_registry(
+    service: AttesterService, config: Path | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read the app registry from ``config`` and swap it into ``service``: (before, after).
+
+    ``registry_invalid`` (nothing swapped) when it does not load or breaks a platform's rule.
+    """
+    before = registry_json(service.settings)
+    try:
+        updated = reload_registry(service.settings, load_settings(config))
+        swaps = []
+        for platform in service.platforms.values():
+            validate = getattr(platform, "validate_settings", None)
+            if validate is not None:
+                validate(updated)
+            # per-app components (Play Integrity decoders, receipt exchangers) are
+            # rebuilt for the new registry before anything is swapped
+            prepare = getattr(platform, "with_registry", None)
+            if prepare is not None:
+                swaps.append(prepare(updated))
+    except ConfigError as exc:
+        # the message names the field; it is the operator's own file
+        raise ProblemError(
+            "registry_invalid", "the app registry is invalid", errors=str(exc).splitlines()
+        ) from None
+    # platforms read the registry from their settings too: swap them all together
+    service.settings = updated
+    for platform in service.platforms.values():
+        if hasattr(platform, "settings"):
+            platform.settings = updated
+    for apply in swaps:
+        apply()
+    return before, registry_json(updated)
+
+
+def follow_registry(service: AttesterService) -> None:
+    """Apply a reload another process of this replica published (registry_sync.py)."""
+    if service.registry is not None and service.registry.due():
+        service.registry.follow(lambda: apply_registry(service, type(service.settings).toml_path))
+
+
 @dataclass
 class Admin:
     service: AttesterService
@@ -131,37 +175,21 @@ class Admin:
         return [app_json(self.service, a.client_id) for a in self.service.settings.apps]
 
     def reload_apps(self, *, actor: str, config: Path | None) -> dict[str, Any]:
-        """Re-read the app registry from the configuration file (this replica only)."""
-        before = registry_json(self.service.settings)
-        try:
-            updated = reload_registry(self.service.settings, load_settings(config))
-            swaps = []
-            for platform in self.service.platforms.values():
-                validate = getattr(platform, "validate_settings", None)
-                if validate is not None:
-                    validate(updated)
-                # per-app components (Play Integrity decoders, receipt exchangers) are
-                # rebuilt for the new registry before anything is swapped
-                prepare = getattr(platform, "with_registry", None)
-                if prepare is not None:
-                    swaps.append(prepare(updated))
-        except ConfigError as exc:
-            # the message names the field; it is the operator's own file
-            raise ProblemError(
-                "registry_invalid", "the app registry is invalid", errors=str(exc).splitlines()
-            ) from None
-        # platforms read the registry from their settings too: swap them all together
-        self.service.settings = updated
-        for platform in self.service.platforms.values():
-            if hasattr(platform, "settings"):
-                platform.settings = updated
-        for apply in swaps:
-            apply()
-        after = registry_json(updated)
+        """Re-read the app registry from the configuration file, in every process of this
+        replica (attester/registry_sync.py: the others follow within about a second)."""
+        before, after = apply_registry(self.service, config)
         # the whole registry before and after: a policy change shows, not only app ids
         self.store.audit(
             actor=actor, action="apps.reload", now=self.service.clock(), before=before, after=after
         )
+        if self.service.registry is not None:
+            try:
+                self.service.registry.published()
+            except OSError:  # applied here and audited: say the others did not hear of it
+                log.exception(
+                    "the app registry was reloaded in this process only: its reload marker "
+                    "could not be written, so the other processes of this replica keep theirs"
+                )
         return {"apps": sorted(after["apps"])}
 
     def keys(self) -> list[dict[str, Any]]:

@@ -282,6 +282,24 @@ def _install_error_handlers(app: FastAPI) -> None:
         return problem_response(ProblemError("internal_error", "internal error", status=500))
 
 
+class FollowRegistry:
+    """Pure ASGI middleware: before a request, apply an app registry reload another process
+    of this replica published (attester/registry_sync.py; a stat at most once a second,
+    the re-read in a thread when there is one)."""
+
+    def __init__(self, app: ASGIApp, *, service: AttesterService) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        registry = self.service.registry
+        if scope["type"] == "http" and registry is not None and registry.due():
+            from attester.admin import follow_registry
+
+            await run_in_threadpool(follow_registry, self.service)
+        await self.app(scope, receive, send)
+
+
 def _admin_router(service: AttesterService) -> APIRouter:
     from attester.admin import Admin
     from attester.admin_routes import build_admin_router
@@ -301,6 +319,7 @@ def create_admin_app(service: AttesterService) -> FastAPI:
     app.state.service = service
     app.include_router(_admin_router(service))
     _install_error_handlers(app)
+    app.add_middleware(FollowRegistry, service=service)
     app.add_middleware(RequestContext, max_body=service.settings.max_body_bytes)
     return app
 
@@ -384,6 +403,7 @@ def create_app(
             ProblemError("method_not_allowed", "method not allowed on this resource", status=405)
         ),
     )
+    app.add_middleware(FollowRegistry, service=service)
     app.add_middleware(
         RequestContext,
         max_body=settings.max_body_bytes,

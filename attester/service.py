@@ -38,6 +38,8 @@ from attester.storage import (
     Store,
     create_store,
 )
+from attester.registry_sync import MARKER as REGISTRY_MARKER
+from attester.registry_sync import RegistryFollower
 from attester.storage.admin import AdminStore
 from attester.storage.group_commit import storage_outage
 from attester.storage.purge import PurgeCutoffs, purge
@@ -67,6 +69,8 @@ class AttesterService:
     status_lists: StatusLists
     metrics: Metrics
     rate_limits: RateLimits
+    # publishes this process's registry reloads and follows the others' (registry_sync.py)
+    registry: RegistryFollower | None = None
 
     # -- challenge -------------------------------------------------------------------
     def new_challenge(self) -> dict[str, Any]:
@@ -520,6 +524,7 @@ def build_service(
         rate_limits=build_rate_limits(
             settings, engine=store.engine, clock=lambda: clock().timestamp(), metrics=metrics
         ),
+        registry=RegistryFollower(settings.data_dir / REGISTRY_MARKER),
     )
     metrics.add_live(lambda: service_gauges(service))
     return service
