@@ -150,26 +150,66 @@ class Admin:
     def change_status(
         self, instance_id: str, action: str, *, actor: str, reason: str
     ) -> dict[str, Any]:
-        """Revoke, suspend or reinstate an instance and flip its JWTs' status-list entries."""
+        """Revoke, suspend or reinstate an instance and flip its JWTs' status-list entries.
+
+        A refusal is audited too (``instance.<action>.refused``, the problem code in
+        ``after``): who tried what on which instance shows, not only what was done.
+        """
         if action not in ACTIONS:
             raise ProblemError("invalid_request", "unknown action")
         # the API validates this too; the CLI comes through here only
         if not 1 <= len(reason) <= REASON_MAX or any(ord(c) < 0x20 or ord(c) == 0x7F for c in reason):
-            raise ProblemError("invalid_request", f"the reason must be 1 to {REASON_MAX} printable characters")
+            problem = ProblemError(
+                "invalid_request", f"the reason must be 1 to {REASON_MAX} printable characters"
+            )
+            self._refused(f"instance.{action}", problem, actor=actor, target=instance_id)
+            raise problem
         try:
             record, lists = self.store.change_status(
                 instance_id, action, actor=actor, reason=reason, now=self.service.clock()
             )
         except InstanceMissing:
-            raise ProblemError("instance_not_found", "no instance has this id") from None
+            problem = ProblemError("instance_not_found", "no instance has this id")
         except TransitionRefused as exc:
-            raise ProblemError(
+            problem = ProblemError(
                 "instance_status_conflict",
                 "the action does not apply to the instance's status",
                 instance_status=exc.status,
-            ) from None
-        self.service.status_lists.invalidate(lists)
-        return instance_json(record)
+            )
+        else:
+            self.service.status_lists.invalidate(lists)
+            return instance_json(record)
+        self._refused(
+            f"instance.{action}", problem, actor=actor, target=instance_id, reason=reason
+        )
+        raise problem
+
+    def _refused(
+        self,
+        action: str,
+        problem: ProblemError,
+        *,
+        actor: str,
+        target: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """Audit a refused action (``<action>.refused``): its problem code and details.
+
+        The refusal is answered whether or not its record could be written (the database
+        may be what refused); a record that could not be written is logged instead.
+        """
+        after = {"code": problem.code, **problem.extra}
+        try:
+            self.store.audit(
+                actor=actor,
+                action=f"{action}.refused",
+                now=self.service.clock(),
+                target=target[:255] if target is not None else None,
+                reason=reason,
+                after=after,
+            )
+        except Exception:
+            log.exception("a refused admin action could not be audited: %s by %s", action, actor)
 
     def apps(self) -> list[dict[str, Any]]:
         return [app_json(self.service, a.client_id) for a in self.service.settings.apps]
@@ -177,7 +217,11 @@ class Admin:
     def reload_apps(self, *, actor: str, config: Path | None) -> dict[str, Any]:
         """Re-read the app registry from the configuration file, in every process of this
         replica (attester/registry_sync.py: the others follow within about a second)."""
-        before, after = apply_registry(self.service, config)
+        try:
+            before, after = apply_registry(self.service, config)
+        except ProblemError as problem:
+            self._refused("apps.reload", problem, actor=actor)
+            raise
         # the whole registry before and after: a policy change shows, not only app ids
         self.store.audit(
             actor=actor, action="apps.reload", now=self.service.clock(), before=before, after=after

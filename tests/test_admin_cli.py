@@ -61,7 +61,10 @@ def test_cli_instances_list_show_revoke_audited(tmp_path: Path) -> None:
     store = create_store(f"sqlite:///{(data / 'attester.db').resolve()}")
     audit = AdminStore(store.engine).audit_records(target=instance_id)
     store.dispose()
-    assert audit[0].action == "instance.revoke" and audit[0].actor.startswith("cli:")
+    refused, done = audit[:2]  # newest first: the refused reinstatement, then the revocation
+    assert done.action == "instance.revoke" and done.actor.startswith("cli:")
+    assert refused.action == "instance.reinstate.refused" and refused.actor == done.actor
+    assert refused.after == {"code": "instance_status_conflict", "instance_status": "revoked"}
 
 
 def test_cli_instances_revoke_needs_reason(tmp_path: Path) -> None:

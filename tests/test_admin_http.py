@@ -163,11 +163,15 @@ def test_admin_http_revoke_flips_status_and_refuses_renewal(stack: Admin) -> Non
     assert _status_of(stack, first) == 1 and _status_of(stack, second) == 1
     _problem(stack.device.renew(), 403, "instance_revoked")
     _problem(stack.admin.post(f"/instances/{instance_id}/reinstate", json={"reason": "x"}), 409, "instance_status_conflict")
-    audit = stack.admin.get("/audit", params={"target": instance_id}).json()["audit"]
-    assert audit[0]["actor"] == "ops" and audit[0]["action"] == "instance.revoke"
-    assert audit[0]["reason"] == "stolen device"
-    assert audit[0]["before"] == {"status": "active"}
-    assert audit[0]["after"] == {"status": "revoked", "status_entries_changed": 2}
+    refused, audit = stack.admin.get("/audit", params={"target": instance_id}).json()["audit"]
+    assert audit["actor"] == "ops" and audit["action"] == "instance.revoke"
+    assert audit["reason"] == "stolen device"
+    assert audit["before"] == {"status": "active"}
+    assert audit["after"] == {"status": "revoked", "status_entries_changed": 2}
+    # the refused reinstatement is on record too, newest first, with its problem code
+    assert refused["actor"] == "ops" and refused["action"] == "instance.reinstate.refused"
+    assert refused["reason"] == "x" and refused["before"] is None
+    assert refused["after"] == {"code": "instance_status_conflict", "instance_status": "revoked"}
 
 
 def test_admin_http_suspend_then_reinstate(stack: Admin) -> None:
@@ -187,6 +191,12 @@ def test_admin_http_status_change_needs_reason(stack: Admin) -> None:
         _problem(stack.admin.post(f"/instances/{instance_id}/revoke", json=body), 422, "invalid_request")
     _problem(stack.admin.post(f"/instances/{instance_id}/delete", json={"reason": "x"}), 422, "invalid_request")
     _problem(stack.admin.post("/instances/nope/revoke", json={"reason": "x"}), 404, "instance_not_found")
+    # the refusal on an unknown instance is audited; the requests the API refused before
+    # reaching the action (an invalid body or action) are not actions and are not
+    audit = stack.admin.get("/audit").json()["audit"]
+    assert [(a["action"], a["target"], a["after"]) for a in audit] == [
+        ("instance.revoke.refused", "nope", {"code": "instance_not_found"})
+    ]
 
 
 def test_admin_http_status_list_etag_not_modified(stack: Admin) -> None:
@@ -232,6 +242,9 @@ def test_admin_http_reload_invalid_registry_refused(stack: Admin) -> None:
     _problem(response, 422, "registry_invalid")
     assert any("unknown_setting" in e for e in response.json()["errors"])
     assert [a["client_id"] for a in stack.admin.get("/apps").json()["apps"]] == [CLIENT_ID]
+    refused = stack.admin.get("/audit").json()["audit"][0]
+    assert refused["action"] == "apps.reload.refused" and refused["actor"] == "ops"
+    assert refused["after"] == {"code": "registry_invalid", "errors": response.json()["errors"]}
 
 
 def test_admin_http_keys_listed(stack: Admin) -> None:
