@@ -478,8 +478,18 @@ def test_a_write_waiting_for_a_connection_does_not_hold_the_writer_lock(tmp_path
     store.dispose()
 
 
-def test_in_memory_sqlite_keeps_its_own_pool() -> None:
-    for url in ("sqlite://", "sqlite:///file:mem1?mode=memory&uri=true"):
-        store = create_store(url, pool_size=3)
-        assert _register(store, 1).id
+def test_in_memory_sqlite_keeps_its_own_pool(tmp_path: Path) -> None:
+    import warnings
+
+    from sqlalchemy.pool import QueuePool, SingletonThreadPool
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # SQLAlchemy's own choice by URL warns (deprecated)
+        for url in ("sqlite://", "sqlite:///:memory:", "sqlite:///file:mem1?mode=memory&uri=true"):
+            store = create_store(url, pool_size=3)
+            assert isinstance(store.engine.pool, SingletonThreadPool)
+            assert _register(store, 1).id
+            store.dispose()
+        store = create_store(f"sqlite:///{tmp_path / 'file.db'}", pool_size=3)
+        assert isinstance(store.engine.pool, QueuePool) and store.engine.pool.size() == 3
         store.dispose()

@@ -32,7 +32,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
-from sqlalchemy.pool import QueuePool
+from sqlalchemy.engine import URL
+from sqlalchemy.pool import QueuePool, SingletonThreadPool
 
 from attester import cooperative
 from attester.storage.group_commit import GroupCommit, Unbatch, pool_exhausted
@@ -201,6 +202,14 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _in_memory_sqlite(url: URL) -> bool:
+    """An in-memory SQLite database, as SQLAlchemy's pysqlite dialect tells one (its own
+    choice of pool by the URL is deprecated: the pool class is named here instead)."""
+    if url.get_backend_name() != "sqlite":
+        return False
+    return not url.database or url.database == ":memory:" or url.query.get("mode") == "memory"
+
+
 def create_store(url: str, *, migrate: bool = True, pool_size: int = 16) -> Store:
     """Open the database at ``url`` and bring its schema up to date.
 
@@ -212,10 +221,11 @@ def create_store(url: str, *, migrate: bool = True, pool_size: int = 16) -> Stor
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     parsed = make_url(url)
-    pool_class = parsed.get_dialect().get_pool_class(parsed)  # in-memory SQLite: one per thread
-    kwargs: dict[str, Any] = {"poolclass": pool_class}
-    if issubclass(pool_class, QueuePool):
-        kwargs.update(pool_size=pool_size, max_overflow=0)
+    kwargs: dict[str, Any] = {}
+    if _in_memory_sqlite(parsed):  # (tests) the database lives in its connection: one per thread
+        kwargs["poolclass"] = SingletonThreadPool
+    else:
+        kwargs.update(poolclass=QueuePool, pool_size=pool_size, max_overflow=0)
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
     else:  # a server can drop idle connections (a local SQLite file cannot: no ping)
