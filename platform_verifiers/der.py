@@ -66,7 +66,7 @@ class CertificateParts(NamedTuple):
 _UNIQUE_IDS = (0x81, 0x82)
 _EXTENSIONS = 0xA3
 _BOOLEAN, _OCTET_STRING = 0x01, 0x04
-_TRUE = 0xFF  # DER's one encoding of TRUE; FALSE (the default) is never encoded in DER
+_CRITICAL = b"\x01\x01\xff"  # DER: TRUE is 0xFF, and FALSE (the default) is never encoded
 
 
 def certificate_parts(der: bytes) -> CertificateParts:
@@ -87,23 +87,30 @@ def certificate_parts(der: bytes) -> CertificateParts:
     spki = der[pos:spki_end]
     extensions: tuple[RawExtension, ...] = ()
     pos = spki_end
+    expected = (*_UNIQUE_IDS, _EXTENSIONS)  # each at most once, in this order
     while pos < tbs_end:
         start, end = _element(der, pos)
-        if der[pos] == _EXTENSIONS:
-            extensions = _extensions(der, start)
-        elif der[pos] not in _UNIQUE_IDS:
+        if der[pos] not in expected:
             raise ValueError("an unexpected element after the key")
+        expected = expected[expected.index(der[pos]) + 1 :]
+        if der[pos] == _EXTENSIONS:
+            extensions = _extensions(der, start, end)
         pos = end
     return CertificateParts(der[tbs_at:tbs_end], spki, extensions)
 
 
-def _extensions(der: bytes, pos: int) -> tuple[RawExtension, ...]:
-    """The Extensions SEQUENCE at ``pos``: each SEQUENCE {extnID, critical DEFAULT FALSE,
-    extnValue}. pyca's parser has checked each (an encoded FALSE, a BOOLEAN other than
-    0xFF, a missing extnValue all refuse the certificate); the tags are checked again."""
+def _extensions(der: bytes, pos: int, outer_end: int) -> tuple[RawExtension, ...]:
+    """The Extensions SEQUENCE at ``pos``, filling its ``[3]`` up to ``outer_end``: each
+    SEQUENCE {extnID, critical DEFAULT FALSE, extnValue}. pyca's parser has checked each (an
+    encoded FALSE, a BOOLEAN other than 0xFF, a missing extnValue all refuse the
+    certificate); what is interpreted here is checked again all the same, so that the walk
+    is strict DER on its own: anything else raises ``ValueError`` (the tolerant reader then
+    decides)."""
     if der[pos] != _SEQUENCE:
         raise ValueError("no Extensions")
     pos, end = _element(der, pos)
+    if end != outer_end:
+        raise ValueError("an unexpected element after the Extensions")
     out = []
     while pos < end:
         if der[pos] != _SEQUENCE:
@@ -115,8 +122,9 @@ def _extensions(der: bytes, pos: int) -> tuple[RawExtension, ...]:
         oid = dotted(der[oid_start:at])
         critical = False
         if der[at] == _BOOLEAN:
-            flag, at = _element(der, at)
-            critical = der[flag] == _TRUE
+            if der[at : at + 3] != _CRITICAL:
+                raise ValueError("a critical flag not in DER")  # FALSE encoded, or not 0xFF
+            critical, at = True, at + 3
         if der[at] != _OCTET_STRING:
             raise ValueError("no extnValue")
         value_start, value_end = _element(der, at)
@@ -127,28 +135,37 @@ def _extensions(der: bytes, pos: int) -> tuple[RawExtension, ...]:
     return tuple(out)
 
 
-# OID contents -> dotted form; certificates carry a few dozen OIDs, so it stays small
+# OID contents -> dotted form; real certificates carry a few dozen OIDs. Bounded by
+# emptying it when full: certificates are read before their signatures are checked, so
+# anyone may send new OIDs, and a memo that stopped learning once full would stay theirs
 _DOTTED: dict[bytes, str] = {}
+_DOTTED_MAX = 1024
 
 
 def dotted(contents: bytes) -> str:
-    """The dotted form of an OBJECT IDENTIFIER's contents (X.690 8.19)."""
+    """The dotted form of an OBJECT IDENTIFIER's contents (X.690 8.19); ``ValueError`` for
+    one truncated or with an arc not in its minimal form (a leading 0x80 octet)."""
     known = _DOTTED.get(contents)
     if known is not None:
         return known
     arcs: list[int] = []
     value = 0
+    start = True
     for byte in contents:
+        if start and byte == 0x80:
+            raise ValueError("an OBJECT IDENTIFIER arc not in its minimal form")
         value = (value << 7) | (byte & 0x7F)
-        if not byte & 0x80:
+        start = not byte & 0x80
+        if start:
             arcs.append(value)
             value = 0
-    if not arcs or contents[-1] & 0x80:
+    if not arcs or not start:
         raise ValueError("a truncated OBJECT IDENTIFIER")
     first = min(arcs[0] // 40, 2)
     text = ".".join(map(str, (first, arcs[0] - 40 * first, *arcs[1:])))
-    if len(_DOTTED) < 4096:  # never grow without bound on odd input
-        _DOTTED[contents] = text
+    if len(_DOTTED) >= _DOTTED_MAX:
+        _DOTTED.clear()
+    _DOTTED[contents] = text
     return text
 
 

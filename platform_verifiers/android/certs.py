@@ -204,7 +204,9 @@ def _basic_constraints(value: bytes) -> tuple[bool, int | None]:
     plain = basic_constraints_der(value)
     if plain is not None:
         return plain
-    bc, _ = ber_decoder.decode(value, asn1Spec=rfc5280.BasicConstraints())
+    bc, rest = ber_decoder.decode(value, asn1Spec=rfc5280.BasicConstraints())
+    if rest:  # something after it: not one BasicConstraints (keyUsage is read alike)
+        raise ValueError("data after the BasicConstraints")
     path = int(bc["pathLenConstraint"]) if bc["pathLenConstraint"].isValue else None
     return bool(bc["cA"]), path
 
@@ -284,6 +286,9 @@ def _decode_with_pyasn1(der: bytes) -> ChainCertificate:
 
 def _decode_with_pyca(der: bytes) -> ChainCertificate:
     cert = x509.load_der_x509_certificate(der)
+    if cert.version is not x509.Version.v3:
+        # as the tolerant reader: only v3 carries extensions (it refuses the certificate)
+        raise ValueError("not an X.509 v3 certificate")
     # the extensions as sent, not through cert.extensions (der.py says why): pyca's loading
     # has checked the list's encoding; the few values read here are read by our own schema
     # (the tolerant reader's), and check_extensions refuses duplicates, as pyca would

@@ -145,6 +145,15 @@ _TBS_HEAD = _Tbs()
         (_TBS_HEAD + b"\xa3\x06\x30\x04\x30\x02\x04\x00", "no extnID"),
         (_TBS_HEAD + b"\xa3\x09\x30\x07\x30\x05\x06\x01\x2a\x02\x00", "no extnValue"),
         (_TBS_HEAD + b"\xa3\x0b\x30\x09\x30\x07\x06\x01\x2a\x04\x00\x05\x00", "an unexpected element in an Extension"),
+        # strict on its own, not only because pyca refused these before (its loading does)
+        (_TBS_HEAD + b"\xa3\x0c\x30\x0a\x30\x08\x06\x01\x2a\x01\x01\x01\x04\x00", "a critical flag not in DER"),
+        (_TBS_HEAD + b"\xa3\x0c\x30\x0a\x30\x08\x06\x01\x2a\x01\x01\x00\x04\x00", "a critical flag not in DER"),
+        (_TBS_HEAD + b"\xa3\x0b\x30\x09\x30\x07\x06\x01\x2a\x01\x00\x04\x00", "a critical flag not in DER"),
+        (_TBS_HEAD + b"\xa3\x0a\x30\x07\x30\x05\x06\x01\x2a\x04\x00\x00", "an unexpected element after the Extensions"),
+        (_TBS_HEAD + b"\x82\x01\x00\x81\x01\x00", "an unexpected element after the key"),
+        (_TBS_HEAD + b"\x81\x01\x00\x81\x01\x00", "an unexpected element after the key"),
+        (_TBS_HEAD + b"\xa3\x02\x30\x00\xa3\x02\x30\x00", "an unexpected element after the key"),
+        (_TBS_HEAD + b"\xa3\x09\x30\x07\x30\x05\x06\x03\x80\x2a\x03\x04\x00", "minimal form"),
     ],
 )
 def test_elements_out_of_place_are_refused(der: bytes, why: str) -> None:
@@ -265,10 +274,36 @@ def test_object_identifiers_in_dotted_form(contents: str, text: str) -> None:
     assert x509.ObjectIdentifier(text).dotted_string == text
 
 
-@pytest.mark.parametrize("contents", ["", "2a86"])
-def test_a_truncated_object_identifier_is_refused(contents: str) -> None:
-    with pytest.raises(ValueError, match="truncated"):
+@pytest.mark.parametrize(("contents", "why"), [("", "truncated"), ("2a86", "truncated"), ("551d8013", "minimal"), ("80551d13", "minimal")])
+def test_an_object_identifier_not_in_der_is_refused(contents: str, why: str) -> None:
+    with pytest.raises(ValueError, match=why):
         dotted(bytes.fromhex(contents))
+
+
+def test_the_object_identifier_memo_stays_bounded_and_keeps_learning() -> None:
+    from platform_verifiers import der
+
+    for n in range(128, 128 + der._DOTTED_MAX * 2 + 5):
+        dotted(bytes([0x2A, 0x80 | (n >> 7), n & 0x7F]))  # 1.2.<n>, a new OID each (n >= 128)
+    assert 0 < len(der._DOTTED) <= der._DOTTED_MAX
+    assert dotted(bytes.fromhex("551d13")) == "2.5.29.19"
+    assert bytes.fromhex("551d13") in der._DOTTED  # learnt again after it was emptied
+
+
+def test_a_v1_certificate_with_extensions_is_malformed() -> None:
+    """Only v3 carries extensions: the pyasn1 reader refused a v1 one, and pyca's path now
+    does too (pyca loads it, and the extension walk would have read them)."""
+    from platform_verifiers.errors import VerificationError
+
+    leaf = make_chain(challenge=b"c").chain[0]
+    tbs, algorithm, signature = _children(leaf)
+    fields = _children(tbs)
+    assert fields[0][0] == 0xA0  # the [0] version: without it the certificate is v1
+    v1 = _der(0x30, _der(0x30, b"".join(fields[1:])) + algorithm + signature)
+    assert x509.load_der_x509_certificate(v1).version is x509.Version.v1
+    with pytest.raises(VerificationError) as refused:
+        decode_certificate(v1, 0)
+    assert refused.value.code == "certificate_malformed"
 
 
 @pytest.mark.parametrize(
@@ -286,6 +321,7 @@ def test_a_truncated_object_identifier_is_refused(contents: str) -> None:
         ("30060101ff0201ff", None),  # a negative path length
         ("30070101ff02020001", None),  # not minimal
         ("30050101ff0400", None),  # something else after cA
+        ("30030101ff00", None),  # data after the SEQUENCE
         ("3181 00", None),
         ("3004 0101ff", None),  # a length that does not fit
     ],
@@ -326,3 +362,33 @@ def test_a_basic_constraints_in_ber_is_read_by_the_schema() -> None:
     decoded = decode_certificate(der, 0)
     assert (decoded.is_ca, decoded.path_length) == (False, 3)
     assert decoded.extensions == _decode_with_pyasn1(der).extensions
+
+
+def test_a_basic_constraints_with_data_after_it_is_malformed() -> None:
+    """Read by pyasn1 (not plain DER), which decodes the SEQUENCE and leaves the rest: the
+    rest is refused, as keyUsage's is, instead of ignored."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtensionOID, NameOID
+
+    from platform_verifiers.android.certs import _basic_constraints
+    from platform_verifiers.errors import VerificationError
+
+    with pytest.raises(ValueError, match="after the BasicConstraints"):
+        _basic_constraints(bytes.fromhex("30030101ff0000"))
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tail")])
+    der = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(8)
+        .not_valid_before(datetime(2020, 1, 1)).not_valid_after(datetime(2030, 1, 1))
+        .add_extension(
+            x509.UnrecognizedExtension(ExtensionOID.BASIC_CONSTRAINTS, bytes.fromhex("30030101ff0000")),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.DER)
+    )
+    with pytest.raises(VerificationError) as refused:
+        decode_certificate(der, 0)
+    assert refused.value.code == "certificate_malformed"
