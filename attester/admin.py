@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from attester.errors import ProblemError
+from attester.registry_sync import Prepared, digest, registry_json, reload_registry
 from attester.service import AttesterService
 from attester.settings import AdminToken, ConfigError, Settings, load_settings
 from attester.storage import InstanceRecord
@@ -87,13 +88,12 @@ def app_json(service: AttesterService, client_id: str) -> dict[str, Any]:
     return body
 
 
-def apply_registry(
+def prepare_registry(
     service: AttesterService, config: Path | None
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Read the app registry from ``config`` and swap it into ``service``: (before, after).
-
-    ``registry_invalid`` (nothing swapped) when it does not load or breaks a platform's rule.
-    """
+) -> tuple[dict[str, Any], dict[str, Any], Prepared]:
+    """Read the app registry from ``config`` and check it: (before, after, its swap into
+    ``service``, not yet done). ``registry_invalid`` when it does not load or breaks a
+    platform's rule."""
     before = registry_json(service.settings)
     try:
         updated = reload_registry(service.settings, load_settings(config))
@@ -110,22 +110,27 @@ def apply_registry(
     except ConfigError as exc:
         # the message names the field; it is the operator's own file
         raise ProblemError(
-            "registry_invalid", "the app registry is invalid", errors=str(exc).splitlines()
+            "registry_invalid", "the app registry is invalid", errors=str(exc).splitlines()[:50]
         ) from None
-    # platforms read the registry from their settings too: swap them all together
-    service.settings = updated
-    for platform in service.platforms.values():
-        if hasattr(platform, "settings"):
-            platform.settings = updated
-    for apply in swaps:
-        apply()
-    return before, registry_json(updated)
+
+    def apply() -> None:
+        # platforms read the registry from their settings too: swap them all together
+        service.settings = updated
+        for platform in service.platforms.values():
+            if hasattr(platform, "settings"):
+                platform.settings = updated
+        for swap in swaps:
+            swap()
+
+    after = registry_json(updated)
+    return before, after, Prepared(digest(after), apply)
 
 
 def follow_registry(service: AttesterService) -> None:
     """Apply a reload another process of this replica published (registry_sync.py)."""
-    if service.registry is not None and service.registry.due():
-        service.registry.follow(lambda: apply_registry(service, type(service.settings).toml_path))
+    if service.registry is not None:
+        config = type(service.settings).toml_path
+        service.registry.follow(lambda: prepare_registry(service, config)[2])
 
 
 @dataclass
@@ -159,11 +164,9 @@ class Admin:
             raise ProblemError("invalid_request", "unknown action")
         # the API validates this too; the CLI comes through here only
         if not 1 <= len(reason) <= REASON_MAX or any(ord(c) < 0x20 or ord(c) == 0x7F for c in reason):
-            problem = ProblemError(
+            raise ProblemError(
                 "invalid_request", f"the reason must be 1 to {REASON_MAX} printable characters"
             )
-            self._refused(f"instance.{action}", problem, actor=actor, target=instance_id)
-            raise problem
         try:
             record, lists = self.store.change_status(
                 instance_id, action, actor=actor, reason=reason, now=self.service.clock()
@@ -216,25 +219,41 @@ class Admin:
 
     def reload_apps(self, *, actor: str, config: Path | None) -> dict[str, Any]:
         """Re-read the app registry from the configuration file, in every process of this
-        replica (attester/registry_sync.py: the others follow within about a second)."""
+        replica (attester/registry_sync.py: published first, the others follow within
+        about a second). ``registry_unpublished`` (503, nothing changed) if the data
+        directory refuses the publication."""
+        registry = self.service.registry
         try:
-            before, after = apply_registry(self.service, config)
-        except ProblemError as problem:
+            if registry is None:
+                before, after, prepared = self._prepared(config, actor)
+                prepared.apply()
+            else:
+                with registry.reloading() as publish:  # other reloads wait, in any process
+                    before, after, prepared = self._prepared(config, actor)
+                    publish(prepared)
+        except OSError:
+            log.exception("the app registry reload could not be published")
+            problem = ProblemError(
+                "registry_unpublished",
+                "the reload could not be published to this replica's processes; nothing changed",
+                status=503,
+            )
             self._refused("apps.reload", problem, actor=actor)
-            raise
+            raise problem from None
         # the whole registry before and after: a policy change shows, not only app ids
         self.store.audit(
             actor=actor, action="apps.reload", now=self.service.clock(), before=before, after=after
         )
-        if self.service.registry is not None:
-            try:
-                self.service.registry.published()
-            except OSError:  # applied here and audited: say the others did not hear of it
-                log.exception(
-                    "the app registry was reloaded in this process only: its reload marker "
-                    "could not be written, so the other processes of this replica keep theirs"
-                )
         return {"apps": sorted(after["apps"])}
+
+    def _prepared(
+        self, config: Path | None, actor: str
+    ) -> tuple[dict[str, Any], dict[str, Any], Prepared]:
+        try:
+            return prepare_registry(self.service, config)
+        except ProblemError as problem:
+            self._refused("apps.reload", problem, actor=actor)
+            raise
 
     def keys(self) -> list[dict[str, Any]]:
         self.service.key_store.reload()
@@ -273,12 +292,3 @@ def key_statuses_json(key_store: KeyStore, now: datetime) -> list[dict[str, Any]
         )
     return rows
 
-
-def registry_json(settings: Settings) -> dict[str, Any]:
-    """The app registry as the audit trail records it: every app's configured policy."""
-    return {"apps": {a.client_id: a.model_dump(mode="json") for a in settings.apps}}
-
-
-def reload_registry(current: Settings, fresh: Settings) -> Settings:
-    """``current`` with the app registry of ``fresh``; nothing else changes without a restart."""
-    return current.model_copy(update={"apps": fresh.apps})

@@ -39,7 +39,11 @@ CHANGE: Responses = {
     409: {"description": "instance_status_conflict", **_PROBLEM},
     422: {"description": "invalid_request", **_PROBLEM},
 }
-RELOAD: Responses = {**AUTH, 422: {"description": "registry_invalid", **_PROBLEM}}
+RELOAD: Responses = {
+    **AUTH,
+    422: {"description": "registry_invalid", **_PROBLEM},
+    503: {"description": "registry_unpublished", **_PROBLEM},
+}
 
 
 # no control characters (PostgreSQL refuses NUL in text: that would be a 500, not a 4xx)

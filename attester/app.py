@@ -284,8 +284,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 class FollowRegistry:
     """Pure ASGI middleware: before a request, apply an app registry reload another process
-    of this replica published (attester/registry_sync.py; a stat at most once a second,
-    the re-read in a thread when there is one)."""
+    of this replica published (attester/registry_sync.py): one request a second reads the
+    marker, in a thread, and re-reads the configuration when it names another registry."""
 
     def __init__(self, app: ASGIApp, *, service: AttesterService) -> None:
         self.app = app
@@ -293,7 +293,7 @@ class FollowRegistry:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         registry = self.service.registry
-        if scope["type"] == "http" and registry is not None and registry.due():
+        if scope["type"] == "http" and registry is not None and registry.claim():
             from attester.admin import follow_registry
 
             await run_in_threadpool(follow_registry, self.service)

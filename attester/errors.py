@@ -45,6 +45,7 @@ STATUS: dict[str, int] = {
     # admin API
     "admin_unauthorized": 401,
     "registry_invalid": 422,
+    "registry_unpublished": 503,
     "registration_too_old": 403,
     # platform verdicts
     "policy_violation": 403,

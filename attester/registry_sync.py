@@ -5,89 +5,177 @@ the admin API shares the public port, the parent (which serves no traffic) when 
 port of its own. Each process holds its own registry, so before this the others kept the
 one they started with until a restart.
 
-The process that reloads now publishes it: it replaces a marker file in the data directory
-(:data:`MARKER`, written to a temporary name and renamed over the old one, so each
-publication is a new file). Every process serving requests looks at the marker at most
-once a second (one ``stat``, on a request; as :meth:`keys.store.KeyStore.reload` does for
-``keys.json``) and, when it changed, reads the registry from the configuration file again
-and applies it the way the reload did (its checks included). So within about a second of
-a reload every process of the replica uses the new registry; other replicas have their
-own data directory and their own reload (RUNBOOK.md).
+The process that reloads publishes what it reloaded: before applying it, it replaces a
+marker file in the data directory (:data:`MARKER`: a temporary file renamed over the old
+one) holding the SHA-256 of the registry it read and checked (:func:`digest`). Reloads are
+serialised across processes by a lock file next to the marker, from reading the file to
+publishing, so the marker always names the newest reload. Every process serving requests
+reads the marker at most once a second (one request claims the look; the read, and any
+re-read of the configuration, in a thread) and, when it names a registry other than its
+own, reads the configuration file, checks it as the reload did and applies it **only if it
+is the registry named**: a file edited since the reload is not applied unaudited (logged;
+reload again). A process that cannot follow (the file unreadable for a moment, or edited
+since) keeps its registry, logs it once per publication, and tries again at its next look.
+A process that starts while a reload is published compares the marker with the registry it
+started with, so it cannot miss it.
 
-A process whose re-read fails (the file was edited again since, into something invalid)
-keeps its registry and logs an error; the next successful reload reaches it.
+Other replicas follow only if they share the data directory (``deploy/compose.yaml``'s do);
+otherwise each has its own reload (RUNBOOK.md).
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import json
 import logging
 import os
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from attester.settings import Settings
 
 MARKER = "registry.reloaded"
 
 log = logging.getLogger("attester")
 
 
+def registry_json(settings: Settings) -> dict[str, Any]:
+    """The app registry as the audit trail records it: every app's configured policy."""
+    return {"apps": {a.client_id: a.model_dump(mode="json") for a in settings.apps}}
+
+
+def reload_registry(current: Settings, fresh: Settings) -> Settings:
+    """``current`` with the app registry of ``fresh``; nothing else changes without a restart."""
+    return current.model_copy(update={"apps": fresh.apps})
+
+
+def digest(registry: Mapping[str, Any]) -> str:
+    """SHA-256 of a registry's JSON (``admin.registry_json``), keys sorted."""
+    return hashlib.sha256(json.dumps(registry, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A registry read from the configuration and checked, not yet applied."""
+
+    digest: str
+    apply: Callable[[], None]
+
+
 class RegistryFollower:
-    """Publishes this process's reloads and tells whether another process published one."""
+    """Publishes this process's reloads and follows the other processes' ones."""
 
     def __init__(
-        self, path: Path, *, interval: float = 1.0, clock: Callable[[], float] = time.monotonic
+        self,
+        path: Path,
+        *,
+        current: str,
+        interval: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.path = path
         self._interval = interval
         self._clock = clock
-        self._lock = threading.Lock()
-        # what this process has applied: the registry it started with is the file's latest
-        self._seen = self._stamp()
-        self._checked_at = clock()
+        self._lock = threading.Lock()  # one reload or follow at a time in this process
+        self._applied = current  # the digest of the registry this process uses
+        self._checked_at = float("-inf")  # the first request looks: a reload may be newer
+        self._noted: str | None = None  # the publication a failure was logged for
 
-    def _stamp(self) -> tuple[int, int] | None:
+    @property
+    def applied(self) -> str:
+        return self._applied
+
+    @contextmanager
+    def reloading(self) -> Iterator[Callable[[Prepared], None]]:
+        """Around a reload: other reloads (any process) wait; ``publish(prepared)`` then
+        names the registry in the marker and applies it here.
+
+        Published before it is applied: if the marker cannot be written, the reload
+        raises ``OSError`` with nothing changed anywhere.
+        """
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        with self._lock, open(lock_path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+
+                def publish(prepared: Prepared) -> None:
+                    self._write(prepared.digest)
+                    prepared.apply()
+                    self._applied = prepared.digest
+
+                yield publish
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _write(self, registry_digest: str) -> None:
+        fd, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name + ".")
         try:
-            stat = os.stat(self.path)
+            with os.fdopen(fd, "w") as out:
+                json.dump({"digest": registry_digest}, out)
+            os.replace(temporary, self.path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+
+    def published(self) -> str | None:
+        """The digest the marker names (None: no reload published, or unreadable)."""
+        try:
+            value = json.loads(self.path.read_text()).get("digest")
         except FileNotFoundError:
             return None
-        return stat.st_ino, stat.st_mtime_ns  # a new file for every publication
+        except (OSError, ValueError, AttributeError):
+            log.exception("the app registry's reload marker %s cannot be read", self.path)
+            return None
+        return value if isinstance(value, str) else None
 
-    def published(self) -> None:
-        """This process reloaded: tell the others, and do not follow its own publication."""
+    def claim(self) -> bool:
+        """Whether this caller is to look at the marker now: at most once an interval, and
+        one caller (called on the event loop, where one request at a time runs)."""
+        now = self._clock()
+        if now - self._checked_at < self._interval:
+            return False
+        self._checked_at = now
+        return True
+
+    def follow(self, prepare: Callable[[], Prepared]) -> bool:
+        """Apply the registry the marker names, if it is not this process's: ``prepare()``
+        reads and checks the configuration; applied only if it is the registry named."""
         with self._lock:
-            temporary = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-            temporary.write_bytes(b"")
-            os.replace(temporary, self.path)
-            self._seen = self._stamp()
-
-    def due(self) -> bool:
-        """Whether a look at the marker is due (cheap: called on every request)."""
-        return self._clock() - self._checked_at >= self._interval
-
-    def follow(self, apply: Callable[[], None]) -> bool:
-        """``apply()`` if another process published a reload since this one last looked.
-
-        One caller at a time: concurrent requests that find a look due apply it once.
-        A failed ``apply`` is logged and not retried until the next publication.
-        """
-        with self._lock:
-            self._checked_at = self._clock()
+            wanted = self.published()
+            if wanted is None or wanted == self._applied:
+                return False
             try:
-                stamp = self._stamp()
-            except OSError:  # not readable (permissions): this process cannot follow
-                log.exception("the app registry's reload marker %s cannot be read", self.path)
+                prepared = prepare()
+            except Exception as exc:
+                self._note(wanted, "cannot be read or is invalid here: %s", _why(exc))
                 return False
-            if stamp == self._seen:
+            if prepared.digest != wanted:
+                self._note(wanted, "is not the configuration file's any more (edited since)%s", "")
                 return False
-            self._seen = stamp
-            try:
-                apply()
-            except Exception:
-                log.exception(
-                    "the app registry reloaded in another process could not be applied here; "
-                    "this process keeps its registry (fix the configuration and reload again)"
-                )
-                return False
+            prepared.apply()
+            self._applied = wanted
+            self._noted = None
             log.info("app registry reloaded, as published by another process")
             return True
+
+    def _note(self, wanted: str, why: str, detail: str) -> None:
+        if self._noted != wanted:  # once per publication; tried again at every look
+            self._noted = wanted
+            log.error(
+                "the app registry another process reloaded " + why + "; this process keeps "
+                "its registry and tries again (reload again once the file is right)",
+                detail,
+            )
+
+
+def _why(exc: Exception) -> str:
+    errors = getattr(exc, "extra", {}).get("errors")
+    return "; ".join(errors[:20]) if isinstance(errors, list) else type(exc).__name__

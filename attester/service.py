@@ -39,7 +39,8 @@ from attester.storage import (
     create_store,
 )
 from attester.registry_sync import MARKER as REGISTRY_MARKER
-from attester.registry_sync import RegistryFollower
+from attester.registry_sync import RegistryFollower, registry_json
+from attester.registry_sync import digest as registry_digest
 from attester.storage.admin import AdminStore
 from attester.storage.group_commit import storage_outage
 from attester.storage.purge import PurgeCutoffs, purge
@@ -524,7 +525,9 @@ def build_service(
         rate_limits=build_rate_limits(
             settings, engine=store.engine, clock=lambda: clock().timestamp(), metrics=metrics
         ),
-        registry=RegistryFollower(settings.data_dir / REGISTRY_MARKER),
+        registry=RegistryFollower(
+            settings.data_dir / REGISTRY_MARKER, current=registry_digest(registry_json(settings))
+        ),
     )
     metrics.add_live(lambda: service_gauges(service))
     return service

@@ -483,8 +483,11 @@ def test_in_memory_sqlite_keeps_its_own_pool(tmp_path: Path) -> None:
 
     from sqlalchemy.pool import QueuePool, SingletonThreadPool
 
+    from sqlalchemy.exc import SADeprecationWarning
+
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # SQLAlchemy's own choice by URL warns (deprecated)
+        # SQLAlchemy's own choice of pool by the URL warns that it is deprecated
+        warnings.simplefilter("error", SADeprecationWarning)
         for url in ("sqlite://", "sqlite:///:memory:", "sqlite:///file:mem1?mode=memory&uri=true"):
             store = create_store(url, pool_size=3)
             assert isinstance(store.engine.pool, SingletonThreadPool)

@@ -4,7 +4,9 @@ the follower alone, two services sharing a data directory in one process, and
 
 from __future__ import annotations
 
+import json
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 
 from attester.admin import new_token
 from attester.app import create_app
-from attester.registry_sync import MARKER, RegistryFollower
+from attester.registry_sync import MARKER, Prepared, RegistryFollower
 from attester.settings import load_settings
 from attester.workers import REUSE_PORT
 from tests.android.status_server import StatusServer
@@ -36,55 +38,116 @@ class Clock:
         return self.now
 
 
+def _prepared(name: str, applied: list[str]) -> Prepared:
+    return Prepared(name, lambda: applied.append(name))
+
+
 def test_a_publication_is_followed_once_by_the_others_and_not_by_itself(tmp_path: Path) -> None:
-    clock = Clock()
-    here, there = (RegistryFollower(tmp_path / MARKER, clock=clock) for _ in range(2))
+    here, there = (RegistryFollower(tmp_path / MARKER, current="old") for _ in range(2))
+    assert not there.follow(lambda: pytest.fail("nothing published: nothing to read"))
     applied: list[str] = []
-    here.published()
-    clock.now += 1.0
-    assert here.due() and there.due()
-    assert not here.follow(lambda: applied.append("here"))  # its own reload: nothing to do
-    assert there.follow(lambda: applied.append("there"))
-    assert not there.follow(lambda: applied.append("there again"))  # no new publication
-    there.published()
-    assert here.follow(lambda: applied.append("here"))
-    assert applied == ["there", "here"]
+    with here.reloading() as publish:
+        publish(_prepared("new", applied))
+    assert applied == ["new"] and here.applied == "new"
+    assert json.loads((tmp_path / MARKER).read_text()) == {"digest": "new"}
+    assert not here.follow(lambda: pytest.fail("its own reload: nothing to do"))
+    assert there.follow(lambda: _prepared("new", applied))
+    assert not there.follow(lambda: pytest.fail("followed already"))
+    assert applied == ["new", "new"] and there.applied == "new"
 
 
-def test_a_look_is_due_once_a_second(tmp_path: Path) -> None:
-    clock = Clock()
-    follower = RegistryFollower(tmp_path / MARKER, clock=clock)
-    assert not follower.due()
-    clock.now += 0.99
-    assert not follower.due()
-    clock.now += 0.01
-    assert follower.due()
-    follower.follow(lambda: None)
-    assert not follower.due()
+def test_a_file_edited_since_the_reload_is_not_applied(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    RegistryFollower(tmp_path / MARKER, current="old")._write("reloaded")
+    follower = RegistryFollower(tmp_path / MARKER, current="old")
+    applied: list[str] = []
+    with caplog.at_level(logging.ERROR, logger="attester"):
+        assert not follower.follow(lambda: _prepared("edited", applied))
+        assert not follower.follow(lambda: _prepared("edited", applied))  # tried again
+    assert applied == [] and follower.applied == "old"
+    assert caplog.text.count("edited since") == 1  # logged once per publication
+    # the operator fixes the file back: the next look applies it
+    assert follower.follow(lambda: _prepared("reloaded", applied))
+    assert applied == ["reloaded"]
 
 
-def test_a_process_started_after_a_reload_does_not_apply_it_again(tmp_path: Path) -> None:
-    RegistryFollower(tmp_path / MARKER).published()
-    late = RegistryFollower(tmp_path / MARKER, interval=0)  # read the registry at its start
-    assert not late.follow(lambda: pytest.fail("applied a reload it started with"))
+def test_a_failed_read_is_logged_with_its_errors_and_tried_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from attester.errors import ProblemError
 
+    RegistryFollower(tmp_path / MARKER, current="old")._write("new")
+    follower = RegistryFollower(tmp_path / MARKER, current="old")
 
-def test_a_failed_apply_is_logged_and_not_retried(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    follower = RegistryFollower(tmp_path / MARKER, interval=0)
-    RegistryFollower(tmp_path / MARKER).published()
-    tries: list[int] = []
-
-    def broken() -> None:
-        tries.append(1)
-        raise ValueError("registry_invalid")
+    def broken() -> Prepared:
+        raise ProblemError("registry_invalid", "the app registry is invalid", errors=["apps.0: bad"])
 
     with caplog.at_level(logging.ERROR, logger="attester"):
         assert not follower.follow(broken)
-    assert "keeps its registry" in caplog.text
-    assert not follower.follow(broken) and len(tries) == 1  # until the next publication
+    assert "apps.0: bad" in caplog.text and "keeps its registry" in caplog.text
+    applied: list[str] = []
+    assert follower.follow(lambda: _prepared("new", applied)) and applied == ["new"]
 
 
-def _config(tmp_path: Path, status_url: str, apps: list[str]) -> Path:
+def test_a_process_that_starts_on_an_older_registry_follows_at_its_first_request(tmp_path: Path) -> None:
+    """The marker is compared with the registry a process started with, not with the
+    marker it saw at start: a reload published between the two is not missed."""
+    RegistryFollower(tmp_path / MARKER, current="x")._write("new")
+    clock = Clock()
+    late = RegistryFollower(tmp_path / MARKER, current="old", clock=clock)
+    assert late.claim()  # at once: no second to wait for the first look
+    applied: list[str] = []
+    assert late.follow(lambda: _prepared("new", applied)) and applied == ["new"]
+    up_to_date = RegistryFollower(tmp_path / MARKER, current="new")
+    assert not up_to_date.follow(lambda: pytest.fail("started with it"))
+
+
+def test_one_caller_claims_a_look_once_a_second(tmp_path: Path) -> None:
+    clock = Clock()
+    follower = RegistryFollower(tmp_path / MARKER, current="old", clock=clock)
+    assert follower.claim() and not follower.claim()  # the others go on without waiting
+    clock.now += 0.99
+    assert not follower.claim()
+    clock.now += 0.01
+    assert follower.claim() and not follower.claim()
+
+
+def test_reloads_wait_for_each_other(tmp_path: Path) -> None:
+    """Serialised from reading the file to publishing (a lock file: other processes too;
+    two followers stand in for two processes), so the marker names the newest reload."""
+    first, second = (RegistryFollower(tmp_path / MARKER, current="old") for _ in range(2))
+    order: list[str] = []
+    entered = threading.Event()
+
+    def other() -> None:
+        with second.reloading() as publish:
+            order.append("second")
+            publish(_prepared("b", []))
+
+    with first.reloading() as publish:
+        thread = threading.Thread(target=other)
+        thread.start()
+        entered.wait(0.3)  # the other reload had time to get in, and must not have
+        order.append("first")
+        publish(_prepared("a", []))
+    thread.join(timeout=10)
+    assert order == ["first", "second"]
+    assert json.loads((tmp_path / MARKER).read_text()) == {"digest": "b"}
+
+
+def test_a_publication_that_cannot_be_written_changes_nothing(tmp_path: Path) -> None:
+    (tmp_path / MARKER).mkdir()  # a directory where the marker goes: the rename fails
+    follower = RegistryFollower(tmp_path / MARKER, current="old")
+    applied: list[str] = []
+    with pytest.raises(OSError), follower.reloading() as publish:
+        publish(_prepared("new", applied))
+    assert applied == [] and follower.applied == "old"
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp") or ".reloaded." in p.name
+            and not p.name.endswith(".lock")] == []  # no temporary file left behind
+
+
+def _config(tmp_path: Path, status_url: str, apps: list[str], admin_port: int | None = None) -> Path:
     root_file = tmp_path / "root.pem"
     if not root_file.exists():
         root_file.write_bytes(make_root().certificate.public_bytes(serialization.Encoding.PEM))
@@ -94,7 +157,11 @@ def _config(tmp_path: Path, status_url: str, apps: list[str]) -> Path:
         {
             "issuer": "https://attester.test",
             "android": {"revocation_url": status_url, "test_root_files": [root_file]},
-            "admin": {"enabled": True, "tokens": [{"name": "ops", "sha256": DIGEST}]},
+            "admin": {
+                "enabled": True,
+                "tokens": [{"name": "ops", "sha256": DIGEST}],
+                **({"port": admin_port} if admin_port else {}),
+            },
             "apps": [{"client_id": c, "android": android} for c in apps],
         },
     )
@@ -106,13 +173,26 @@ def _apps(client: Any) -> list[str]:
     return [a["client_id"] for a in response.json()["apps"]]
 
 
+def _registered_apps(client: Any, _: str) -> list[str]:
+    """The apps the worker that answers knows, seen from the public port (the admin API is
+    in the parent): a registration for SECOND is refused as app_not_registered only there
+    where SECOND is unknown (the chain is garbage: any other worker refuses it later)."""
+    challenge = client.post("/v1/challenge").json()["challenge"]
+    response = client.post(
+        "/v1/android/attestations",
+        json={"certificate_chain": ["AAAA"], "challenge": challenge, "key_proof": "x", "client_id": SECOND},
+    )
+    assert response.status_code >= 400
+    return [FIRST] if response.json()["code"] == "app_not_registered" else [FIRST, SECOND]
+
+
 def test_two_services_on_one_data_directory_follow_each_others_reload(tmp_path: Path) -> None:
     status = StatusServer()
     status.body = b'{"entries": {}}'
     config = _config(tmp_path, status.url, [FIRST])
     apps = [create_app(load_settings(config, data_dir=tmp_path / "data")) for _ in range(2)]
     for app in apps:  # no second to wait in a test
-        app.state.service.registry = RegistryFollower(tmp_path / "data" / MARKER, interval=0)
+        app.state.service.registry._interval = 0
     try:
         with live_server(apps[0]) as one, live_server(apps[1]) as other:
             with httpx.Client(base_url=one.url) as a, httpx.Client(base_url=other.url) as b:
@@ -130,15 +210,42 @@ def test_two_services_on_one_data_directory_follow_each_others_reload(tmp_path: 
             app.state.service.store.dispose()
 
 
-@pytest.mark.skipif(not REUSE_PORT, reason="SO_REUSEPORT (Linux): connections spread over workers")
-def test_a_reload_reaches_every_worker_of_serve(tmp_path: Path) -> None:
+def test_a_reload_that_cannot_be_published_is_refused_and_audited(tmp_path: Path) -> None:
     status = StatusServer()
     status.body = b'{"entries": {}}'
     config = _config(tmp_path, status.url, [FIRST])
+    app = create_app(load_settings(config, data_dir=tmp_path / "data"))
+    (tmp_path / "data" / MARKER).mkdir()  # where the marker goes: its rename fails
+    try:
+        with live_server(app) as live, httpx.Client(base_url=live.url) as http:
+            _config(tmp_path, status.url, [FIRST, SECOND])
+            reload = http.post("/admin/v1/apps/reload", headers={"Authorization": f"Bearer {TOKEN}"})
+            assert reload.status_code == 503 and reload.json()["code"] == "registry_unpublished"
+            assert _apps(http) == [FIRST]  # nothing changed here either
+            audit = http.get("/admin/v1/audit", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+            assert audit["audit"][0]["action"] == "apps.reload.refused"
+            assert audit["audit"][0]["after"] == {"code": "registry_unpublished"}
+    finally:
+        status.close()
+        app.state.service.store.dispose()
+
+
+@pytest.mark.skipif(not REUSE_PORT, reason="SO_REUSEPORT (Linux): connections spread over workers")
+@pytest.mark.parametrize("admin_port", [False, True], ids=["admin-on-the-public-port", "admin-in-the-parent"])
+def test_a_reload_reaches_every_worker_of_serve(tmp_path: Path, admin_port: bool) -> None:
+    from tests.support import free_port
+    from tests.test_workers import _wait_for_workers
+
+    status = StatusServer()
+    status.body = b'{"entries": {}}'
+    port = free_port() if admin_port else None
+    config = _config(tmp_path, status.url, [FIRST], admin_port=port)
     try:
         with serving(tmp_path / "data", "--config", str(config), "--workers", "2") as url:
-            _config(tmp_path, status.url, [FIRST, SECOND])
-            reload = httpx.post(url + "/admin/v1/apps/reload", headers={"Authorization": f"Bearer {TOKEN}"})
+            assert len(_wait_for_workers(int(url.rsplit(":", 1)[1]), 2)) == 2  # both started
+            admin = f"http://127.0.0.1:{port}" if port else url
+            _config(tmp_path, status.url, [FIRST, SECOND], admin_port=port)
+            reload = httpx.post(admin + "/admin/v1/apps/reload", headers={"Authorization": f"Bearer {TOKEN}"})
             assert reload.status_code == 200 and reload.json() == {"apps": [FIRST, SECOND]}
             time.sleep(1.1)  # each worker looks at the marker at most once a second
             # a new connection each: the kernel spreads them over both workers' sockets
@@ -146,7 +253,7 @@ def test_a_reload_reaches_every_worker_of_serve(tmp_path: Path) -> None:
             seen = []
             for _ in range(24):
                 with httpx.Client(base_url=url) as fresh:
-                    seen.append(_apps(fresh))
+                    seen.append(_apps(fresh) if not port else _registered_apps(fresh, url))
             assert seen == [[FIRST, SECOND]] * 24
     finally:
         status.close()
