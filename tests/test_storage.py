@@ -96,3 +96,60 @@ def test_storage_issued_attestations_recorded(database_url: str) -> None:
     store.record_issued(jti="j1", instance_id=record.id, kid="kid", issued_at=NOW, expires_at=NOW + timedelta(hours=1))
     assert store.issued_for(record.id) == [("j1", "kid", NOW + timedelta(hours=1))]
     store.dispose()
+
+
+def test_storage_replay_read_through_the_driver(database_url: str) -> None:
+    """The replay read uses the driver's cursor (store.py): the same answer as a read
+    through SQLAlchemy, a driver error raised as SQLAlchemy's, and the pooled connection
+    left as it was found (PostgreSQL: out of autocommit, no transaction open)."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    store = create_store(database_url)
+    assert not store.challenge_redeemed("e" * 64)
+    assert store.redeem_challenge("e" * 64, expires_at=NOW)
+    assert store.challenge_redeemed("e" * 64) and not store.challenge_redeemed("f" * 64)
+    raw = store.engine.raw_connection()
+    try:
+        if store.engine.dialect.name == "postgresql":
+            assert raw.driver_connection.autocommit is False  # type: ignore[union-attr]
+            assert raw.driver_connection.info.transaction_status.name == "IDLE"  # type: ignore[union-attr]
+    finally:
+        raw.close()
+    with store.engine.begin() as connection:
+        connection.execute(text("DROP TABLE redeemed_challenges"))
+    with pytest.raises(DBAPIError) as refused:
+        store.challenge_redeemed("e" * 64)
+    assert not refused.value.connection_invalidated
+    store.dispose()
+
+
+def test_storage_replay_read_on_a_lost_connection_invalidates_it(postgres_database_url: str) -> None:
+    """A PostgreSQL connection the server ended (after the pool's checkout ping): the read
+    raises SQLAlchemy's error with the connection invalidated, and the next read gets a
+    new connection."""
+    from sqlalchemy import event, text
+    from sqlalchemy.exc import DBAPIError
+
+    store = create_store(postgres_database_url, pool_size=2)
+    other = create_store(postgres_database_url, migrate=False)
+    assert not store.challenge_redeemed("e" * 64)
+    ended: list[int] = []
+
+    def end_backend(dbapi_connection, record, proxy):  # type: ignore[no-untyped-def]
+        if not ended:  # the first checkout only
+            ended.append(dbapi_connection.info.backend_pid)
+            with other.engine.connect() as connection:
+                connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": ended[0]})
+
+    event.listen(store.engine.pool, "checkout", end_backend)
+    try:
+        with pytest.raises(DBAPIError) as lost:
+            store.challenge_redeemed("e" * 64)
+        assert lost.value.connection_invalidated
+        assert not store.challenge_redeemed("e" * 64)  # a fresh connection
+        assert len(ended) == 1
+    finally:
+        event.remove(store.engine.pool, "checkout", end_backend)
+        other.dispose()
+        store.dispose()
