@@ -339,26 +339,28 @@ def test_basic_constraints_in_plain_der_agree_with_the_schema(value: str, read: 
         assert _basic_constraints(raw) == read
 
 
-def test_a_basic_constraints_in_ber_is_read_by_the_schema() -> None:
-    """pyca loads the certificate (extension values are opaque to its loading); the
-    BasicConstraints with an encoded FALSE is not plain DER, so pyasn1 reads it."""
+def _with_basic_constraints(value: bytes) -> bytes:
+    """A self-signed certificate whose critical BasicConstraints holds ``value`` as is."""
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtensionOID, NameOID
 
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ber")])
-    cert = (
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bc")])
+    return (
         x509.CertificateBuilder().subject_name(name).issuer_name(name)
         .public_key(key.public_key()).serial_number(7)
         .not_valid_before(datetime(2020, 1, 1)).not_valid_after(datetime(2030, 1, 1))
-        .add_extension(
-            x509.UnrecognizedExtension(ExtensionOID.BASIC_CONSTRAINTS, b"\x30\x06\x01\x01\x00\x02\x01\x03"),
-            critical=True,
-        )
+        .add_extension(x509.UnrecognizedExtension(ExtensionOID.BASIC_CONSTRAINTS, value), critical=True)
         .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.DER)
     )
-    der = cert.public_bytes(serialization.Encoding.DER)
+
+
+def test_a_basic_constraints_in_ber_is_read_by_the_schema() -> None:
+    """pyca loads the certificate (extension values are opaque to its loading); the
+    BasicConstraints with an encoded FALSE is not plain DER, so pyasn1 reads it."""
+    der = _with_basic_constraints(b"\x30\x06\x01\x01\x00\x02\x01\x03")
     decoded = decode_certificate(der, 0)
     assert (decoded.is_ca, decoded.path_length) == (False, 3)
     assert decoded.extensions == _decode_with_pyasn1(der).extensions
@@ -367,28 +369,12 @@ def test_a_basic_constraints_in_ber_is_read_by_the_schema() -> None:
 def test_a_basic_constraints_with_data_after_it_is_malformed() -> None:
     """Read by pyasn1 (not plain DER), which decodes the SEQUENCE and leaves the rest: the
     rest is refused, as keyUsage's is, instead of ignored."""
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtensionOID, NameOID
-
     from platform_verifiers.android.certs import _basic_constraints
     from platform_verifiers.errors import VerificationError
 
     with pytest.raises(ValueError, match="after the BasicConstraints"):
         _basic_constraints(bytes.fromhex("30030101ff0000"))
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tail")])
-    der = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name)
-        .public_key(key.public_key()).serial_number(8)
-        .not_valid_before(datetime(2020, 1, 1)).not_valid_after(datetime(2030, 1, 1))
-        .add_extension(
-            x509.UnrecognizedExtension(ExtensionOID.BASIC_CONSTRAINTS, bytes.fromhex("30030101ff0000")),
-            critical=True,
-        )
-        .sign(key, hashes.SHA256())
-        .public_bytes(serialization.Encoding.DER)
-    )
+    der = _with_basic_constraints(bytes.fromhex("30030101ff0000"))
     with pytest.raises(VerificationError) as refused:
         decode_certificate(der, 0)
     assert refused.value.code == "certificate_malformed"
