@@ -20,7 +20,7 @@ from typing import Any
 from attester.errors import ProblemError
 from attester.registry_sync import Prepared, digest, registry_json, reload_registry
 from attester.service import AttesterService
-from attester.settings import AdminToken, ConfigError, Settings, load_settings
+from attester.settings import AdminToken, ConfigError, load_settings
 from attester.storage import InstanceRecord
 from attester.storage.admin import AdminStore, InstanceMissing, TransitionRefused
 from attester.storage.status_entries import StatusEntries
@@ -128,9 +128,8 @@ def prepare_registry(
 
 def follow_registry(service: AttesterService) -> None:
     """Apply a reload another process of this replica published (registry_sync.py)."""
-    if service.registry is not None:
-        config = type(service.settings).toml_path
-        service.registry.follow(lambda: prepare_registry(service, config)[2])
+    config = type(service.settings).toml_path
+    service.registry.follow(lambda: prepare_registry(service, config)[2])
 
 
 @dataclass
@@ -222,15 +221,11 @@ class Admin:
         replica (attester/registry_sync.py: published first, the others follow within
         about a second). ``registry_unpublished`` (503, nothing changed) if the data
         directory refuses the publication."""
-        registry = self.service.registry
         try:
-            if registry is None:
+            # other reloads wait, in any process of the replica
+            with self.service.registry.reloading() as publish:
                 before, after, prepared = self._prepared(config, actor)
-                prepared.apply()
-            else:
-                with registry.reloading() as publish:  # other reloads wait, in any process
-                    before, after, prepared = self._prepared(config, actor)
-                    publish(prepared)
+                publish(prepared)
         except OSError:
             log.exception("the app registry reload could not be published")
             problem = ProblemError(

@@ -292,8 +292,7 @@ class FollowRegistry:
         self.service = service
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        registry = self.service.registry
-        if scope["type"] == "http" and registry is not None and registry.claim():
+        if scope["type"] == "http" and self.service.registry.claim():
             from attester.admin import follow_registry
 
             await run_in_threadpool(follow_registry, self.service)

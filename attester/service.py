@@ -71,7 +71,7 @@ class AttesterService:
     metrics: Metrics
     rate_limits: RateLimits
     # publishes this process's registry reloads and follows the others' (registry_sync.py)
-    registry: RegistryFollower | None = None
+    registry: RegistryFollower
 
     # -- challenge -------------------------------------------------------------------
     def new_challenge(self) -> dict[str, Any]:

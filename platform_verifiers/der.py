@@ -66,7 +66,7 @@ class CertificateParts(NamedTuple):
 _UNIQUE_IDS = (0x81, 0x82)
 _EXTENSIONS = 0xA3
 _BOOLEAN, _OCTET_STRING = 0x01, 0x04
-_CRITICAL = b"\x01\x01\xff"  # DER: TRUE is 0xFF, and FALSE (the default) is never encoded
+DER_TRUE = b"\x01\x01\xff"  # a BOOLEAN TRUE in DER (0xFF); a DEFAULT FALSE is never encoded
 
 
 def certificate_parts(der: bytes) -> CertificateParts:
@@ -122,7 +122,7 @@ def _extensions(der: bytes, pos: int, outer_end: int) -> tuple[RawExtension, ...
         oid = dotted(der[oid_start:at])
         critical = False
         if der[at] == _BOOLEAN:
-            if der[at : at + 3] != _CRITICAL:
+            if der[at : at + 3] != DER_TRUE:
                 raise ValueError("a critical flag not in DER")  # FALSE encoded, or not 0xFF
             critical, at = True, at + 3
         if der[at] != _OCTET_STRING:

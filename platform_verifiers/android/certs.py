@@ -31,7 +31,7 @@ from pyasn1.type import namedtype, univ
 from pyasn1_modules import rfc4055, rfc5280
 
 from platform_verifiers.android.schema import KEY_DESCRIPTION_OID, PROVISIONING_INFO_OID
-from platform_verifiers.der import RawExtension, canonical_key, certificate_parts
+from platform_verifiers.der import DER_TRUE, RawExtension, canonical_key, certificate_parts
 from platform_verifiers.errors import ASN1_DECODE_ERRORS, VerificationError
 
 _BASIC_CONSTRAINTS_OID = "2.5.29.19"
@@ -220,7 +220,7 @@ def basic_constraints_der(value: bytes) -> tuple[bool, int | None] | None:
     """
     if len(value) < 2 or value[0] != 0x30 or value[1] != len(value) - 2:
         return None
-    ca = value[2:5] == b"\x01\x01\xff"
+    ca = value[2:5] == DER_TRUE
     rest = value[5:] if ca else value[2:]
     if not rest:
         return ca, None
