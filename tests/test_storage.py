@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import inspect
 
-from attester.storage import AlreadyRegistered, create_store
+from attester.storage import AlreadyRegistered, Store, create_store
 
 NOW = datetime(2026, 11, 1, 12, tzinfo=UTC)
 
@@ -151,5 +151,61 @@ def test_storage_replay_read_on_a_lost_connection_invalidates_it(postgres_databa
         assert len(ended) == 1
     finally:
         event.remove(store.engine.pool, "checkout", end_backend)
+        other.dispose()
+        store.dispose()
+
+
+def _backend_pid(store: Store) -> int:
+    raw = store.engine.raw_connection()
+    try:
+        return int(raw.driver_connection.info.backend_pid)  # type: ignore[union-attr]
+    finally:
+        raw.close()
+
+
+def test_storage_pings_only_a_connection_that_sat_idle(
+    postgres_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No round trip before each use of a pooled connection (store.py, _ping_when_idle):
+    one back in the pool a moment ago is handed out as it is; one idle for longer than
+    IDLE_PING_AFTER is pinged first."""
+    from attester.storage import store as store_module
+
+    store = create_store(postgres_database_url, pool_size=1)
+    pings: list[object] = []
+    ping = store.engine.dialect.do_ping
+    monkeypatch.setattr(store.engine.dialect, "do_ping", lambda c: pings.append(c) or ping(c))
+    try:
+        for _ in range(5):
+            assert not store.challenge_redeemed("e" * 64)
+        assert pings == []
+        monkeypatch.setattr(store_module, "IDLE_PING_AFTER", 0.0)
+        assert not store.challenge_redeemed("e" * 64)
+        with store.engine.begin() as connection:
+            connection.exec_driver_sql("SELECT 1")
+        assert len(pings) == 2
+    finally:
+        store.dispose()
+
+
+def test_storage_replaces_an_idle_connection_the_server_ended(
+    postgres_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pooled connection the server ended while it was idle: the ping finds it lost,
+    the pool connects afresh, and the read is answered (nothing fails)."""
+    from sqlalchemy import text
+
+    from attester.storage import store as store_module
+
+    store = create_store(postgres_database_url, pool_size=1)
+    other = create_store(postgres_database_url, migrate=False)
+    try:
+        first = _backend_pid(store)
+        with other.engine.connect() as connection:
+            connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": first})
+        monkeypatch.setattr(store_module, "IDLE_PING_AFTER", 0.0)  # (it sat idle long enough)
+        assert not store.challenge_redeemed("e" * 64)
+        assert _backend_pid(store) != first
+    finally:
         other.dispose()
         store.dispose()
