@@ -35,7 +35,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from attester import logs
-    from attester.app import create_app
+    from attester.app import create_app, freeze_startup_heap
     from attester.metrics import MULTIPROC_ENV
     from attester.service import build_service
 
@@ -76,8 +76,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
                 shutil.rmtree(os.environ[MULTIPROC_ENV], ignore_errors=True)
     else:
+        app = create_app(settings, service=service)
+        freeze_startup_heap()
         uvicorn.run(
-            create_app(settings, service=service),
+            app,
             host=args.host,
             port=args.port,
             log_config=None,

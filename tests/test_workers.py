@@ -113,3 +113,21 @@ def test_shared_socket_option_keeps_one_listening_socket(tmp_path: Path) -> None
         assert len(_inodes(port, state="0A")) == 1  # one socket, held by parent and workers
         for _ in range(10):
             assert httpx.get(url + "/healthz").status_code == 200
+
+
+def test_a_worker_keeps_its_start_up_heap_out_of_the_collector(tmp_path: Path) -> None:
+    """``serve --workers N``'s app factory freezes what start-up built (app.py,
+    freeze_startup_heap): full collections then skip the ~150k objects that live as long as
+    the worker."""
+    import subprocess
+    import sys
+
+    script = (
+        "import gc\nfrom attester.app import app_from_environment\n"
+        "assert gc.get_freeze_count() == 0\napp_from_environment()\nprint(gc.get_freeze_count())\n"
+    )
+    env = {**os.environ, "ATTESTER_DATA_DIR": str(tmp_path)}
+    env.pop("ATTESTER_CONFIG", None)
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                         timeout=120, check=True)
+    assert int(out.stdout.split()[-1]) > 10_000
