@@ -17,7 +17,10 @@ is the registry named**: a file edited since the reload is not applied unaudited
 reload again). A process that cannot follow (the file unreadable for a moment, or edited
 since) keeps its registry, logs it once per publication, and tries again at its next look.
 A process that starts while a reload is published compares the marker with the registry it
-started with, so it cannot miss it.
+started with, so it cannot miss it. Until it follows, such a process is *behind*
+(:attr:`RegistryFollower.behind`): its ``/readyz`` answers 503 with ``app_registry``
+``behind``, since it applies a policy the operator replaced (fail closed: a load balancer
+takes the replica out until a reload of the file as it is reaches every process).
 
 Other replicas follow only if they share the data directory (``deploy/compose.yaml``'s do);
 otherwise each has its own reload (RUNBOOK.md).
@@ -88,10 +91,17 @@ class RegistryFollower:
         self._applied = current  # the digest of the registry this process uses
         self._checked_at = float("-inf")  # the first request looks: a reload may be newer
         self._noted: str | None = None  # the publication a failure was logged for
+        self._behind = False  # a newer registry is published and could not be applied here
 
     @property
     def applied(self) -> str:
         return self._applied
+
+    @property
+    def behind(self) -> bool:
+        """Whether, at the last look, the marker named a registry this process could not
+        apply (it keeps serving its own until it can)."""
+        return self._behind
 
     @contextmanager
     def reloading(self) -> Iterator[Callable[[Prepared], None]]:
@@ -110,6 +120,7 @@ class RegistryFollower:
                     self._write(prepared.digest)
                     prepared.apply()
                     self._applied = prepared.digest
+                    self._behind = False
 
                 yield publish
             finally:
@@ -151,6 +162,7 @@ class RegistryFollower:
         with self._lock:
             wanted = self.published()
             if wanted is None or wanted == self._applied:
+                self._behind = False
                 return False
             try:
                 prepared = prepare()
@@ -163,10 +175,12 @@ class RegistryFollower:
             prepared.apply()
             self._applied = wanted
             self._noted = None
+            self._behind = False
             log.info("app registry reloaded, as published by another process")
             return True
 
     def _note(self, wanted: str, why: str, detail: str) -> None:
+        self._behind = True
         if self._noted != wanted:  # once per publication; tried again at every look
             self._noted = wanted
             log.error(

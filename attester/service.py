@@ -420,8 +420,9 @@ class AttesterService:
     def readiness(self) -> dict[str, str]:
         """Each readiness check and its state: ``ok`` or why not (RUNBOOK, "Health").
 
-        The database answers, an active signing key is loaded, and every platform that
-        depends on a revocation list has one that is not stale.
+        The database answers, an active signing key is loaded, every platform that
+        depends on a revocation list has one that is not stale, and this process applies
+        the app registry last reloaded (registry_sync.py: ``behind`` when it could not).
         """
         now = self.clock()
         checks: dict[str, str] = {}
@@ -439,6 +440,7 @@ class AttesterService:
         except Exception:
             log.warning("readiness: no active signing key", exc_info=True)
             checks["signing_key"] = "unavailable"
+        checks["app_registry"] = "behind" if self.registry.behind else "ok"
         for name in sorted(self.platforms):
             report = getattr(self.platforms[name], "readiness", None)
             if report is not None:

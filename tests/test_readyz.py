@@ -25,7 +25,7 @@ def test_readyz_no_android_apps_ready_without_list(make_settings: Any, clock: Mu
     with live_server(app) as live, httpx.Client(base_url=live.url) as http:
         response = http.get("/readyz")
         assert response.status_code == 200
-        assert response.json()["checks"] == {"database": "ok", "signing_key": "ok"}
+        assert response.json()["checks"] == {"database": "ok", "signing_key": "ok", "app_registry": "ok"}
     app.state.service.store.dispose()
 
 
@@ -36,7 +36,7 @@ def test_readyz_signing_key_missing_503_liveness_200(make_settings: Any, clock: 
         (settings.resolved_key_dir / "keys.json").unlink()
         body = _not_ready(http.get("/readyz"))
         assert body["not_ready"] == ["signing_key"]
-        assert body["checks"] == {"database": "ok", "signing_key": "unavailable"}
+        assert body["checks"] == {"database": "ok", "signing_key": "unavailable", "app_registry": "ok"}
         assert http.get("/healthz").status_code == 200
     app.state.service.store.dispose()
 

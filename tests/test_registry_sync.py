@@ -65,11 +65,30 @@ def test_a_file_edited_since_the_reload_is_not_applied(
     with caplog.at_level(logging.ERROR, logger="attester"):
         assert not follower.follow(lambda: _prepared("edited", applied))
         assert not follower.follow(lambda: _prepared("edited", applied))  # tried again
-    assert applied == [] and follower.applied == "old"
+    assert applied == [] and follower.applied == "old" and follower.behind
     assert caplog.text.count("edited since") == 1  # logged once per publication
     # the operator fixes the file back: the next look applies it
     assert follower.follow(lambda: _prepared("reloaded", applied))
-    assert applied == ["reloaded"]
+    assert applied == ["reloaded"] and not follower.behind
+
+
+def test_a_process_is_behind_only_while_a_newer_registry_is_published_and_not_applied(
+    tmp_path: Path,
+) -> None:
+    here, there = (RegistryFollower(tmp_path / MARKER, current="old") for _ in range(2))
+    assert not there.follow(lambda: pytest.fail("nothing published")) and not there.behind
+    applied: list[str] = []
+    with here.reloading() as publish:
+        publish(_prepared("new", applied))
+    assert not here.behind  # applied what it published
+    assert not there.follow(lambda: _prepared("edited", applied)) and there.behind
+    # the operator reloads the file as it is now: published again, and followed
+    with here.reloading() as publish:
+        publish(_prepared("edited", applied))
+    assert there.follow(lambda: _prepared("edited", applied)) and not there.behind
+    # a later reload that names this process's own registry: nothing to apply, not behind
+    there._behind = True
+    assert not there.follow(lambda: pytest.fail("its own registry")) and not there.behind
 
 
 def test_a_failed_read_is_logged_with_its_errors_and_tried_again(
@@ -204,6 +223,39 @@ def test_two_services_on_one_data_directory_follow_each_others_reload(tmp_path: 
                 audit = a.get("/admin/v1/audit", headers={"Authorization": f"Bearer {TOKEN}"}).json()
                 # one reload, one audit record: following it is not another action
                 assert [r["action"] for r in audit["audit"]].count("apps.reload") == 1
+    finally:
+        status.close()
+        for app in apps:
+            app.state.service.store.dispose()
+
+
+def test_a_service_that_cannot_follow_a_reload_is_not_ready(tmp_path: Path) -> None:
+    """The other service's file was edited after the reload: it keeps its registry and its
+    /readyz says it is behind (503), until a reload of the file as it is reaches it."""
+    status = StatusServer()
+    status.body = b'{"entries": {}}'
+    config = _config(tmp_path, status.url, [FIRST])
+    apps = [create_app(load_settings(config, data_dir=tmp_path / "data")) for _ in range(2)]
+    for app in apps:  # no second to wait in a test
+        app.state.service.registry._interval = 0
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    try:
+        with live_server(apps[0]) as one, live_server(apps[1]) as other:
+            with httpx.Client(base_url=one.url) as a, httpx.Client(base_url=other.url) as b:
+                assert b.get("/readyz").status_code == 200
+                _config(tmp_path, status.url, [FIRST, SECOND])
+                assert a.post("/admin/v1/apps/reload", headers=auth).status_code == 200
+                _config(tmp_path, status.url, [SECOND])  # edited after the reload
+                behind = b.get("/readyz")
+                assert behind.status_code == 503, behind.text
+                assert behind.json()["code"] == "not_ready"
+                assert behind.json()["not_ready"] == ["app_registry"]
+                assert behind.json()["checks"]["app_registry"] == "behind"
+                assert _apps(b) == [FIRST]  # its own registry, still
+                assert a.get("/readyz").status_code == 200  # the one that reloaded is current
+                assert a.post("/admin/v1/apps/reload", headers=auth).status_code == 200
+                assert b.get("/readyz").status_code == 200
+                assert _apps(b) == [SECOND]
     finally:
         status.close()
         for app in apps:

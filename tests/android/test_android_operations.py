@@ -56,7 +56,12 @@ def test_readyz_android_list_fresh_ready(
         assert response.status_code == 200, response.text
         assert response.json() == {
             "status": "ready",
-            "checks": {"database": "ok", "signing_key": "ok", "android_revocation_list": "ok"},
+            "checks": {
+                "database": "ok",
+                "signing_key": "ok",
+                "app_registry": "ok",
+                "android_revocation_list": "ok",
+            },
         }
         assert response.headers["cache-control"] == "no-store"
 
