@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import contextvars
 import functools
+import logging
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
@@ -44,6 +45,8 @@ import anyio.to_thread
 from greenlet import getcurrent, greenlet
 
 T = TypeVar("T")
+
+log = logging.getLogger("attester")
 
 
 class _Request(greenlet):  # type: ignore[misc]
@@ -124,7 +127,8 @@ def finish(
     """:func:`blocking`, for work that must not be left half done: if the request is
     cancelled meanwhile (a worker shutting down), it still waits for ``fn`` to return,
     calls ``undo`` with what it returned (to give back a lock it took), then raises the
-    cancellation."""
+    cancellation. What ``fn`` raised meanwhile is logged: the cancellation is what the
+    request raises, and nobody else would see it."""
     _refuse_if_pinned()
     if not active():
         return fn(*args, **kwargs)
@@ -138,6 +142,10 @@ def finish(
                 wait(asyncio.shield(done))
             except BaseException:  # cancelled again: still wait for the thread
                 continue
-        if undo is not None and not done.cancelled() and done.exception() is None:
-            undo(done.result())
+        if not done.cancelled():
+            failed = done.exception()
+            if failed is not None:
+                log.error("work that outlived its request's cancellation failed", exc_info=failed)
+            elif undo is not None:
+                undo(done.result())
         raise

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import fcntl
+import logging
 import os
 import threading
 import time
@@ -237,6 +238,34 @@ def test_finish_outlives_a_cancellation_and_undoes_what_it_did() -> None:
 
     asyncio.run(main())
     assert events == ["thread done", "undo lock"]
+
+
+def test_finish_logs_what_the_work_raised_after_the_cancellation(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The work fails after its request was cancelled: the request raises the cancellation,
+    and the work's error is logged (it was dropped), with nothing to undo."""
+    events: list[str] = []
+
+    def slow() -> str:
+        time.sleep(0.3)
+        raise OSError("the disk went away")
+
+    def work() -> None:
+        cooperative.finish(slow, undo=lambda taken: events.append(f"undo {taken}"))
+
+    async def main() -> None:
+        task = asyncio.create_task(cooperative.run(work))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    with caplog.at_level(logging.ERROR, logger="attester"):
+        asyncio.run(main())
+    assert events == []
+    assert "outlived its request's cancellation failed" in caplog.text
+    assert "the disk went away" in caplog.text
 
 
 def test_a_batch_meeting_sqlite_locked_by_another_writer_waits_in_a_thread(tmp_path: Any) -> None:
