@@ -209,3 +209,30 @@ def test_storage_replaces_an_idle_connection_the_server_ended(
     finally:
         other.dispose()
         store.dispose()
+
+
+def test_storage_a_lost_connection_replaces_the_pools_older_ones(postgres_database_url: str) -> None:
+    """The server restarted (every pooled connection ended) while the connections were in
+    use a moment ago (no ping): the first read fails, 503 for its request, and the pool's
+    other connections are replaced with it, so the next read is answered."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    store = create_store(postgres_database_url, pool_size=2)
+    other = create_store(postgres_database_url, migrate=False)
+    try:
+        both = [store.engine.raw_connection() for _ in range(2)]
+        pids = [int(raw.driver_connection.info.backend_pid) for raw in both]  # type: ignore[union-attr]
+        for raw in both:
+            raw.close()
+        with other.engine.connect() as connection:
+            for pid in pids:
+                connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        with pytest.raises(DBAPIError) as lost:
+            store.challenge_redeemed("e" * 64)
+        assert lost.value.connection_invalidated
+        assert not store.challenge_redeemed("e" * 64)  # not the other ended connection
+        assert _backend_pid(store) not in pids
+    finally:
+        other.dispose()
+        store.dispose()

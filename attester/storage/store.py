@@ -31,7 +31,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InvalidatePoolError
 from sqlalchemy.orm import sessionmaker
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import QueuePool, SingletonThreadPool
@@ -251,10 +251,12 @@ def _ping_when_idle(engine: Engine) -> None:
     (a third of what a registration sent PostgreSQL: 564 pings among 1,599 statements for
     500 registrations). What it guards against, a connection the server or a network box
     dropped while it was idle, takes idle time; a connection back in the pool for less than
-    :data:`IDLE_PING_AFTER` is handed out as it is (one the server ended meanwhile fails its
-    statement, is invalidated with the pool's older connections, and the request is
-    answered 503 ``storage_unavailable``, as any outage). The ping is the dialect's own; a
-    failed one makes the pool connect afresh, as the pre-ping did.
+    :data:`IDLE_PING_AFTER` is handed out as it is: one the server ended meanwhile (a restart,
+    a failover) fails its statement, the request is answered 503 ``storage_unavailable`` as in
+    any outage, and the pool's older connections are invalidated with it, so the next requests
+    connect afresh (RUNBOOK, "Errors operators see"). The ping is the dialect's own; a lost
+    connection found by it invalidates the pool's older connections too, and the pool connects
+    afresh, as the pre-ping did.
     """
     dialect = engine.dialect
 
@@ -269,7 +271,7 @@ def _ping_when_idle(engine: Engine) -> None:
             dialect.do_ping(dbapi_connection)
         except dialect.loaded_dbapi.Error as exc:
             if dialect.is_disconnect(exc, dbapi_connection, None):
-                raise DisconnectionError("the idle connection was lost") from exc
+                raise InvalidatePoolError("the idle connection was lost") from exc
             raise
 
     event.listen(engine, "checkin", returned)
@@ -354,7 +356,9 @@ class Store:
         except dialect.loaded_dbapi.Error as exc:
             lost = raw is not None and dialect.is_disconnect(exc, raw.dbapi_connection, None)
             if lost:
-                raw.invalidate(exc)  # type: ignore[union-attr]
+                # SQLAlchemy's own step for its statements: this connection, and those the
+                # pool opened before it (the server restarted, most likely), are replaced
+                self.engine.pool._invalidate(raw, exc)  # type: ignore[arg-type]
             raise DBAPIError.instance(
                 self._redeemed_sql,
                 (digest,),
