@@ -136,7 +136,9 @@ def finish(
     done = asyncio.get_running_loop().run_in_executor(None, work)
     try:
         return wait(asyncio.shield(done))
-    except BaseException:
+    except BaseException as exc:
+        if done.done() and not done.cancelled() and done.exception() is exc:
+            raise  # the work's own error, no cancellation: the caller's to handle
         while not done.done():
             try:
                 wait(asyncio.shield(done))

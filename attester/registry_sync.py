@@ -17,10 +17,13 @@ is the registry named**: a file edited since the reload is not applied unaudited
 reload again). A process that cannot follow (the file unreadable for a moment, or edited
 since) keeps its registry, logs it once per publication, and tries again at its next look.
 A process that starts while a reload is published compares the marker with the registry it
-started with, so it cannot miss it. Until it follows, such a process is *behind*
-(:attr:`RegistryFollower.behind`): its ``/readyz`` answers 503 with ``app_registry``
-``behind``, since it applies a policy the operator replaced (fail closed: a load balancer
-takes the replica out until a reload of the file as it is reaches every process).
+started with, so it cannot miss it. A process that cannot follow, and does not run the
+file as it is either, is *behind* (:attr:`RegistryFollower.behind`): it applies a policy the
+operator replaced, and its ``/readyz`` answers 503 with ``app_registry`` ``behind`` until a
+reload of the file as it is reaches it. Readiness is the answering worker's: with
+``--workers N`` a probe sees it about once in N, so the error log line is the signal to alert
+on (RUNBOOK). A process started after the file was edited runs the file: a marker of an
+older reload does not make it behind.
 
 Other replicas follow only if they share the data directory (``deploy/compose.yaml``'s do);
 otherwise each has its own reload (RUNBOOK.md).
@@ -161,13 +164,20 @@ class RegistryFollower:
         reads and checks the configuration; applied only if it is the registry named."""
         with self._lock:
             wanted = self.published()
-            if wanted is None or wanted == self._applied:
+            if wanted is None:  # nothing published, or the marker unreadable (logged): as before
+                return False
+            if wanted == self._applied:
                 self._behind = False
                 return False
             try:
                 prepared = prepare()
             except Exception as exc:
                 self._note(wanted, "cannot be read or is invalid here: %s", _why(exc))
+                return False
+            if prepared.digest == self._applied:
+                # the file is what this process runs (it started after the file was edited
+                # since that reload, say): nothing to apply, and not behind
+                self._behind = False
                 return False
             if prepared.digest != wanted:
                 self._note(wanted, "is not the configuration file's any more (edited since)%s", "")

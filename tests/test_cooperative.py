@@ -268,6 +268,20 @@ def test_finish_logs_what_the_work_raised_after_the_cancellation(
     assert "the disk went away" in caplog.text
 
 
+def test_finish_without_a_cancellation_raises_the_works_error_and_logs_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def failing() -> str:
+        raise OSError("the disk went away")
+
+    def work() -> None:
+        cooperative.finish(failing, undo=lambda taken: pytest.fail("nothing to undo"))
+
+    with caplog.at_level(logging.ERROR, logger="attester"), pytest.raises(OSError):
+        asyncio.run(cooperative.run(work))
+    assert caplog.text == ""
+
+
 def test_a_batch_meeting_sqlite_locked_by_another_writer_waits_in_a_thread(tmp_path: Any) -> None:
     """A writer outside the group commit (an admin action, the CLI) holds SQLite's write
     lock: the batch's statements fail at once on the loop (no busy handler sleeping there),

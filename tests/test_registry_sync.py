@@ -122,6 +122,28 @@ def test_a_process_that_starts_on_an_older_registry_follows_at_its_first_request
     assert not up_to_date.follow(lambda: pytest.fail("started with it"))
 
 
+def test_a_process_started_on_the_edited_file_is_not_behind_an_older_reload(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The marker names an older reload; the file was edited since and the process started
+    on it (a rolling restart): it runs the file as it is, nothing to apply, not behind."""
+    RegistryFollower(tmp_path / MARKER, current="x")._write("older")
+    restarted = RegistryFollower(tmp_path / MARKER, current="file")
+    with caplog.at_level(logging.ERROR, logger="attester"):
+        assert not restarted.follow(lambda: _prepared("file", []))
+    assert not restarted.behind and restarted.applied == "file"
+    assert caplog.text == ""
+
+
+def test_an_unreadable_marker_leaves_a_process_behind(tmp_path: Path) -> None:
+    RegistryFollower(tmp_path / MARKER, current="x")._write("new")
+    follower = RegistryFollower(tmp_path / MARKER, current="old")
+    assert not follower.follow(lambda: _prepared("edited", [])) and follower.behind
+    (tmp_path / MARKER).write_text("not json")
+    assert not follower.follow(lambda: pytest.fail("nothing readable to follow"))
+    assert follower.behind  # unreadable is not "nothing published": it stays behind
+
+
 def test_one_caller_claims_a_look_once_a_second(tmp_path: Path) -> None:
     clock = Clock()
     follower = RegistryFollower(tmp_path / MARKER, current="old", clock=clock)
