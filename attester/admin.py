@@ -129,7 +129,10 @@ def prepare_registry(
 def follow_registry(service: AttesterService) -> None:
     """Apply a reload another process of this replica published (registry_sync.py)."""
     config = type(service.settings).toml_path
-    service.registry.follow(lambda: prepare_registry(service, config)[2])
+    try:
+        service.registry.follow(lambda: prepare_registry(service, config)[2])
+    finally:
+        service.metrics.registry_behind.set(1 if service.registry.behind else 0)
 
 
 @dataclass
@@ -226,6 +229,7 @@ class Admin:
             with self.service.registry.reloading() as publish:
                 before, after, prepared = self._prepared(config, actor)
                 publish(prepared)
+            self.service.metrics.registry_behind.set(0)  # it applies what it published
         except OSError:
             log.exception("the app registry reload could not be published")
             problem = ProblemError(

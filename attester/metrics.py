@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -112,6 +112,15 @@ class Metrics:
             "attester_rate_limited",
             "Requests refused with 429, by endpoint and limit scope (ip or app)",
             ["endpoint", "scope"],
+            registry=r,
+        )
+        # max over the workers (multiprocess mode): 1 while any of them could not apply the
+        # last app registry reload (attester/registry_sync.py); a worker's /readyz shows only
+        # its own state. A worker that exits while behind keeps its 1 until serve restarts.
+        self.registry_behind = Gauge(
+            "attester_app_registry_behind",
+            "1 while a worker could not apply the last app registry reload (max over workers)",
+            multiprocess_mode="max",
             registry=r,
         )
         # (route, method, status) -> (counter child, histogram child): labels() takes a lock

@@ -273,10 +273,13 @@ def test_a_service_that_cannot_follow_a_reload_is_not_ready(tmp_path: Path) -> N
                 assert behind.json()["code"] == "not_ready"
                 assert behind.json()["not_ready"] == ["app_registry"]
                 assert behind.json()["checks"]["app_registry"] == "behind"
+                assert "attester_app_registry_behind 1.0" in b.get("/metrics").text
                 assert _apps(b) == [FIRST]  # its own registry, still
                 assert a.get("/readyz").status_code == 200  # the one that reloaded is current
+                assert "attester_app_registry_behind 0.0" in a.get("/metrics").text
                 assert a.post("/admin/v1/apps/reload", headers=auth).status_code == 200
                 assert b.get("/readyz").status_code == 200
+                assert "attester_app_registry_behind 0.0" in b.get("/metrics").text
                 assert _apps(b) == [SECOND]
     finally:
         status.close()
