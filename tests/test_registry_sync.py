@@ -8,6 +8,8 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -227,7 +229,10 @@ def _registered_apps(client: Any, _: str) -> list[str]:
     return [FIRST] if response.json()["code"] == "app_not_registered" else [FIRST, SECOND]
 
 
-def test_two_services_on_one_data_directory_follow_each_others_reload(tmp_path: Path) -> None:
+@contextmanager
+def _two_services(tmp_path: Path) -> Iterator[tuple[str, httpx.Client, httpx.Client]]:
+    """Two services on one data directory, serving [FIRST], over HTTP: (the status list's
+    URL, for _config, and a client of each)."""
     status = StatusServer()
     status.body = b'{"entries": {}}'
     config = _config(tmp_path, status.url, [FIRST])
@@ -237,54 +242,47 @@ def test_two_services_on_one_data_directory_follow_each_others_reload(tmp_path: 
     try:
         with live_server(apps[0]) as one, live_server(apps[1]) as other:
             with httpx.Client(base_url=one.url) as a, httpx.Client(base_url=other.url) as b:
-                assert _apps(a) == _apps(b) == [FIRST]
-                _config(tmp_path, status.url, [FIRST, SECOND])
-                reload = a.post("/admin/v1/apps/reload", headers={"Authorization": f"Bearer {TOKEN}"})
-                assert reload.status_code == 200 and reload.json() == {"apps": [FIRST, SECOND]}
-                assert _apps(b) == [FIRST, SECOND]  # followed before answering
-                audit = a.get("/admin/v1/audit", headers={"Authorization": f"Bearer {TOKEN}"}).json()
-                # one reload, one audit record: following it is not another action
-                assert [r["action"] for r in audit["audit"]].count("apps.reload") == 1
+                yield status.url, a, b
     finally:
         status.close()
         for app in apps:
             app.state.service.store.dispose()
+
+
+def test_two_services_on_one_data_directory_follow_each_others_reload(tmp_path: Path) -> None:
+    with _two_services(tmp_path) as (status_url, a, b):
+        assert _apps(a) == _apps(b) == [FIRST]
+        _config(tmp_path, status_url, [FIRST, SECOND])
+        reload = a.post("/admin/v1/apps/reload", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert reload.status_code == 200 and reload.json() == {"apps": [FIRST, SECOND]}
+        assert _apps(b) == [FIRST, SECOND]  # followed before answering
+        audit = a.get("/admin/v1/audit", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+        # one reload, one audit record: following it is not another action
+        assert [r["action"] for r in audit["audit"]].count("apps.reload") == 1
 
 
 def test_a_service_that_cannot_follow_a_reload_is_not_ready(tmp_path: Path) -> None:
     """The other service's file was edited after the reload: it keeps its registry and its
     /readyz says it is behind (503), until a reload of the file as it is reaches it."""
-    status = StatusServer()
-    status.body = b'{"entries": {}}'
-    config = _config(tmp_path, status.url, [FIRST])
-    apps = [create_app(load_settings(config, data_dir=tmp_path / "data")) for _ in range(2)]
-    for app in apps:  # no second to wait in a test
-        app.state.service.registry._interval = 0
     auth = {"Authorization": f"Bearer {TOKEN}"}
-    try:
-        with live_server(apps[0]) as one, live_server(apps[1]) as other:
-            with httpx.Client(base_url=one.url) as a, httpx.Client(base_url=other.url) as b:
-                assert b.get("/readyz").status_code == 200
-                _config(tmp_path, status.url, [FIRST, SECOND])
-                assert a.post("/admin/v1/apps/reload", headers=auth).status_code == 200
-                _config(tmp_path, status.url, [SECOND])  # edited after the reload
-                behind = b.get("/readyz")
-                assert behind.status_code == 503, behind.text
-                assert behind.json()["code"] == "not_ready"
-                assert behind.json()["not_ready"] == ["app_registry"]
-                assert behind.json()["checks"]["app_registry"] == "behind"
-                assert "attester_app_registry_behind 1.0" in b.get("/metrics").text
-                assert _apps(b) == [FIRST]  # its own registry, still
-                assert a.get("/readyz").status_code == 200  # the one that reloaded is current
-                assert "attester_app_registry_behind 0.0" in a.get("/metrics").text
-                assert a.post("/admin/v1/apps/reload", headers=auth).status_code == 200
-                assert b.get("/readyz").status_code == 200
-                assert "attester_app_registry_behind 0.0" in b.get("/metrics").text
-                assert _apps(b) == [SECOND]
-    finally:
-        status.close()
-        for app in apps:
-            app.state.service.store.dispose()
+    with _two_services(tmp_path) as (status_url, a, b):
+        assert b.get("/readyz").status_code == 200
+        _config(tmp_path, status_url, [FIRST, SECOND])
+        assert a.post("/admin/v1/apps/reload", headers=auth).status_code == 200
+        _config(tmp_path, status_url, [SECOND])  # edited after the reload
+        behind = b.get("/readyz")
+        assert behind.status_code == 503, behind.text
+        assert behind.json()["code"] == "not_ready"
+        assert behind.json()["not_ready"] == ["app_registry"]
+        assert behind.json()["checks"]["app_registry"] == "behind"
+        assert "attester_app_registry_behind 1.0" in b.get("/metrics").text
+        assert _apps(b) == [FIRST]  # its own registry, still
+        assert a.get("/readyz").status_code == 200  # the one that reloaded is current
+        assert "attester_app_registry_behind 0.0" in a.get("/metrics").text
+        assert a.post("/admin/v1/apps/reload", headers=auth).status_code == 200
+        assert b.get("/readyz").status_code == 200
+        assert "attester_app_registry_behind 0.0" in b.get("/metrics").text
+        assert _apps(b) == [SECOND]
 
 
 def test_a_reload_that_cannot_be_published_is_refused_and_audited(tmp_path: Path) -> None:
