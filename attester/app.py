@@ -452,11 +452,12 @@ def app_from_environment() -> FastAPI:
 def freeze_startup_heap() -> None:
     """Keep what start-up built out of the garbage collector's scans (``gc.freeze``).
 
-    A serving process's modules, settings and service (some 150k objects, nearly all of them
-    kept as long as the process runs) were scanned again by every full collection: ~130 ms each on the
-    benchmark machine, one or two per worker in 3,000 registrations (bench/bench_all.py,
-    register), a pause for every request of that worker. One collection first, so no
-    garbage is kept. For ``attester serve`` only: tests build many apps in one process.
+    A serving process's modules, settings and service (some 150k objects, nearly all of
+    them kept as long as the process runs) were scanned again by every full collection:
+    ~130 ms each on the benchmark machine, one or two per worker in 3,000 registrations
+    (bench/bench_all.py, register), a pause for every request of that worker. One
+    collection first, so no garbage is kept. For ``attester serve`` only: tests build many
+    apps in one process.
     """
     gc.collect()
     gc.freeze()

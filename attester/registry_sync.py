@@ -21,8 +21,8 @@ started with, so it cannot miss it. A process that cannot follow, and does not r
 file as it is either, is *behind* (:attr:`RegistryFollower.behind`): it applies a policy the
 operator replaced, and its ``/readyz`` answers 503 with ``app_registry`` ``behind`` until a
 reload of the file as it is reaches it. Readiness is the answering worker's: with
-``--workers N`` a probe sees it about once in N, so the error log line is the signal to alert
-on (RUNBOOK). A process started after the file was edited runs the file: a marker of an
+``--workers N`` a probe sees it about once in N, so alert on the error log line or on the
+gauge ``attester_app_registry_behind``, the maximum over the workers (RUNBOOK). A process started after the file was edited runs the file: a marker of an
 older reload does not make it behind.
 
 Other replicas follow only if they share the data directory (``deploy/compose.yaml``'s do);
