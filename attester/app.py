@@ -336,6 +336,9 @@ def _lifespan(service: AttesterService) -> Callable[[FastAPI], AbstractAsyncCont
         finally:
             if task is not None:
                 task.cancel()
+            # an exiting worker is behind no reload: its last value stays in the metrics
+            # directory (the gauge is the maximum over every worker's file)
+            service.metrics.registry_behind.set(0)
 
     return lifespan
 

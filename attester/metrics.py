@@ -116,7 +116,8 @@ class Metrics:
         )
         # max over the workers (multiprocess mode): 1 while any of them could not apply the
         # last app registry reload (attester/registry_sync.py); a worker's /readyz shows only
-        # its own state. A worker that exits while behind keeps its 1 until serve restarts.
+        # its own state. A worker sets 0 as it exits (app.py, lifespan); one that is killed
+        # while behind keeps its 1 until serve restarts (RUNBOOK).
         self.registry_behind = Gauge(
             "attester_app_registry_behind",
             "1 while a worker could not apply the last app registry reload (max over workers)",

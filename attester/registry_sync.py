@@ -17,13 +17,14 @@ is the registry named**: a file edited since the reload is not applied unaudited
 reload again). A process that cannot follow (the file unreadable for a moment, or edited
 since) keeps its registry, logs it once per publication, and tries again at its next look.
 A process that starts while a reload is published compares the marker with the registry it
-started with, so it cannot miss it. A process that cannot follow, and does not run the
-file as it is either, is *behind* (:attr:`RegistryFollower.behind`): it applies a policy the
-operator replaced, and its ``/readyz`` answers 503 with ``app_registry`` ``behind`` until a
+started with, so it cannot miss it. A process that cannot follow is *behind*
+(:attr:`RegistryFollower.behind`): it applies a policy the operator replaced, and its ``/readyz`` answers 503 with ``app_registry`` ``behind`` until a
 reload of the file as it is reaches it. Readiness is the answering worker's: with
 ``--workers N`` a probe sees it about once in N, so alert on the error log line or on the
-gauge ``attester_app_registry_behind``, the maximum over the workers (RUNBOOK). A process started after the file was edited runs the file: a marker of an
-older reload does not make it behind.
+gauge ``attester_app_registry_behind``, the maximum over the workers (RUNBOOK). A process
+started after the file was edited runs the file: the marker of a reload from before it
+started does not make it behind (one published after it started, and the file then set
+back, does).
 
 Other replicas follow only if they share the data directory (``deploy/compose.yaml``'s do);
 otherwise each has its own reload (RUNBOOK.md).
@@ -95,6 +96,9 @@ class RegistryFollower:
         self._checked_at = float("-inf")  # the first request looks: a reload may be newer
         self._noted: str | None = None  # the publication a failure was logged for
         self._behind = False  # a newer registry is published and could not be applied here
+        # the marker as this process starts (its configuration read just before): a reload
+        # from before the start, the file edited since, does not make it behind
+        self._before_start = self.published()
 
     @property
     def applied(self) -> str:
@@ -174,9 +178,10 @@ class RegistryFollower:
             except Exception as exc:
                 self._note(wanted, "cannot be read or is invalid here: %s", _why(exc))
                 return False
-            if prepared.digest == self._applied:
-                # the file is what this process runs (it started after the file was edited
-                # since that reload, say): nothing to apply, and not behind
+            if prepared.digest == self._applied and wanted == self._before_start:
+                # a reload from before this process started, the file edited since (a rolling
+                # restart): the process runs the file as it is; nothing to apply, not behind.
+                # (A reload after it started, the file then set back: behind, below.)
                 self._behind = False
                 return False
             if prepared.digest != wanted:

@@ -137,6 +137,16 @@ def test_a_process_started_on_the_edited_file_is_not_behind_an_older_reload(
     assert caplog.text == ""
 
 
+def test_a_reload_after_the_start_then_the_file_set_back_leaves_a_process_behind(
+    tmp_path: Path,
+) -> None:
+    """The process started on R0; R1 was reloaded (its peers apply it) and the file set back
+    to R0 before this process looked: it still applies what the reload replaced."""
+    worker = RegistryFollower(tmp_path / MARKER, current="R0")
+    RegistryFollower(tmp_path / MARKER, current="R0")._write("R1")
+    assert not worker.follow(lambda: _prepared("R0", [])) and worker.behind
+
+
 def test_an_unreadable_marker_leaves_a_process_behind(tmp_path: Path) -> None:
     RegistryFollower(tmp_path / MARKER, current="x")._write("new")
     follower = RegistryFollower(tmp_path / MARKER, current="old")
@@ -332,3 +342,19 @@ def test_a_reload_reaches_every_worker_of_serve(tmp_path: Path, admin_port: bool
             assert seen == [[FIRST, SECOND]] * 24
     finally:
         status.close()
+
+
+def test_a_worker_that_stops_leaves_the_behind_gauge_at_zero(tmp_path: Path) -> None:
+    """The gauge is the maximum over every worker's file, a stopped worker's included: it
+    sets 0 as it exits (app.py, lifespan)."""
+    status = StatusServer()
+    status.body = b'{"entries": {}}'
+    app = create_app(load_settings(_config(tmp_path, status.url, [FIRST]), data_dir=tmp_path / "data"))
+    gauge = app.state.service.metrics.registry_behind
+    try:
+        with live_server(app):  # uvicorn, lifespan included
+            gauge.set(1)
+        assert gauge._value.get() == 0
+    finally:
+        status.close()
+        app.state.service.store.dispose()
