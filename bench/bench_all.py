@@ -15,7 +15,9 @@ for ``docs``, PostgreSQL binaries for the PostgreSQL rows, pyattest (``bench`` e
   ``attester serve --workers 2`` and Debian ``wrk`` (required) as the load generator.
 * ``register`` Android registrations over HTTP on 2 workers (SQLite, then PostgreSQL
   when its binaries exist), from 8 and from 32 connections, vs the in-process
-  verification+issuance rate of the same chains, measured before and after the HTTP runs.
+  verification+issuance rate of the same chains, measured before and after the HTTP runs;
+  under each, the CPU per registration of the workers, PostgreSQL and the load generator
+  (from /proc), where the time beyond the in-process figure goes.
 * ``flat``     registration and renewal latency with 1k and with N (default 1M) stored
   instances, interleaved, on SQLite and PostgreSQL; the query plans of the hot lookups.
 
@@ -31,6 +33,7 @@ import base64
 import json
 import multiprocessing
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -217,6 +220,7 @@ class Server:
     url: str
     work: Path
     root: Any
+    pid: int = 0  # the serve process (its workers are its children)
 
 
 @contextmanager
@@ -236,7 +240,7 @@ def serving(database_url: str | None, workers: int = 2) -> Iterator[Server]:
     )
     try:
         wait_until_healthy(url, server)
-        yield Server(url, work, root)
+        yield Server(url, work, root, server.pid)
     finally:
         server.terminate()
         server.wait(timeout=20)
@@ -362,11 +366,56 @@ def http_register(server: Server, bodies: list[dict[str, Any]], connections: int
     port = int(server.url.rsplit(":", 1)[1])
     encoded = [json.dumps(b).encode() for b in bodies]
     queue: Any = multiprocessing.Queue()
+    before, load_before, wall = _cpu_by_role(server.pid), _children_cpu(), time.perf_counter()
     proc = multiprocessing.Process(target=_load, args=(port, encoded, connections, queue))
     proc.start()
     good, bad, elapsed = queue.get(timeout=600)
     proc.join()
+    after, wall = _cpu_by_role(server.pid), time.perf_counter() - wall
+    if before and after:  # /proc: where the two cores went, per registration
+        spent = {role: after.get(role, 0.0) - before.get(role, 0.0) for role in after}
+        spent["load generator"] = _children_cpu() - load_before
+        per = ", ".join(f"{role} {seconds / len(bodies) * 1e6:.0f} us" for role, seconds in spent.items() if seconds > 0)
+        print(f"    CPU per registration ({connections} connections): {per}; "
+              f"{sum(spent.values()) / wall:.2f} cores busy on average", flush=True)
     return good / elapsed, bad
+
+
+def _children_cpu() -> float:
+    """CPU seconds of this process's ended children (the load generator, once joined)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _cpu_by_role(serve_pid: int) -> dict[str, float]:
+    """CPU seconds so far of the serve process and its workers, and of PostgreSQL's
+    processes, from /proc (empty where there is no /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    commands: dict[int, str] = {}
+    for entry in Path("/proc").glob("[0-9]*") if Path("/proc/self/stat").exists() else ():
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            commands[int(entry.name)] = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+        except (OSError, IndexError):
+            continue  # ended meanwhile
+        parents[int(entry.name)] = int(fields[1])
+        cpu[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+
+    def serves(pid: int) -> bool:
+        while pid > 1:
+            if pid == serve_pid:
+                return True
+            pid = parents.get(pid, 0)
+        return False
+
+    roles: dict[str, float] = {}
+    for pid, seconds in cpu.items():
+        role = "workers" if serves(pid) else "database server" if "postgres" in commands[pid] else None
+        if role is not None:
+            roles[role] = roles.get(role, 0.0) + seconds
+    return roles
 
 
 #: the load generator's connections: 8, and 32 (enough to keep both workers busy while each
