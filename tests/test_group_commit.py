@@ -257,11 +257,19 @@ def test_postgres_deadlock_between_batches_fails_only_its_cause(postgres_databas
     """Two replicas' batches deadlock (each holds a challenge the other inserts next): the
     victim batch's units run again alone, so the innocent registration in it lands."""
     first, second = create_store(postgres_database_url), create_store(postgres_database_url)
-    mine, theirs = threading.Event(), threading.Event()
+    mine, theirs, other_committed = threading.Event(), threading.Event(), threading.Event()
 
     def make(own: str, other: str, signal: threading.Event, wait: threading.Event,
              delay: float) -> Any:
+        runs = 0
+
         def unit(connection: Connection) -> None:
+            nonlocal runs
+            runs += 1
+            if runs > 1:
+                # run again alone once the other replica committed (else this new transaction
+                # could take the row the other one waits for first, and deadlock it in turn)
+                other_committed.wait(10)
             _redeem_in(connection, Redemption(own, NOW))
             signal.set()
             wait.wait(10)
@@ -269,6 +277,11 @@ def test_postgres_deadlock_between_batches_fails_only_its_cause(postgres_databas
             _redeem_in(connection, Redemption(other, NOW))
 
         return unit
+
+    def other_replica() -> None:
+        mine.wait(10)
+        second.writes.run(make("d2" * 32, "d1" * 32, theirs, mine, 0.6))
+        other_committed.set()
 
     release = _held(first.writes)
     with ThreadPoolExecutor(3) as pool:
@@ -278,8 +291,7 @@ def test_postgres_deadlock_between_batches_fails_only_its_cause(postgres_databas
         innocent = pool.submit(_register, first, 8)
         _wait_queued(first.writes, 2)
         release.set()
-        other = pool.submit(lambda: (mine.wait(10), second.writes.run(
-            make("d2" * 32, "d1" * 32, theirs, mine, 0.6)))[1])
+        other = pool.submit(other_replica)
         other.result(timeout=60)
         with pytest.raises(ChallengeAlreadyRedeemed):  # alone, after the other committed
             cause.result(timeout=60)
