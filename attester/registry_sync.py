@@ -18,13 +18,13 @@ reload again). A process that cannot follow (the file unreadable for a moment, o
 since) keeps its registry, logs it once per publication, and tries again at its next look.
 A process that starts while a reload is published compares the marker with the registry it
 started with, so it cannot miss it. A process that cannot follow is *behind*
-(:attr:`RegistryFollower.behind`): it applies a policy the operator replaced, and its ``/readyz`` answers 503 with ``app_registry`` ``behind`` until a
-reload of the file as it is reaches it. Readiness is the answering worker's: with
-``--workers N`` a probe sees it about once in N, so alert on the error log line or on the
-gauge ``attester_app_registry_behind``, the maximum over the workers (RUNBOOK). A process
-started after the file was edited runs the file: the marker of a reload from before it
-started does not make it behind (one published after it started, and the file then set
-back, does).
+(:attr:`RegistryFollower.behind`): it applies a policy the operator replaced, and its
+``/readyz`` answers 503 with ``app_registry`` ``behind`` until a reload of the file as it
+is reaches it. Readiness is the answering worker's: with ``--workers N`` a probe sees it
+about once in N, so alert on the error log line or on the gauge
+``attester_app_registry_behind``, the maximum over the workers (RUNBOOK). A process started
+after the file was edited runs the file: the marker of a reload from before it started
+does not make it behind (one published after it started, and the file then set back, does).
 
 Other replicas follow only if they share the data directory (``deploy/compose.yaml``'s do);
 otherwise each has its own reload (RUNBOOK.md).

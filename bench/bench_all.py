@@ -375,7 +375,9 @@ def http_register(server: Server, bodies: list[dict[str, Any]], connections: int
     if before and after:  # /proc: where the two cores went, per registration
         spent = {role: after.get(role, 0.0) - before.get(role, 0.0) for role in after}
         spent["load generator"] = _children_cpu() - load_before
-        per = ", ".join(f"{role} {seconds / len(bodies) * 1e6:.0f} us" for role, seconds in spent.items() if seconds > 0)
+        per = ", ".join(
+            f"{role} {seconds / len(bodies) * 1e6:.0f} us" for role, seconds in spent.items() if seconds > 0
+        )
         print(f"    CPU per registration ({connections} connections): {per}; "
               f"{sum(spent.values()) / wall:.2f} cores busy on average", flush=True)
     return good / elapsed, bad
@@ -397,7 +399,8 @@ def _cpu_by_role(serve_pid: int) -> dict[str, float]:
     for entry in Path("/proc").glob("[0-9]*") if Path("/proc/self/stat").exists() else ():
         try:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            commands[int(entry.name)] = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            command = (entry / "cmdline").read_bytes().split(b"\0")[0]
+            commands[int(entry.name)] = command.decode(errors="replace")
         except (OSError, IndexError):
             continue  # ended meanwhile
         parents[int(entry.name)] = int(fields[1])
@@ -412,7 +415,9 @@ def _cpu_by_role(serve_pid: int) -> dict[str, float]:
 
     roles: dict[str, float] = {}
     for pid, seconds in cpu.items():
-        role = "workers" if serves(pid) else "database server" if "postgres" in commands[pid] else None
+        role = "workers" if serves(pid) else None
+        if role is None and "postgres" in commands[pid]:
+            role = "database server"
         if role is not None:
             roles[role] = roles.get(role, 0.0) + seconds
     return roles
