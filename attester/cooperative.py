@@ -21,11 +21,12 @@ Rules for code that runs here (each of the places that wait says which it follow
 * Never suspend while holding a ``threading`` lock: another greenlet of the same thread
   wanting it would block the loop for good. Take such locks around work that does not wait,
   or do the whole locked step in a thread (:func:`blocking`).
-* What may wait long (the network, a remote database, a file lock another process holds)
-  goes through :func:`blocking`, or :func:`finish` where a cancelled request must still
-  wait for it; a local SQLite file's reads run inline (fast, and a thread hop would cost
-  more than they do), and the group commit's SQLite batch runs inline but fails at once
-  rather than wait for a lock (storage/group_commit.py).
+* What may wait long (the network, a file lock another process holds) goes through
+  :func:`blocking`, or :func:`finish` where a cancelled request must still wait for it;
+  a local SQLite file's reads run inline (fast, and a thread hop would cost more than
+  they do), and the group commit's SQLite batch runs inline but fails at once rather
+  than wait for a lock (storage/group_commit.py). PostgreSQL's round trips suspend the
+  request inside a :func:`database_io` section (storage/pg_connection.py).
 * While holding what other requests wait for (a batch holds the database's write lock),
   be :func:`pinned`: nothing suspends there (:func:`blocking` raises :class:`WouldSuspend`,
   and the section is done again where it may wait).
@@ -53,6 +54,8 @@ class _Request(greenlet):  # type: ignore[misc]
     """A greenlet running request work for :func:`run` (told apart by its class)."""
 
     pinned = 0  # inside pinned(): nothing suspends
+    database_io = 0  # inside database_io(): a cancellation waits for the section's end
+    cancelled: BaseException | None = None  # such a cancellation, raised at that end
 
 
 async def run(fn: Callable[..., T], /, **kwargs: Any) -> T:
@@ -99,11 +102,59 @@ def _refuse_if_pinned() -> None:
 
 
 def wait(awaitable: Awaitable[T]) -> T:
-    """From code running in :func:`run`: suspend until ``awaitable`` is done; its result."""
+    """From code running in :func:`run`: suspend until ``awaitable`` is done; its result.
+
+    In a :func:`database_io` section, a cancellation of the request does not interrupt
+    the wait: ``awaitable`` is waited for to the end and the cancellation is raised when
+    the section ends."""
     current = getcurrent()
     if not isinstance(current, _Request):
         raise RuntimeError("wait() outside cooperative.run()")
-    return current.parent.switch(awaitable)  # type: ignore[no-any-return]
+    if not current.database_io:
+        return current.parent.switch(awaitable)  # type: ignore[no-any-return]
+    task = asyncio.ensure_future(awaitable)
+    while True:
+        try:
+            return current.parent.switch(asyncio.shield(task))  # type: ignore[no-any-return]
+        except BaseException as exc:
+            if task.done() and not task.cancelled() and task.exception() is exc:
+                raise  # the awaited work's own error
+            current.cancelled = exc  # the request's: raised at the section's end
+            if task.done():
+                return task.result()
+
+
+def in_database_io() -> bool:
+    """Whether the caller runs in a :func:`database_io` section (and not :func:`pinned`)."""
+    current = getcurrent()
+    return isinstance(current, _Request) and bool(current.database_io) and not current.pinned
+
+
+@contextlib.contextmanager
+def database_io() -> Iterator[None]:
+    """A section of request work whose database round trips suspend the request, where the
+    driver's connection is cooperative (storage/store.py: PostgreSQL's), instead of waiting
+    in a thread: no hand-off to a thread and back for each read or batch.
+
+    A cancellation of the request (a worker shutting down) arriving meanwhile does not
+    interrupt the section: every wait in it runs to its end (a round trip left half done
+    would leave the connection unusable, and a group commit's batch holds other requests'
+    writes) and the cancellation is raised when the section ends. Outside :func:`run`, and
+    in a :func:`pinned` section, it changes nothing. The rules above hold in it: the code
+    it runs must hold no ``threading`` lock across a database call."""
+    current = getcurrent()
+    if not isinstance(current, _Request):
+        yield
+        return
+    current.database_io += 1
+    try:
+        yield
+    finally:
+        current.database_io -= 1
+        cancelled = current.cancelled if not current.database_io else None
+        if cancelled is not None:
+            current.cancelled = None
+            raise cancelled
 
 
 class WouldSuspend(BaseException):

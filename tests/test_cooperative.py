@@ -17,6 +17,7 @@ import pytest
 
 from attester import cooperative
 from attester.storage import create_store
+from attester.storage.group_commit import GroupCommit
 from tests.test_group_commit import _register
 
 REQUEST = contextvars.ContextVar("request", default="none")
@@ -304,13 +305,18 @@ def test_a_batch_meeting_sqlite_locked_by_another_writer_waits_in_a_thread(tmp_p
     store.dispose()
 
 
-def test_a_unit_that_starts_another_is_refused_where_units_run_in_a_thread(database_url: str) -> None:
-    """On PostgreSQL a request's units run in a worker thread: a unit that starts another
-    write there still gets the RuntimeError (it would wait for itself for ever)."""
-    store = create_store(database_url)
+@pytest.mark.parametrize("cooperative_io", [True, False])
+def test_a_unit_that_starts_another_is_refused_wherever_units_run(
+    postgres_database_url: str, cooperative_io: bool
+) -> None:
+    """A request's PostgreSQL units run on the loop (cooperative connections) or, for an
+    engine without them, in a worker thread: a unit that starts another write gets the
+    RuntimeError in both (it would wait for itself for ever)."""
+    store = create_store(postgres_database_url)
+    writes = GroupCommit(store.engine, cooperative_io=cooperative_io)
 
     def nested() -> None:
-        store.writes.run(lambda _connection: store.writes.run(lambda _inner: None))
+        writes.run(lambda _connection: writes.run(lambda _inner: None))
 
     async def main() -> None:
         await asyncio.wait_for(cooperative.run(nested), 20)
@@ -360,3 +366,50 @@ def test_a_full_pool_makes_requests_check_out_in_a_thread(tmp_path: Any) -> None
 
     assert len({r.id for r in asyncio.run(main())}) == 2
     store.dispose()
+
+
+def test_a_cancellation_in_a_database_io_section_waits_for_the_sections_end() -> None:
+    """Cancelled while it waits in a database_io section (a round trip, a batch for other
+    requests): the wait runs to its end, the section's rest runs, and the cancellation is
+    raised when the section ends; nothing after it runs."""
+    events: list[str] = []
+
+    def work() -> None:
+        with cooperative.database_io():
+            assert cooperative.in_database_io()
+            cooperative.wait(asyncio.sleep(0.3))
+            events.append("waited to the end")
+            cooperative.wait(asyncio.sleep(0.01))  # a wait after the cancellation: not cut
+            events.append("section done")
+        events.append("not reached")
+
+    _cancel_while_it_works(work)
+    assert events == ["waited to the end", "section done"]
+
+
+def test_a_database_io_section_without_a_cancellation_returns_and_raises_as_usual() -> None:
+    async def fails() -> None:
+        raise ValueError("refused")
+
+    def work() -> str:
+        with cooperative.database_io():
+            with pytest.raises(ValueError, match="refused"):
+                cooperative.wait(fails())
+            return str(cooperative.wait(asyncio.sleep(0, result="slept")))
+
+    assert asyncio.run(cooperative.run(work)) == "slept"
+    assert not cooperative.in_database_io()
+
+
+def test_database_io_is_only_a_requests_and_not_where_it_is_pinned() -> None:
+    with cooperative.database_io():  # a thread, the CLI: nothing to suspend
+        outside = cooperative.in_database_io()
+
+    def work() -> tuple[bool, bool]:
+        with cooperative.database_io():
+            inside = cooperative.in_database_io()
+            with cooperative.pinned():
+                return inside, cooperative.in_database_io()
+
+    assert not outside
+    assert asyncio.run(cooperative.run(work)) == (True, False)

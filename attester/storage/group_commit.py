@@ -43,7 +43,10 @@ other requests ready on the loop reach their own writes, which then join its bat
 request that leads writes a SQLite batch right on the loop's thread: with no other thread
 of the process running Python, the driver's GIL releases cost nothing (in threads, each
 re-take waited for a verifying thread to yield: cooperative.py has the figures). A
-PostgreSQL batch is written in a worker thread (its round trips could wait long).
+PostgreSQL batch is written there too, in a :func:`cooperative.database_io` section: each
+round trip suspends the leader and the loop serves others meanwhile (pg_connection.py);
+a cancelled leader still writes its batch to the end. (On an engine without those
+connections, a batch is written in a worker thread: its round trips could wait long.)
 """
 
 from __future__ import annotations
@@ -164,7 +167,12 @@ class _UnitFailed(Exception):
 
 class GroupCommit:
     def __init__(
-        self, engine: Engine, *, max_batch: int = MAX_BATCH, queue_timeout: float = QUEUE_TIMEOUT
+        self,
+        engine: Engine,
+        *,
+        max_batch: int = MAX_BATCH,
+        queue_timeout: float = QUEUE_TIMEOUT,
+        cooperative_io: bool = False,
     ) -> None:
         self.engine = engine
         self.max_batch = max_batch
@@ -179,6 +187,9 @@ class GroupCommit:
         # a SQLite database's statements are local and short: a leader that is a request
         # greenlet runs them on the event loop's thread (cooperative.py says why)
         self._inline = engine.dialect.name == "sqlite"
+        # a PostgreSQL batch led by a request greenlet runs on the loop's thread too, its
+        # round trips suspending the leader (pg_connection.py); else in a thread
+        self._cooperative_io = cooperative_io
         self._lock_fd: int | None = None
         self._lock_pid = 0
         #: transactions committed and units in them, batches written one unit at a time after
@@ -203,7 +214,7 @@ class GroupCommit:
                 self._leader = me
         if lead:
             try:
-                if cooperative.active() and not self._inline:
+                if cooperative.active() and not (self._inline or self._cooperative_io):
                     # a database on another host: its round trips wait in a thread (and a
                     # cancelled request still waits for it: one leader at a time)
                     cooperative.finish(self._lead, unit)
@@ -212,7 +223,13 @@ class GroupCommit:
                         # the requests ready on the loop reach their writes first: they
                         # queue behind this one and are written in its batch
                         cooperative.wait(asyncio.sleep(0))
-                    self._lead(unit)
+                    if self._cooperative_io:
+                        # suspended on each round trip; a cancelled request still leads
+                        # its batch to the end (database_io)
+                        with cooperative.database_io():
+                            self._lead(unit)
+                    else:
+                        self._lead(unit)
             finally:
                 with self._cond:
                     if unit in self._queue:  # the lock could not be taken
@@ -274,7 +291,7 @@ class GroupCommit:
                 with self._cond:
                     self._queue[:0] = batch
                     self._wake()
-            elif cooperative.active():  # a request on the event loop: SQLite, inline
+            elif self._inline and cooperative.active():  # a request on the loop: SQLite
                 self._commit_inline(connection, batch, own=own)
             else:
                 self._commit(connection, batch, own=own)

@@ -37,6 +37,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.pool import QueuePool, SingletonThreadPool
 
 from attester import cooperative
+from attester.storage import pg_connection
 from attester.storage.group_commit import GroupCommit, Unbatch, pool_exhausted
 from attester.storage.models import Instance, IssuedAttestation, RedeemedChallenge
 from attester.storage.status_entries import claim_entries, lock_active_instance
@@ -233,6 +234,8 @@ def create_store(url: str, *, migrate: bool = True, pool_size: int = 16) -> Stor
         event.listen(engine, "connect", _sqlite_pragmas)
     else:  # a server can drop idle connections (a local SQLite file cannot: no ping)
         _ping_when_idle(engine)
+    if engine.dialect.driver == "psycopg":  # round trips that suspend a request (its module)
+        event.listen(engine, "do_connect", pg_connection.connect)
     store = Store(engine)
     if migrate:
         store.migrate()
@@ -282,8 +285,10 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        # connections whose round trips suspend a request (pg_connection.py, create_store)
+        self._cooperative = event.contains(engine, "do_connect", pg_connection.connect)
         #: the registrations', renewals' and burnt challenges' write transactions
-        self.writes = GroupCommit(engine)
+        self.writes = GroupCommit(engine, cooperative_io=self._cooperative)
         # the replay read outside any transaction: PostgreSQL then needs no BEGIN before the
         # statement and no ROLLBACK when the connection goes back (two round trips fewer);
         # Python's SQLite driver begins nothing for a read anyway
@@ -372,12 +377,18 @@ class Store:
                 raw.close()
 
     def _outside(self, fn: Callable[..., T], *args: Any, write: bool = False) -> T:
-        """``fn(*args)``, database work of a request outside the group commit: in a thread
-        when the request runs on the event loop (cooperative.py) and the work may wait
-        there: always on PostgreSQL (the network), and for a write on SQLite (the file's
-        one write lock, held by another process perhaps); a SQLite read runs inline, unless
-        every pooled connection is out (the checkout would wait on the loop)."""
-        if write or self.engine.dialect.name != "sqlite" or pool_exhausted(self.engine):
+        """``fn(*args)``, database work of a request outside the group commit. When the
+        request runs on the event loop (cooperative.py) and a pooled connection is free
+        (else the checkout would wait on the loop): on PostgreSQL, inline with its round
+        trips suspending the request (pg_connection.py); on SQLite a read inline (a local
+        file: fast). Otherwise in a thread: a write on SQLite (the file's one write lock,
+        held by another process perhaps), a full pool."""
+        if pool_exhausted(self.engine):
+            return cooperative.blocking(fn, *args)
+        if self._cooperative:
+            with cooperative.database_io():
+                return fn(*args)
+        if write or self.engine.dialect.name != "sqlite":
             return cooperative.blocking(fn, *args)
         return fn(*args)
 
