@@ -217,3 +217,55 @@ def test_a_lost_connection_in_a_requests_read_is_replaced(postgres_database_url:
     finally:
         other.dispose()
         store.dispose()
+
+
+def test_requests_wait_on_the_loop_for_a_pooled_connection(postgres_database_url: str) -> None:
+    """Every pooled connection out: a request's read and a batch's leader wait on the loop
+    (no thread), the loop serving meanwhile, until one is given back."""
+    store = create_store(postgres_database_url, pool_size=1)
+    held = store.engine.connect()
+    seen: list[int] = []
+
+    def unit(_connection: Any) -> str:
+        seen.append(threading.get_ident())
+        return "written"
+
+    def read() -> bool:
+        redeemed = store.challenge_redeemed("f" * 64)
+        seen.append(threading.get_ident())
+        return redeemed
+
+    async def main() -> tuple[int, list[Any], int]:
+        asyncio.get_running_loop().call_later(0.3, held.close)
+        both = asyncio.gather(cooperative.run(read), cooperative.run(store.writes.run, work=unit))
+        results, ticks = await _ticking(asyncio.wait_for(both, 20))
+        return threading.get_ident(), list(results), ticks
+
+    try:
+        loop_thread, results, ticks = asyncio.run(main())
+    finally:
+        store.dispose()
+    assert results == [False, "written"]
+    assert seen == [loop_thread, loop_thread]
+    assert ticks >= 15  # the loop served while they waited
+
+
+def test_a_request_waiting_for_a_pooled_connection_gives_up_after_the_pools_timeout(
+    postgres_database_url: str,
+) -> None:
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    from attester.storage.group_commit import storage_outage
+
+    store = create_store(postgres_database_url, pool_size=1)
+    store.engine.pool._timeout = 0.2  # (the pool's checkout timeout: 30 s by default)
+    held = store.engine.connect()
+    try:
+        start = time.monotonic()
+        with pytest.raises(PoolTimeout) as timed_out:
+            asyncio.run(cooperative.run(store.challenge_redeemed, digest="f" * 64))
+        assert 0.2 <= time.monotonic() - start < 2
+        assert storage_outage(timed_out.value)  # answered 503 storage_unavailable
+    finally:
+        held.close()
+        store.dispose()
