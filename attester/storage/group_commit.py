@@ -58,13 +58,12 @@ import logging
 import os
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from greenlet import getcurrent
-from sqlalchemy import Connection, Engine, event
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.pool import QueuePool
@@ -277,10 +276,7 @@ class GroupCommit:
         # which every process's writes wait for; a database that cannot be reached fails
         # what queued at once, as a failed transaction does
         try:
-            if self._cooperative_io:
-                until_connection_free(self.engine)  # (a request: suspended till one is)
-                connection = self.engine.connect()
-            elif cooperative.active() and pool_exhausted(self.engine):
+            if cooperative.active() and pool_exhausted(self.engine):
                 connection = cooperative.blocking(self.engine.connect)
             else:
                 connection = self.engine.connect()
@@ -510,66 +506,9 @@ def _roll_back_driver(connection: Connection) -> None:
 
 def pool_exhausted(engine: Engine) -> bool:
     """Whether a checkout from ``engine``'s pool would wait (create_store keeps no overflow):
-    a request on the event loop then checks out in a thread instead of blocking the loop,
-    or, in a :func:`cooperative.database_io` section, waits with :func:`until_connection_free`."""
+    a request on the event loop then checks out in a thread instead of blocking the loop."""
     pool = engine.pool
     return isinstance(pool, QueuePool) and pool.checkedout() >= pool.size()
-
-
-class _FreeConnections:
-    """Requests on event loops waiting for one of an engine's pooled connections; each
-    connection given back (by any thread or request) wakes one of them."""
-
-    def __init__(self, engine: Engine) -> None:
-        self._lock = threading.Lock()
-        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
-        event.listen(engine, "checkin", self._given_back)
-
-    def _given_back(self, _dbapi_connection: Any, _record: Any) -> None:
-        with self._lock:
-            while self._waiters:
-                loop, woken = self._waiters.pop(0)
-                if not woken.done():  # (one that timed out is skipped)
-                    with contextlib.suppress(RuntimeError):  # its loop closed
-                        loop.call_soon_threadsafe(_resolve, woken)
-                        return
-
-    def until_free(self, engine: Engine) -> None:
-        deadline = time.monotonic() + engine.pool.timeout()  # type: ignore[attr-defined]
-        while pool_exhausted(engine):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise PoolTimeout(
-                    f"no pooled connection was free within {engine.pool.timeout():.0f} s"  # type: ignore[attr-defined]
-                )
-            loop = asyncio.get_running_loop()
-            woken = loop.create_future()
-            with self._lock:
-                self._waiters.append((loop, woken))
-            if not pool_exhausted(engine):  # given back meanwhile: no wake-up will come
-                woken.cancel()
-                continue
-            with contextlib.suppress(TimeoutError):
-                cooperative.wait(asyncio.wait_for(woken, remaining))
-
-
-_FREE: weakref.WeakKeyDictionary[Engine, _FreeConnections] = weakref.WeakKeyDictionary()
-_FREE_LOCK = threading.Lock()
-
-
-def until_connection_free(engine: Engine) -> None:
-    """From a request in a :func:`cooperative.database_io` section: return once a checkout
-    from ``engine``'s pool would not wait, the request suspended meanwhile and the loop
-    serving others (a thread's checkout would wait in the thread; a request's, waiting on
-    the loop, would stop it). ``sqlalchemy.exc.TimeoutError`` (503 storage_unavailable)
-    after the pool's own timeout, as a checkout would raise. Elsewhere: returns at once."""
-    if not cooperative.in_database_io() or not pool_exhausted(engine):
-        return
-    with _FREE_LOCK:
-        free = _FREE.get(engine)
-        if free is None:
-            free = _FREE[engine] = _FreeConnections(engine)
-    free.until_free(engine)
 
 
 def _unlock(fd: int) -> None:

@@ -38,12 +38,7 @@ from sqlalchemy.pool import QueuePool, SingletonThreadPool
 
 from attester import cooperative
 from attester.storage import pg_connection
-from attester.storage.group_commit import (
-    GroupCommit,
-    Unbatch,
-    pool_exhausted,
-    until_connection_free,
-)
+from attester.storage.group_commit import GroupCommit, Unbatch, pool_exhausted
 from attester.storage.models import Instance, IssuedAttestation, RedeemedChallenge
 from attester.storage.status_entries import claim_entries, lock_active_instance
 
@@ -382,18 +377,17 @@ class Store:
                 raw.close()
 
     def _outside(self, fn: Callable[..., T], *args: Any, write: bool = False) -> T:
-        """``fn(*args)``, database work of a request outside the group commit. On
-        PostgreSQL, inline: a request on the event loop (cooperative.py) is suspended at
-        each round trip (pg_connection.py) and, while every pooled connection is out,
-        until one is given back. On SQLite, a read runs inline (a local file: fast) unless
-        every pooled connection is out (the checkout would wait on the loop); a write, and
-        a read then, run in a thread (the file's one write lock may be another process's)."""
-        if self._cooperative:
-            with cooperative.database_io():
-                until_connection_free(self.engine)
-                return fn(*args)
+        """``fn(*args)``, database work of a request outside the group commit. When the
+        request runs on the event loop (cooperative.py) and a pooled connection is free
+        (else the checkout would wait on the loop): on PostgreSQL, inline with its round
+        trips suspending the request (pg_connection.py); on SQLite a read inline (a local
+        file: fast). Otherwise in a thread: a write on SQLite (the file's one write lock,
+        held by another process perhaps), a full pool."""
         if pool_exhausted(self.engine):
             return cooperative.blocking(fn, *args)
+        if self._cooperative:
+            with cooperative.database_io():
+                return fn(*args)
         if write or self.engine.dialect.name != "sqlite":
             return cooperative.blocking(fn, *args)
         return fn(*args)
