@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+import contextlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -369,6 +370,7 @@ def http_register(server: Server, bodies: list[dict[str, Any]], connections: int
     before, load_before, wall = _cpu_by_role(server.pid), _children_cpu(), time.perf_counter()
     proc = multiprocessing.Process(target=_load, args=(port, encoded, connections, queue))
     proc.start()
+    split = _connections_per_worker(server.pid, port, connections)
     good, bad, elapsed = queue.get(timeout=600)
     proc.join()
     after, wall = _cpu_by_role(server.pid), time.perf_counter() - wall
@@ -380,7 +382,47 @@ def http_register(server: Server, bodies: list[dict[str, Any]], connections: int
         )
         print(f"    CPU per registration ({connections} connections): {per}; "
               f"{sum(spent.values()) / wall:.2f} cores busy on average", flush=True)
+    if split:  # the kernel spreads connections over the workers by a hash (attester/workers.py)
+        print(f"    connections per worker: {' / '.join(map(str, split))}", flush=True)
     return good / elapsed, bad
+
+
+def _connections_per_worker(serve_pid: int, port: int, expected: int) -> list[int]:
+    """The load generator's connections each worker holds, most first, once all are open
+    (Linux /proc; empty elsewhere or if they did not all open within 5 s)."""
+    tables = [Path("/proc/net/tcp"), Path("/proc/net/tcp6")]
+    if not tables[0].exists():
+        return []
+    workers = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:  # uvicorn's workers (multiprocessing's resource tracker is a child too)
+            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == serve_pid:
+                if b"spawn_main" in (entry / "cmdline").read_bytes():
+                    workers.append(entry)
+        except (OSError, IndexError, ValueError):
+            continue
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        inodes = {
+            fields[9]
+            for table in tables if table.exists()
+            for fields in (line.split() for line in table.read_text().splitlines()[1:])
+            if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port
+        }
+        counts = []
+        for worker in workers:
+            held = 0
+            try:
+                for fd in (worker / "fd").iterdir():
+                    with contextlib.suppress(OSError):
+                        held += os.readlink(fd)[8:-1] in inodes
+            except OSError:
+                continue
+            counts.append(held)
+        if sum(counts) >= expected:
+            return sorted(counts, reverse=True)
+        time.sleep(0.05)
+    return []
 
 
 def _children_cpu() -> float:
