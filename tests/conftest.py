@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,12 +11,37 @@ from typing import Any
 import pytest
 
 from attester.app import create_app
+from attester.logs import JsonFormatter
 from attester.service import AttesterService, build_service
 from attester.settings import Settings, load_settings
 from tests import softhsm as softhsm_support
 from tests.support import LiveServer, MutableClock, live_server, postgres_server, unavailable
 
 ISSUER = "https://attester.test"
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_found() -> Iterator[None]:
+    """A test that runs ``serve`` in this process (the CLI's own error paths) configures
+    logging (attester/logs.py): a handler on the test's captured stderr, which pytest closes
+    after the test. Left in place, every later record failed to write (``--- Logging error
+    ---``, its ``Call stack:`` line reaching the terminal from a live server's thread).
+    Afterwards the service's handlers are removed and the levels and uvicorn's loggers are
+    as the test found them (pytest's own handlers come and go with each phase)."""
+    root = logging.getLogger()
+    before, level = set(root.handlers), root.level
+    uvicorn = [
+        (logger, logger.handlers[:], logger.propagate, logger.disabled)
+        for logger in map(logging.getLogger, ("uvicorn", "uvicorn.error", "uvicorn.access"))
+    ]
+    yield
+    for handler in root.handlers[:]:
+        if handler not in before and isinstance(handler.formatter, JsonFormatter):
+            root.removeHandler(handler)
+    root.setLevel(level)
+    for logger, handlers, propagate, disabled in uvicorn:
+        logger.handlers[:] = handlers
+        logger.propagate, logger.disabled = propagate, disabled
 
 
 @pytest.fixture
