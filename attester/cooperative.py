@@ -43,7 +43,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import anyio.to_thread
-from greenlet import getcurrent, greenlet
+from greenlet import GreenletExit, getcurrent, greenlet
 
 T = TypeVar("T")
 
@@ -116,6 +116,8 @@ def wait(awaitable: Awaitable[T]) -> T:
     while True:
         try:
             return current.parent.switch(asyncio.shield(task))  # type: ignore[no-any-return]
+        except GreenletExit:
+            raise  # the greenlet is being discarded (its loop is gone): nothing to wait for
         except BaseException as exc:
             if task.done() and not task.cancelled() and task.exception() is exc:
                 raise  # the awaited work's own error
@@ -139,9 +141,13 @@ def database_io() -> Iterator[None]:
     A cancellation of the request (a worker shutting down) arriving meanwhile does not
     interrupt the section: every wait in it runs to its end (a round trip left half done
     would leave the connection unusable, and a group commit's batch holds other requests'
-    writes) and the cancellation is raised when the section ends. Outside :func:`run`, and
-    in a :func:`pinned` section, it changes nothing. The rules above hold in it: the code
-    it runs must hold no ``threading`` lock across a database call."""
+    writes) and the cancellation is raised when the section ends. (Not when the loop itself
+    is shut down, ``asyncio.run`` cancelling every task, the round trip's own among them:
+    SQLAlchemy then discards the connection.) Outside :func:`run`, and in a :func:`pinned`
+    section, it changes nothing. The rules above hold in it: the code it runs must hold no
+    ``threading`` lock of its own across a database call. (psycopg holds its connection's
+    lock through each round trip, suspended too: no other request can want that lock, as a
+    pooled connection is checked out to one request at a time.)"""
     current = getcurrent()
     if not isinstance(current, _Request):
         yield

@@ -41,8 +41,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-import contextlib
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -389,7 +388,8 @@ def http_register(server: Server, bodies: list[dict[str, Any]], connections: int
 
 def _connections_per_worker(serve_pid: int, port: int, expected: int) -> list[int]:
     """The load generator's connections each worker holds, most first, once all are open
-    (Linux /proc; empty elsewhere or if they did not all open within 5 s)."""
+    (Linux /proc; empty elsewhere, with one worker (no such children), or if they did not
+    all open within 5 s)."""
     tables = [Path("/proc/net/tcp"), Path("/proc/net/tcp6")]
     if not tables[0].exists():
         return []
@@ -414,8 +414,9 @@ def _connections_per_worker(serve_pid: int, port: int, expected: int) -> list[in
             held = 0
             try:
                 for fd in (worker / "fd").iterdir():
-                    with contextlib.suppress(OSError):
-                        held += os.readlink(fd)[8:-1] in inodes
+                    with suppress(OSError):
+                        link = os.readlink(fd)
+                        held += link.startswith("socket:[") and link[8:-1] in inodes
             except OSError:
                 continue
             counts.append(held)

@@ -26,8 +26,9 @@ def _logging_as_found() -> Iterator[None]:
     logging (attester/logs.py): a handler on the test's captured stderr, which pytest closes
     after the test. Left in place, every later record failed to write (``--- Logging error
     ---``, its ``Call stack:`` line reaching the terminal from a live server's thread).
-    Afterwards the service's handlers are removed and the levels and uvicorn's loggers are
-    as the test found them (pytest's own handlers come and go with each phase)."""
+    Afterwards the service's handlers are removed, the handlers ``configure`` dropped
+    (pytest's own: its capture and report handlers, and the session's live-log and log-file
+    ones) are back, and the levels and uvicorn's loggers are as the test found them."""
     root = logging.getLogger()
     before, level = set(root.handlers), root.level
     uvicorn = [
@@ -38,6 +39,8 @@ def _logging_as_found() -> Iterator[None]:
     for handler in root.handlers[:]:
         if handler not in before and isinstance(handler.formatter, JsonFormatter):
             root.removeHandler(handler)
+    for handler in before - set(root.handlers):
+        root.addHandler(handler)
     root.setLevel(level)
     for logger, handlers, propagate, disabled in uvicorn:
         logger.handlers[:] = handlers

@@ -413,3 +413,22 @@ def test_database_io_is_only_a_requests_and_not_where_it_is_pinned() -> None:
 
     assert not outside
     assert asyncio.run(cooperative.run(work)) == (True, False)
+
+
+def test_a_request_discarded_in_a_database_io_section_ends_there() -> None:
+    """GreenletExit (the greenlet discarded: its loop went away) is not a cancellation to
+    hold: the request ends at once instead of waiting on, never to be resumed."""
+    from greenlet import GreenletExit
+
+    def work() -> None:
+        with cooperative.database_io():
+            cooperative.wait(asyncio.sleep(10))
+
+    async def main() -> bool:
+        request = cooperative._Request(work)
+        pending = request.switch()  # suspended in the section's wait
+        request.throw(GreenletExit)  # what greenlet does to one garbage-collected
+        pending.cancel()
+        return bool(request.dead)
+
+    assert asyncio.run(main())

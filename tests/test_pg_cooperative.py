@@ -62,7 +62,9 @@ def _sleep_on_the_server(store: Any, seconds: float) -> int:
     return threading.get_ident()
 
 
-def test_a_requests_reads_wait_on_the_loop_thread_and_let_it_serve(postgres_database_url: str) -> None:
+def test_a_requests_reads_wait_on_the_loop_thread_and_let_it_serve(
+    postgres_database_url: str,
+) -> None:
     """Two requests' reads of 0.3 s each, at once: both on the loop's thread (no thread
     hop), overlapping (the loop was not blocked by the first), the ticker ticking."""
     store = _pooled(create_store(postgres_database_url), 2)
@@ -144,7 +146,9 @@ def test_a_cancelled_leader_still_commits_its_batch(postgres_database_url: str) 
 
     async def main() -> tuple[BaseException | None, list[Any]]:
         leader = asyncio.create_task(cooperative.run(store.writes.run, work=slow_unit))
-        others = [asyncio.create_task(cooperative.run(_register, store=store, n=n)) for n in range(3)]
+        others = [
+            asyncio.create_task(cooperative.run(_register, store=store, n=n)) for n in range(3)
+        ]
         while not started:  # the batch (the leader's unit and the three) is being written
             await asyncio.sleep(0.005)
         leader.cancel()
@@ -212,7 +216,8 @@ def test_connecting_inside_a_database_io_section_waits_in_a_thread(
     monkeypatch.setattr(pg_connection.CooperativeConnection, "connect", recording)
 
     async def main() -> tuple[int, bool]:
-        return threading.get_ident(), await cooperative.run(store.challenge_redeemed, digest="d" * 64)
+        redeemed = await cooperative.run(store.challenge_redeemed, digest="d" * 64)
+        return threading.get_ident(), redeemed
 
     try:
         loop_thread, redeemed = asyncio.run(main())
