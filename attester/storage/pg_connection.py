@@ -59,8 +59,6 @@ def connect(_dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Cooperativ
     """SQLAlchemy's ``do_connect`` hook: a :class:`CooperativeConnection`, made in a worker
     thread when a request's :func:`cooperative.database_io` section asks for it (the pool
     opens one: a first use, or after a lost connection)."""
-    if cooperative.in_database_io():
-        return cooperative.finish(
-            CooperativeConnection.connect, *cargs, undo=lambda made: made.close(), **cparams
-        )
+    if cooperative.in_database_io():  # (a cancellation waits for it: database_io)
+        return cooperative.blocking(CooperativeConnection.connect, *cargs, **cparams)
     return CooperativeConnection.connect(*cargs, **cparams)
