@@ -393,14 +393,11 @@ def _connections_per_worker(serve_pid: int, port: int, expected: int) -> list[in
     tables = [Path("/proc/net/tcp"), Path("/proc/net/tcp6")]
     if not tables[0].exists():
         return []
-    workers = []
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:  # uvicorn's workers (multiprocessing's resource tracker is a child too)
-            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == serve_pid:
-                if b"spawn_main" in (entry / "cmdline").read_bytes():
-                    workers.append(entry)
-        except (OSError, IndexError, ValueError):
-            continue
+    workers = [  # uvicorn's workers (multiprocessing's resource tracker is a child too)
+        Path("/proc") / str(pid)
+        for pid, fields, command in _processes()
+        if int(fields[1]) == serve_pid and "spawn_main" in command
+    ]
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         inodes = {
@@ -426,6 +423,20 @@ def _connections_per_worker(serve_pid: int, port: int, expected: int) -> list[in
     return []
 
 
+def _processes() -> Iterator[tuple[int, list[str], str]]:
+    """Every process from /proc: its pid, the fields of its ``stat`` after the command name
+    (the state first), its command line (none where there is no /proc)."""
+    if not Path("/proc/self/stat").exists():
+        return
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            command = (entry / "cmdline").read_bytes().decode(errors="replace")
+        except (OSError, IndexError):
+            continue  # ended meanwhile
+        yield int(entry.name), fields, command
+
+
 def _children_cpu() -> float:
     """CPU seconds of this process's ended children (the load generator, once joined)."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -439,15 +450,10 @@ def _cpu_by_role(serve_pid: int) -> dict[str, float]:
     parents: dict[int, int] = {}
     cpu: dict[int, float] = {}
     commands: dict[int, str] = {}
-    for entry in Path("/proc").glob("[0-9]*") if Path("/proc/self/stat").exists() else ():
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            command = (entry / "cmdline").read_bytes().split(b"\0")[0]
-            commands[int(entry.name)] = command.decode(errors="replace")
-        except (OSError, IndexError):
-            continue  # ended meanwhile
-        parents[int(entry.name)] = int(fields[1])
-        cpu[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    for pid, fields, command in _processes():
+        commands[pid] = command.split("\0")[0]
+        parents[pid] = int(fields[1])
+        cpu[pid] = (int(fields[11]) + int(fields[12])) / tick
 
     def serves(pid: int) -> bool:
         while pid > 1:
