@@ -58,12 +58,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         try:
             from attester import workers
 
-            workers.run(  # uvicorn's supervisor, a listening socket per worker
+            workers.run(  # uvicorn's supervisor, the workers taking connections in turn
                 "attester.app:app_from_environment",
                 host=args.host,
                 port=args.port,
                 workers=args.workers,
-                reuse_port=not args.shared_socket,
+                take_turns=not args.shared_socket,
                 log_config=None,
                 access_log=False,
                 # the client address is the peer; X-Forwarded-For only via trusted_proxies
@@ -398,8 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--shared-socket",
         action="store_true",
-        help="with --workers: all workers accept from one socket (uvicorn's way) instead of "
-        "each from its own SO_REUSEPORT socket (see RUNBOOK.md)",
+        help="with --workers: each worker accepts whatever it can (uvicorn's way) instead of "
+        "the one holding fewest connections taking the next (see RUNBOOK.md)",
     )
     serve.set_defaults(func=cmd_serve)
 

@@ -381,7 +381,7 @@ def http_register(server: Server, bodies: list[dict[str, Any]], connections: int
         )
         print(f"    CPU per registration ({connections} connections): {per}; "
               f"{sum(spent.values()) / wall:.2f} cores busy on average", flush=True)
-    if split:  # the kernel spreads connections over the workers by a hash (attester/workers.py)
+    if split:  # the workers take connections in turn by count (attester/workers.py)
         print(f"    connections per worker: {' / '.join(map(str, split))}", flush=True)
     return good / elapsed, bad
 
