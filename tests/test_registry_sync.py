@@ -318,7 +318,7 @@ def test_a_reload_that_cannot_be_published_is_refused_and_audited(tmp_path: Path
 @pytest.mark.parametrize("admin_port", [False, True], ids=["admin-on-the-public-port", "admin-in-the-parent"])
 def test_a_reload_reaches_every_worker_of_serve(tmp_path: Path, admin_port: bool) -> None:
     from tests.support import free_port
-    from tests.test_workers import _held, _wait_for_workers
+    from tests.test_workers import _held, _until_both_serve, _wait_for_workers
 
     status = StatusServer()
     status.body = b'{"entries": {}}'
@@ -335,6 +335,7 @@ def test_a_reload_reaches_every_worker_of_serve(tmp_path: Path, admin_port: bool
             # connections held open together: the worker holding fewest takes the next one
             # (workers.py), so they are spread over both workers, which the test checks
             workers = _wait_for_workers(int(url.rsplit(":", 1)[1]), 2)
+            _until_both_serve(int(url.rsplit(":", 1)[1]), workers)
             clients = [httpx.Client(base_url=url) for _ in range(4)]
             try:
                 seen = []

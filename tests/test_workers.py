@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import uvloop
 
 from attester.workers import DEFER, STALE, Acceptor, Board
 from tests.test_cli import ATTESTER, serving
@@ -24,37 +25,42 @@ linux_proc = pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="/pro
 
 
 # -- the board and the accept loop, in this process ---------------------------------------
-def _dead_pid() -> int:
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()
-    return child.pid
+def _live(board: Board, slot: int, count: int) -> None:
+    """``slot``'s worker listens, its loop ran just now, and it holds ``count``."""
+    board.listening(slot, True)
+    board.beat(slot)
+    board.publish(slot, count)
 
 
-def test_a_slot_is_claimed_once_and_freed_by_its_owner_only() -> None:
+def test_slots_are_handed_out_once_and_given_back_cleared() -> None:
     board = Board(slots=2)
-    mine = board.claim(os.getpid())
-    other = board.claim(os.getppid())
-    assert {mine, other} == {0, 1}
-    assert board.claim(os.getpid()) is None  # every slot held by a live process
-    board.release(other, pid=os.getpid())  # not its owner: kept
-    assert board.claim(12345678) is None
-    board.release(other, pid=os.getppid())
-    assert board.claim(os.getpid()) == other
-
-
-def test_a_dead_workers_slot_is_taken_again_and_not_counted() -> None:
-    board = Board(slots=2)
-    mine = board.claim(os.getpid())
-    dead = board.claim(_dead_pid())
-    assert dead != mine
-    board.publish(mine, 3)
-    assert board.holds_fewest(mine)  # the dead one's 0 does not count ...
-    again = board.claim(os.getppid())
-    assert again == dead  # ... and its slot was freed for the next worker
-    board.publish(again, 1)
+    first, second = board.take(), board.take()
+    assert {first, second} == {0, 1}
+    assert board.take() is None  # every slot held
+    _live(board, second, 0)
+    mine = first
+    _live(board, mine, 1)
     assert not board.holds_fewest(mine)
-    board.publish(mine, 1)
-    assert board.holds_fewest(mine) and board.holds_fewest(again)  # ties: both may take it
+    board.give_back(second)  # its worker exited: its count no longer counts
+    assert board.holds_fewest(mine)
+    assert board.take() == second
+
+
+def test_only_a_listening_worker_whose_loop_runs_is_waited_for() -> None:
+    board = Board(slots=3)
+    mine, other, third = board.take(), board.take(), board.take()
+    _live(board, mine, 2)
+    _live(board, other, 1)
+    _live(board, third, 5)
+    assert not board.holds_fewest(mine)
+    board.listening(other, False)  # it is letting a connection go itself, or out of fds
+    assert board.holds_fewest(mine)
+    board.listening(other, True)
+    board._cells[3 * other + 1] -= int(2 * STALE * 1e9)  # its loop last ran 2 STALE ago
+    assert board.holds_fewest(mine)
+    _live(board, other, 2)
+    assert board.holds_fewest(mine) and board.holds_fewest(other)  # ties: both may take it
+    assert not board.holds_fewest(third)
 
 
 class _Served(asyncio.Protocol):
@@ -65,13 +71,23 @@ class _Served(asyncio.Protocol):
         transport.write(b"hi")  # type: ignore[attr-defined]
 
 
-def _accept_through(board: Board, slot: int, held: int, *, connect: int = 1) -> list[float]:
-    """Run an Acceptor on a fresh socket in this process, its worker holding ``held``
-    connections; return how long each of ``connect`` connections waited to be taken."""
+def _accept_through(board: Board, slot: int | None, held: int, *, connect: int = 1,
+                    keep_alive: int | None = None) -> list[float]:
+    """Run an Acceptor on a fresh socket in this process (on uvloop, as in a worker), its
+    worker holding ``held`` connections, the loop of slot ``keep_alive`` beating meanwhile;
+    return how long each of ``connect`` connections waited to be taken."""
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
 
     async def main() -> list[float]:
+        loop = asyncio.get_running_loop()
+
+        def beat() -> None:
+            if keep_alive is not None:
+                board.beat(keep_alive)
+                loop.call_later(0.01, beat)
+
+        beat()
         _Served.made = []
         connections = {object() for _ in range(held)}
         acceptor = Acceptor(listener, _Served, ssl=None, board=board, slot=slot,
@@ -85,49 +101,77 @@ def _accept_through(board: Board, slot: int, held: int, *, connect: int = 1) -> 
             writer.close()
         acceptor.close()
         await acceptor.wait_closed()
+        if slot is not None:
+            assert not board._cells[3 * slot + 2]  # closed: not listening
         return waited
 
     try:
-        return asyncio.run(main())
+        return uvloop.run(main())
     finally:
         listener.close()
 
 
 def test_the_worker_holding_fewest_takes_a_connection_at_once() -> None:
     board = Board(slots=2)
-    mine, other = board.claim(os.getpid()), board.claim(os.getppid())
-    board.publish(other, 5)
-    waited = _accept_through(board, mine, held=2, connect=3)
-    assert max(waited) < DEFER, waited
-    assert board.claim(os.getpid()) == mine  # close() freed the slot
+    mine, other = board.take(), board.take()
+    _live(board, other, 5)
+    waited = _accept_through(board, mine, held=2, connect=3, keep_alive=other)
+    assert max(waited) < DEFER / 2, waited
 
 
 def test_a_busier_worker_takes_a_connection_nobody_else_took_after_defer() -> None:
-    """The worker holding fewest (here a live process that never accepts: busy or hung)
-    delays a connection by DEFER, not forever."""
+    """The worker holding fewest (here one that listens and whose loop runs, but never
+    accepts) delays a connection by DEFER, not forever."""
     board = Board(slots=2)
-    mine, other = board.claim(os.getpid()), board.claim(os.getppid())
-    board.publish(other, 0)
-    waited = _accept_through(board, mine, held=1, connect=3)  # within STALE of its beat
+    mine, other = board.take(), board.take()
+    _live(board, other, 0)
+    waited = _accept_through(board, mine, held=1, connect=3, keep_alive=other)
     assert all(DEFER <= w < DEFER + 0.5 for w in waited), waited
+
+
+def test_a_worker_leaving_a_connection_to_another_is_still_waited_for() -> None:
+    """It looks again every RECHECK: once it holds fewest, the others wait for it (had it
+    stopped counting, the other would take every connection meanwhile: 7 / 1 of 8)."""
+    board = Board(slots=2)
+    mine, other = board.take(), board.take()
+    _live(board, other, 0)
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    async def main() -> float:
+        acceptor = Acceptor(listener, _Served, ssl=None, board=board, slot=mine,
+                            connections={object()})
+        started = time.monotonic()
+        reader, writer = await asyncio.open_connection(*listener.getsockname()[:2])
+        await asyncio.sleep(0.02)  # left for the other, which holds fewer
+        board.beat(other)
+        board.publish(other, 5)  # now this one holds fewer ...
+        assert not board.holds_fewest(other)  # ... and the other leaves it to this one
+        assert await asyncio.wait_for(reader.readexactly(2), 5) == b"hi"
+        writer.close()
+        acceptor.close()
+        return time.monotonic() - started
+
+    try:
+        assert uvloop.run(main()) < DEFER * 0.8
+    finally:
+        listener.close()
 
 
 def test_a_worker_whose_loop_stopped_running_is_not_waited_for() -> None:
     board = Board(slots=2)
-    mine, other = board.claim(os.getpid()), board.claim(os.getppid())
-    board.publish(other, 0)
-    board._cells[3 * other + 2] -= int(2 * STALE * 1e9)  # its last beat: 2 STALE ago
-    assert board.holds_fewest(mine) is True
-    waited = _accept_through(board, mine, held=1)
-    assert waited[0] < DEFER, waited
+    mine, other = board.take(), board.take()
+    _live(board, other, 0)
+    board._cells[3 * other + 1] -= int(2 * STALE * 1e9)  # killed or hung: no beat since
+    waited = _accept_through(board, mine, held=1, connect=2)
+    assert max(waited) < DEFER / 2, waited
 
 
 def test_without_a_slot_a_worker_accepts_without_turns() -> None:
     board = Board(slots=1)
-    other = board.claim(os.getppid())
-    board.publish(other, 0)
-    waited = _accept_through(board, None, held=9)  # type: ignore[arg-type]
-    assert waited[0] < DEFER
+    other = board.take()
+    _live(board, other, 0)
+    waited = _accept_through(board, None, held=9, keep_alive=other)
+    assert waited[0] < DEFER / 2
 
 
 # -- serve --workers 2 ------------------------------------------------------------------
@@ -228,19 +272,71 @@ def test_keep_alive_connections_are_spread_evenly_over_workers(tmp_path: Path) -
 
 
 @linux_proc
-def test_a_killed_worker_does_not_stall_new_connections(tmp_path: Path) -> None:
+def test_a_burst_of_connections_is_spread_over_workers(tmp_path: Path) -> None:
     with serving(tmp_path / "data", "--workers", "2") as url:
         port = int(url.rsplit(":", 1)[1])
-        first, _ = _wait_for_workers(port, 2)
-        os.kill(first, signal.SIGKILL)  # its slot on the board stays until found dead
-        time.sleep(0.2)
-        with httpx.Client(base_url=url, timeout=5) as http:
-            for _ in range(30):  # before uvicorn replaces it, and after
+        workers = _wait_for_workers(port, 2)
+        _until_both_serve(port, workers)
+        connections = [socket.create_connection(("127.0.0.1", port), timeout=10)
+                       for _ in range(16)]  # all opened before any is answered
+        for sock in connections:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        for sock in connections:
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        held = _held(port, workers)
+        for sock in connections:
+            sock.close()
+    assert sum(held) == 16
+    assert max(held) - min(held) <= 4, held  # uvicorn's accept: 1 / 15 to 4 / 12
+
+
+@linux_proc
+def test_clients_opening_connections_together_are_not_held_back(tmp_path: Path) -> None:
+    """Four clients, each a new connection per request: a worker lets a connection go only
+    to one that listens, so two workers never wait for each other (they did, 0.1 s a
+    connection, before the listening flag)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with serving(tmp_path / "data", "--workers", "2") as url:
+        port = int(url.rsplit(":", 1)[1])
+        _until_both_serve(port, _wait_for_workers(port, 2))
+
+        def client(_: int) -> list[float]:
+            times = []
+            for _ in range(40):
                 started = time.monotonic()
-                assert http.get("/healthz", headers={"Connection": "close"}).status_code == 200
-                assert time.monotonic() - started < 1.0
-        workers = _wait_for_workers(port, 2, but=first)
-        assert len(workers) == 2 and first not in workers
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+                times.append(time.monotonic() - started)
+            return times
+
+        with ThreadPoolExecutor(4) as pool:
+            times = sorted(t for each in pool.map(client, range(4)) for t in each)
+    assert times[len(times) // 2] < DEFER / 4, times[len(times) // 2]
+
+
+@linux_proc
+def test_a_killed_worker_does_not_stall_new_connections(tmp_path: Path) -> None:
+    """The killed worker held fewer connections than the other, its slot still says it
+    listens: it is not waited for once its loop has not run for STALE."""
+    with serving(tmp_path / "data", "--workers", "2") as url:
+        port = int(url.rsplit(":", 1)[1])
+        workers = _wait_for_workers(port, 2)
+        _until_both_serve(port, workers)
+        kept = _connect(port)  # on one worker, which now holds more than the other
+        (holder,) = [pid for pid, n in zip(workers, _held(port, workers)) if n]
+        (idle,) = [pid for pid in workers if pid != holder]
+        os.kill(idle, signal.SIGKILL)
+        for _ in range(30):  # before uvicorn replaces it, and after
+            started = time.monotonic()
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+            assert time.monotonic() - started < STALE + 0.4
+        kept.close()
+        workers = _wait_for_workers(port, 2, but=idle)
+        assert len(workers) == 2 and idle not in workers
 
 
 def test_a_port_already_served_fails_at_start(tmp_path: Path) -> None:
