@@ -24,9 +24,10 @@ the one holding fewest takes it, so N connections land about N / workers each.
 Failing safe: the worker holding fewest may be busy (a fresh worker's first requests, a
 long request), out of descriptors, shutting down, hung or killed. One that is not listening
 (out of descriptors, shutting down) is never waited for; one letting a connection go looks
-again soon, so two workers that each wait for the other do so for ``RECHECK`` at most; one whose loop has not run for ``STALE`` seconds (hung, killed, stopped in a debugger)
-is not waited for; and a connection that still waits after ``DEFER`` seconds is taken by
-whoever looks next, with every other one waiting then. A connection therefore waits at
+again soon, so two workers that each wait for the other do so for ``RECHECK`` at most; one
+whose loop has not run for ``STALE`` seconds (hung, killed, stopped in a debugger) is not
+waited for; and a connection that still waits after ``DEFER`` seconds is taken by whoever
+looks next, with every other one waiting then. A connection therefore waits at
 most ``DEFER`` for a worker that can answer it. Unlike a socket per worker, connections in
 the queue when a worker exits are taken by the others (the queue is the shared socket's),
 and a hung worker takes no new ones. ``serve --shared-socket`` goes back to uvicorn's own
@@ -221,7 +222,9 @@ class Acceptor:
         if not self._poll.poll(0):  # taken by another worker meanwhile
             self._listen()
             return
-        overdue = since is not None and time.monotonic() - since >= DEFER
+        if since is None:  # back from the out-of-descriptors pause: as if it had just come
+            since = time.monotonic()
+        overdue = time.monotonic() - since >= DEFER
         if overdue or self._slot is None or self._board.holds_fewest(self._slot):
             self._listen()
             self._accept(drain=overdue)  # late: take every connection waiting
@@ -251,9 +254,11 @@ class Acceptor:
 
     async def _serve(self, conn: socket.socket) -> None:
         try:  # (uvloop and asyncio's transports set TCP_NODELAY themselves)
-            _, protocol = await self._loop.connect_accepted_socket(self._factory, conn, ssl=self._ssl)
+            transport, protocol = await self._loop.connect_accepted_socket(
+                self._factory, conn, ssl=self._ssl
+            )
             if self._closed:  # accepted as uvicorn began shutting down: missed by its loop
-                protocol.shutdown()  # type: ignore[attr-defined]
+                getattr(protocol, "shutdown", transport.close)()  # (TLS: no shutdown())
         except Exception as exc:  # a TLS handshake that failed, a peer already gone
             log.debug("connection not served: %r", exc)
             conn.close()
@@ -324,11 +329,21 @@ class TakingTurnsProcess(multiprocess.Process):
 
     def __init__(self, config: uvicorn.Config, sockets: list[socket.socket]) -> None:
         self._board = self.board
-        self._slot = self._board.take()
+        self._slot = self._board.take()  # before super(): the process pickles it when started
         super().__init__(config, sockets)
+
+    def start(self) -> None:
+        try:
+            super().start()
+        except BaseException:  # never started, so never joined: its slot is free again
+            self._give_back()
+            raise
 
     def join(self) -> None:
         super().join()
+        self._give_back()
+
+    def _give_back(self) -> None:
         if self._slot is not None:
             self._board.give_back(self._slot)
             self._slot = None

@@ -314,7 +314,8 @@ def test_a_reload_that_cannot_be_published_is_refused_and_audited(tmp_path: Path
         app.state.service.store.dispose()
 
 
-@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="/proc (Linux): which worker holds a connection")
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(),
+                    reason="/proc (Linux): which worker holds a connection")
 @pytest.mark.parametrize("admin_port", [False, True], ids=["admin-on-the-public-port", "admin-in-the-parent"])
 def test_a_reload_reaches_every_worker_of_serve(tmp_path: Path, admin_port: bool) -> None:
     from tests.support import free_port
