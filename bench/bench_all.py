@@ -224,7 +224,7 @@ class Server:
 
 
 @contextmanager
-def serving(database_url: str | None, workers: int = 2) -> Iterator[Server]:
+def serving(database_url: str | None, workers: int = 2, extra: tuple[str, ...] = ()) -> Iterator[Server]:
     """``attester serve`` with a synthetic Android test root and a loopback status list."""
     work = Path(tempfile.mkdtemp(prefix="attester-bench-"))
     root = make_root()
@@ -235,7 +235,7 @@ def serving(database_url: str | None, workers: int = 2) -> Iterator[Server]:
     write_bench_config(work, issuer=url, status_url=status.url, root=root, database_url=database_url)
     server = subprocess.Popen(
         [sys.executable, "-m", "attester.cli", "serve", "--config", str(work / "config.toml"),
-         "--data-dir", str(work / "data"), "--port", str(port), "--workers", str(workers)],
+         "--data-dir", str(work / "data"), "--port", str(port), "--workers", str(workers), *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     try:
@@ -248,11 +248,12 @@ def serving(database_url: str | None, workers: int = 2) -> Iterator[Server]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def wrk(url: str, seconds: float, connections: int = 64) -> float | None:
+def wrk(url: str, seconds: float, connections: int = 64, headers: tuple[str, ...] = ()) -> float | None:
     if shutil.which("wrk") is None:
         return None
     out = subprocess.run(
-        ["wrk", "-t2", f"-c{connections}", f"-d{max(1, round(seconds))}s", url],
+        ["wrk", "-t2", f"-c{connections}", f"-d{max(1, round(seconds))}s",
+         *(arg for header in headers for arg in ("-H", header)), url],
         capture_output=True, text=True, check=True,
     ).stdout
     if "Non-2xx" in out:
@@ -287,6 +288,18 @@ def section_docs(seconds: float) -> None:
         rate = wrk(status, seconds)
         assert rate is not None
         row("status list (GET /statuslists/0), 2 workers", f"{rate:.0f} req/s", "", ok(rate, 5000, at_most=False))
+    # a new connection for every request: the workers' accept in Python, taking turns by
+    # count (attester/workers.py), against uvicorn's own (serve --shared-socket); no target
+    with serving(None) as turns, serving(None, extra=("--shared-socket",)) as shared:
+        close = ("Connection: close",)
+        rates: dict[str, list[float]] = {"turns": [], "shared": []}
+        for name, server in [("turns", turns), ("shared", shared)] * 3:
+            rate = wrk(server.url + "/healthz", max(1.0, seconds / 3), connections=8, headers=close)
+            assert rate is not None
+            rates[name].append(rate)
+        taking, own = (sorted(rates[name])[1] for name in ("turns", "shared"))  # medians
+        row("/healthz, new connection per request: taking turns / uvicorn's",
+            f"{taking:.0f} / {own:.0f} req/s", f"{taking / own:.2f}", "")
 
 
 # -- register ----------------------------------------------------------------------
