@@ -207,8 +207,11 @@ class Acceptor:
         if for_good and self._slot is not None:  # not while it looks again every RECHECK
             self._board.listening(self._slot, False)
 
+    def _my_turn(self) -> bool:
+        return self._slot is None or self._board.holds_fewest(self._slot)
+
     def _ready(self) -> None:
-        if self._slot is None or self._board.holds_fewest(self._slot):
+        if self._my_turn():
             self._accept(drain=False)
         else:  # the one holding fewest is to take it: look again soon
             self._waiting_since = time.monotonic()
@@ -222,16 +225,17 @@ class Acceptor:
         if not self._poll.poll(0):  # taken by another worker meanwhile
             self._listen()
             return
+        now = time.monotonic()
         if since is None:  # back from the out-of-descriptors pause: as if it had just come
-            since = time.monotonic()
-        overdue = time.monotonic() - since >= DEFER
-        if overdue or self._slot is None or self._board.holds_fewest(self._slot):
+            since = now
+        overdue = now - since >= DEFER
+        if overdue or self._my_turn():
             self._listen()
             self._accept(drain=overdue)  # late: take every connection waiting
         else:  # at once while it has waited under SPIN (the other takes it in microseconds
             # when it listens), then every RECHECK (it is busy: no point spinning)
             self._waiting_since = since
-            self._pause(0 if time.monotonic() - since < SPIN else RECHECK, listening=True)
+            self._pause(0 if now - since < SPIN else RECHECK, listening=True)
 
     def _accept(self, *, drain: bool) -> None:
         while True:

@@ -65,6 +65,12 @@ def test_only_a_listening_worker_whose_loop_runs_is_waited_for() -> None:
     assert not board.holds_fewest(third)
 
 
+def _keep_beating(board: Board, slot: int) -> None:
+    """On the running loop: ``slot``'s worker's loop runs (its beat stays fresh)."""
+    board.beat(slot)
+    asyncio.get_running_loop().call_later(0.01, _keep_beating, board, slot)
+
+
 class _Served(asyncio.Protocol):
     made: list[float] = []
 
@@ -82,14 +88,8 @@ def _accept_through(board: Board, slot: int | None, held: int, *, connect: int =
     port = listener.getsockname()[1]
 
     async def main() -> list[float]:
-        loop = asyncio.get_running_loop()
-
-        def beat() -> None:
-            if keep_alive is not None:
-                board.beat(keep_alive)
-                loop.call_later(0.01, beat)
-
-        beat()
+        if keep_alive is not None:
+            _keep_beating(board, keep_alive)
         _Served.made = []
         connections = {object() for _ in range(held)}
         acceptor = Acceptor(listener, _Served, ssl=None, board=board, slot=slot,
@@ -138,13 +138,7 @@ def test_connections_left_waiting_past_defer_are_all_taken_at_once() -> None:
     listener = socket.create_server(("127.0.0.1", 0))
 
     async def main() -> list[float]:
-        loop = asyncio.get_running_loop()
-
-        def beat() -> None:
-            board.beat(other)
-            loop.call_later(0.01, beat)
-
-        beat()
+        _keep_beating(board, other)
         _Served.made = []
         acceptor = Acceptor(listener, _Served, ssl=None, board=board, slot=mine,
                             connections={object()})
@@ -236,12 +230,7 @@ def test_a_worker_out_of_descriptors_pauses_then_takes_turns_again(
     async def main() -> None:
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(lambda _, context: errors.append(context))
-
-        def beat() -> None:
-            board.beat(other)
-            loop.call_later(0.01, beat)
-
-        beat()
+        _keep_beating(board, other)
         held: set[object] = set()
         sock = _OutOfDescriptorsOnce(listener)
         acceptor = Acceptor(sock, _Served, ssl=None,  # type: ignore[arg-type]
@@ -330,6 +319,15 @@ def _connect(port: int) -> socket.socket:
     return sock
 
 
+def _answered_in(port: int) -> float:
+    """Seconds for one request on a new connection, closed after it."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+    return time.monotonic() - started
+
+
 def _held(port: int, workers: list[int]) -> list[int]:
     established = _inodes(port, state="01")
     return [len(_socket_inodes(pid) & established) for pid in workers]
@@ -400,14 +398,7 @@ def test_clients_opening_connections_together_are_not_held_back(tmp_path: Path) 
         _until_both_serve(port, _wait_for_workers(port, 2))
 
         def client(_: int) -> list[float]:
-            times = []
-            for _ in range(40):
-                started = time.monotonic()
-                with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-                    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                    assert sock.recv(4096).startswith(b"HTTP/1.1 200")
-                times.append(time.monotonic() - started)
-            return times
+            return [_answered_in(port) for _ in range(40)]
 
         with ThreadPoolExecutor(4) as pool:
             times = sorted(t for each in pool.map(client, range(4)) for t in each)
@@ -419,13 +410,6 @@ def test_a_killed_worker_does_not_stall_new_connections(tmp_path: Path) -> None:
     """The killed worker held fewer connections than the other and its slot still says it
     listens: it is waited for until its loop has not run for STALE, then passed over, and
     its replacement takes turns again."""
-    def answered_in() -> float:
-        started = time.monotonic()
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
-        return time.monotonic() - started
-
     with serving(tmp_path / "data", "--workers", "2") as url:
         port = int(url.rsplit(":", 1)[1])
         workers = _wait_for_workers(port, 2)
@@ -434,8 +418,8 @@ def test_a_killed_worker_does_not_stall_new_connections(tmp_path: Path) -> None:
         (holder,) = [pid for pid, n in zip(workers, _held(port, workers)) if n]
         (idle,) = [pid for pid in workers if pid != holder]
         os.kill(idle, signal.SIGKILL)
-        first = answered_in()
-        later = sorted(answered_in() for _ in range(20))
+        first = _answered_in(port)
+        later = sorted(_answered_in(port) for _ in range(20))
         assert first < DEFER + 0.4
         assert later[len(later) // 2] < DEFER / 2, later  # passed over, not waited for
         kept.close()
