@@ -30,6 +30,7 @@ from pyasn1.error import PyAsn1Error
 from pyasn1.type import namedtype, univ
 from pyasn1_modules import rfc4055, rfc5280
 
+from platform_verifiers.android import extensions as extension_checks
 from platform_verifiers.android.schema import KEY_DESCRIPTION_OID, PROVISIONING_INFO_OID
 from platform_verifiers.der import DER_TRUE, RawExtension, canonical_key, certificate_parts
 from platform_verifiers.errors import ASN1_DECODE_ERRORS, VerificationError
@@ -94,10 +95,23 @@ class ChainCertificate:
     # platform_verifiers/android/extensions.py; defaulted so other constructors still work.
     extensions: tuple[ExtensionInfo, ...] = ()
 
-    @property
+    @cached_property
     def serial_hex(self) -> str:
         """Lowercase hex without leading zeros, the form Google's status list uses."""
         return format(self.serial, "x")
+
+    # What the chain's checks read of the extensions, kept with the certificate like the
+    # subject below: with the decoded-intermediate cache, the same intermediates' keyUsage
+    # and ProvisioningInfo were decoded again on every verification (~10% of a cached one).
+    @cached_property
+    def extension_problem(self) -> tuple[str, str, str] | None:
+        """The reason to refuse this certificate's extensions, if any (extensions.py)."""
+        return extension_checks.extension_problem(self.extensions)
+
+    @cached_property
+    def may_sign_certificates(self) -> bool:
+        """keyUsage absent or with keyCertSign (extensions.py)."""
+        return extension_checks.may_sign_certificates(self.extensions)
 
     @cached_property
     def subject_name(self) -> x509.Name | None:
@@ -158,6 +172,15 @@ def _pss(params_der: bytes | None) -> SignatureAlgorithm | None:
         return None
     salt = int(params["saltLength"]) if params["saltLength"].isValue else 20
     return SignatureAlgorithm("rsa-pss", hash_cls(), salt)
+
+
+_RSA_PSS = "1.2.840.113549.1.1.10"
+# the algorithms without parameters to read (SignatureAlgorithm and hashes are immutable)
+_PLAIN_ALGORITHMS: dict[str, SignatureAlgorithm] = {
+    oid: SignatureAlgorithm(scheme, hash_cls() if hash_cls else None)
+    for oid, (scheme, hash_cls) in _SIGNATURE_ALGORITHMS.items()
+    if scheme != "rsa-pss"
+}
 
 
 def _signature_algorithm(oid: str, params_der: bytes | None) -> SignatureAlgorithm | None:
@@ -294,13 +317,17 @@ def _decode_with_pyca(der: bytes) -> ChainCertificate:
     # (the tolerant reader's), and check_extensions refuses duplicates, as pyca would
     tbs, spki, infos = certificate_parts(der)
     is_ca, path_length, key_descriptions, provisioning = _from_raw_extensions(infos)
-    params = cert.signature_algorithm_parameters
+    oid = cert.signature_algorithm_oid.dotted_string
     algorithm: SignatureAlgorithm | None
-    if isinstance(params, padding.PSS):
-        # pyca parsed the PSS parameters; re-read them to get the salt length portably.
+    if oid == _RSA_PSS:
+        # pyca parses the PSS parameters (raising if it cannot: the tolerant reader then
+        # decides); re-read them to get the salt length portably
+        cert.signature_algorithm_parameters  # noqa: B018
         algorithm = _pss(_split_params(der))
     else:
-        algorithm = _signature_algorithm(cert.signature_algorithm_oid.dotted_string, None)
+        # the parameters of the others are NULL or absent: nothing to read (reading them
+        # was 1 us a certificate), and the algorithm is the OID's, one object per OID
+        algorithm = _PLAIN_ALGORITHMS.get(oid)
     return ChainCertificate(
         der=der,
         tbs=tbs,

@@ -38,7 +38,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 
 from platform_verifiers.anchors import TrustAnchor
 from platform_verifiers.android.certs import ChainCertificate, decode_certificate, signature_valid
-from platform_verifiers.android.extensions import check_extensions, may_sign_certificates
+from platform_verifiers.android.extensions import check_extensions
 from platform_verifiers.android.provisioning import (
     Provisioning,
     ProvisioningRule,
@@ -184,8 +184,9 @@ def find_anchor(
     a re-issued root above it): refused, since they would decide the class (module doc).
     """
     last = certs[-1]
+    roots = {_spki(a) for a in anchors}
     for index, cert in enumerate(certs[:-1]):
-        if any(_spki(a) == cert.spki_der for a in anchors):
+        if cert.spki_der in roots:
             raise _fail(
                 "chain_continues_past_root",
                 "the chain continues past a trusted root",
@@ -216,7 +217,7 @@ def check_issuers(
         exempt = index == 1 and provisioning is Provisioning.FACTORY
         if exempt:
             continue
-        if cert.is_ca is not True or not may_sign_certificates(cert, index):
+        if cert.is_ca is not True or not cert.may_sign_certificates:
             raise _fail(
                 "intermediate_not_ca",
                 "a certificate that issues another is not a CA allowed to sign certificates",

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from platform_verifiers.anchors import load_anchor
 from platform_verifiers.android import (
     AndroidPolicy,
+    VerifiedLinkCache,
     aosp_software_roots,
     google_hardware_roots,
     parse_status_list,
@@ -326,6 +327,30 @@ def test_verify_unknown_critical_extension_fails_extension_critical_unknown(inde
     ext = x509.UnrecognizedExtension(UNKNOWN_OID, b"\x05\x00")
     synth = make_chain(extra_extensions=[(index, ext, True)])
     assert _code(synth.chain, [synth.anchor]) == "extension_critical_unknown"
+
+
+@pytest.mark.parametrize(
+    ("oid", "value", "code"),
+    [
+        (UNKNOWN_OID, b"\x05\x00", "extension_critical_unknown"),
+        (x509.ObjectIdentifier("2.5.29.15"), b"\x04\x01\x00", "extension_malformed"),
+    ],
+    ids=["critical-unknown", "key-usage-garbage"],
+)
+def test_verify_cached_intermediate_extension_problem_refuses_every_time(
+    oid: x509.ObjectIdentifier, value: bytes, code: str
+) -> None:
+    # a decoded intermediate keeps what its extensions' check found (certs.py): with the
+    # cache, the second verification reads it from the same object and still refuses,
+    # naming the certificate's place in this chain
+    ext = x509.UnrecognizedExtension(oid, value)
+    synth = make_chain(intermediates=2, extra_extensions=[(2, ext, True)])
+    cache = VerifiedLinkCache()
+    for _ in range(2):
+        with pytest.raises(VerificationError) as caught:
+            _verify(synth.chain, [synth.anchor], verified_cache=cache)
+        assert (caught.value.code, caught.value.detail["index"]) == (code, 2)
+    assert caught.value.detail["oid"] == oid.dotted_string
 
 
 def test_verify_unknown_non_critical_extension_passes() -> None:
