@@ -8,11 +8,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import pytest
 from jwcrypto import jwk, jwt
 
+from attester.android_integrity import IntegrityGate
+from attester.challenges import Challenge
 from attester.documents import Document, etag_matches
+from attester.errors import ProblemError
+from attester.platforms import VerifiedInstance
 from attester.service import AttesterService
-from attester.settings import AppConfig
+from attester.settings import AndroidAppConfig, AppConfig, Settings
 from keys.store import KeyStore
 from tests.support import LiveServer, MutableClock, new_instance_key, public_jwk
 
@@ -122,3 +127,27 @@ def test_android_top_certificate_equal_to_an_anchor_decoded_as_itself() -> None:
     altered[-1] ^= 1  # a signature byte: still decodable, no longer the anchor
     decoded = decode_chain([*chain[:-1], bytes(altered)], None, anchors)
     assert decoded[-1].der == bytes(altered) and decoded[-1] is not with_anchors[-1]
+
+
+def test_android_registration_without_play_integrity_has_no_online_step(settings: Settings) -> None:
+    # the service runs an online step in a thread (~120 us a hop): none when nothing is checked
+    app = AppConfig(
+        client_id="client-1",
+        android=AndroidAppConfig(package_names=("com.example",), signing_cert_sha256=("00" * 32,)),
+    )
+    gate = IntegrityGate(settings)
+    verified = VerifiedInstance(platform="android", app=app, instance_jwk={})
+    challenge = Challenge(text="c", raw=b"c", issued_at=T0)
+    kwargs = {
+        "attested_packages": ("com.example",),
+        "challenge": challenge,
+        "key_thumbprint": "t",
+        "now": T0,
+    }
+    assert gate.deferred(verified, token=None, **kwargs) is verified
+    # a token for an app without Play Integrity is refused, still after the key proof
+    step = gate.deferred(verified, token="a.b.c", **kwargs).online
+    assert step is not None
+    with pytest.raises(ProblemError) as refused:
+        step()
+    assert refused.value.code == "integrity_not_configured"
