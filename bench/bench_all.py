@@ -62,6 +62,7 @@ from platform_verifiers.android import (
     verify_android_attestation,
 )
 from platform_verifiers.android.certs import decode_certificate, signature_valid
+from platform_verifiers.android.fastkd import decode_key_description
 from platform_verifiers.android.pem import pem_certificates
 from platform_verifiers.apple import VerifiedLinkCache as AppleCache
 from tests.android.status_server import StatusServer
@@ -134,12 +135,20 @@ def section_verify(seconds: float, rounds: int) -> None:
                 revocation=None, now=now, verified_cache=cache,
             )
 
+        def floor(leaf_der: bytes = chain[0], key: Any = keys[0]) -> None:
+            # what any verification of a new leaf does, its intermediates cached or not: read
+            # the leaf (with its key), decode its KeyDescription, check the leaf link
+            leaf = decode_certificate(leaf_der, 0)
+            decode_key_description(leaf.key_descriptions[0])
+            assert signature_valid(leaf, key)
+
         t = interleaved(
             {
                 "bound": batch(links, 5),
                 "ours": batch(lambda: verify(None), 5),
                 "leaf": batch(lambda c=certs, k=keys: signature_valid(c[0], k[0])),
                 "cached": batch(lambda c=cache: verify(c)),
+                "floor": batch(floor),
             },
             seconds,
             rounds,
@@ -149,6 +158,8 @@ def section_verify(seconds: float, rounds: int) -> None:
             f"{t['ours'] / t['bound']:.2f}", ok(t["ours"] / t["bound"], 1.5, at_most=True))
         row(f"Android {name}: cached verify / leaf link check", f"{t['cached']:.0f} / {t['leaf']:.0f} us",
             f"{t['cached'] / t['leaf']:.2f}", ok(t["cached"] / t["leaf"], 1.2, at_most=True))
+        row(f"Android {name}: floor: leaf, KeyDescription, link / link",
+            f"{t['floor']:.0f} / {t['leaf']:.0f} us", f"{t['floor'] / t['leaf']:.2f}", "(floor)")
 
     samples = load_samples()
     n = len(samples)

@@ -18,7 +18,7 @@ waited past ``queue_timeout`` for its turn fails (:class:`StorageBusy`) without 
 
 Units of one kind that can be written together (their work's class has ``run_many``, as a
 registration's has: see store.py) are, when a batch holds several: one statement per table
-for all of them instead of a few per unit. Each statement is a round trip for PostgreSQL
+for all of them instead of a few per unit (on PostgreSQL sent in one psycopg pipeline). Each statement is a round trip for PostgreSQL
 and, for SQLite, a release and re-take of the GIL while the write lock is held; with request
 threads verifying evidence beside it, re-taking the GIL was most of the lock's hold time
 (0.1-0.2 ms a statement against 0.01-0.03 ms alone), and the lock's hold time bounded the

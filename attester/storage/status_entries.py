@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import secrets
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from attester.storage.models import Instance, StatusEntry, StatusListVersion
@@ -53,19 +55,47 @@ def lock_active_instance(session: Session | Connection, instance_id: str) -> Non
 
 
 def claim_entries(
-    connection: Connection, rows: list[tuple[int, int, str, datetime | None]]
+    connection: Connection,
+    rows: list[tuple[int, int, str, datetime | None]],
+    *,
+    pipeline: Any = None,
 ) -> set[tuple[int, int]]:
     """Reserve the indexes ``(list_id, idx, instance_id, expires_at)`` of several JWTs in
     one statement (status 0, valid); the ``(list_id, idx)`` that were free, now reserved.
-    The caller holds the instances' locks (it inserted their rows in this transaction)."""
+    The caller holds the instances' locks (it inserted their rows in this transaction).
+
+    ``pipeline``: the psycopg connection of a batch's pipeline (store.py, ``_Pipeline``),
+    where the rows are read through psycopg (SQLAlchemy would read none): one INSERT per
+    row, sent with what the pipeline holds, answered in one round trip."""
     if not rows:
         return set()
-    statement = _CLAIM_MANY[connection.dialect.name]
     values = [
         {"list_id": list_id, "idx": idx, "instance_id": instance_id, "status": 0, "expires_at": expires_at}
         for list_id, idx, instance_id, expires_at in rows
     ]
+    if pipeline is not None:
+        return _claim_in_pipeline(connection, pipeline, values)
+    statement = _CLAIM_MANY[connection.dialect.name]
     return {(int(list_id), int(idx)) for list_id, idx in connection.execute(statement, values)}
+
+
+def _claim_in_pipeline(
+    connection: Connection, driver: Any, values: list[dict[str, Any]]
+) -> set[tuple[int, int]]:
+    dialect = connection.dialect
+    claimed: set[tuple[int, int]] = set()
+    try:
+        with driver.cursor() as cursor:
+            cursor.executemany(_CLAIM_ONE_PG, values, returning=True)
+            while True:
+                claimed.update((int(list_id), int(idx)) for list_id, idx in cursor.fetchall())
+                if not cursor.nextset():
+                    break
+    except dialect.loaded_dbapi.Error as exc:  # SQLAlchemy's, as its statement would raise
+        raise DBAPIError.instance(
+            _CLAIM_ONE_PG, values, exc, dialect.loaded_dbapi.Error, dialect=dialect
+        ) from exc
+    return claimed
 
 
 _CLAIM_MANY = {
@@ -74,6 +104,8 @@ _CLAIM_MANY = {
     .returning(StatusEntry.list_id, StatusEntry.idx)
     for dialect in (sqlite, postgresql)
 }
+# one row's claim, as SQLAlchemy writes it for psycopg (the pipeline's, above)
+_CLAIM_ONE_PG = str(_CLAIM_MANY["postgresql"].compile(dialect=postgresql.psycopg.dialect()))
 _INSTANCES = Instance.__table__
 _LOCK_ANY = (
     update(_INSTANCES)
