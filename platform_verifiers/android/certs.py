@@ -155,26 +155,49 @@ def _malformed(index: int, why: str) -> VerificationError:
     )
 
 
+_SHA1 = "1.3.14.3.2.26"
+_MGF1 = "1.2.840.113549.1.1.8"
+_MAX_SALT = 512
+
+
 def _pss(params_der: bytes | None) -> SignatureAlgorithm | None:
-    # RFC 4055 defaults: SHA-1, MGF1 with SHA-1, salt 20. We only support MGF1 with the
-    # same hash as the message hash, like every issuer we know of.
+    """RSASSA-PSS-params (RFC 4055 3.1), or None for any we do not check: a hash we do not
+    know, a mask generation other than MGF1 with the message's own hash (every issuer we
+    know of uses that, and the signature is checked with it: a certificate declaring
+    another is refused, not checked with parameters it does not declare), a trailer field
+    other than 1, or anything after the parameters. Absent fields take RFC 4055's
+    defaults (SHA-1, MGF1 with SHA-1, salt 20)."""
     if not params_der:
         return SignatureAlgorithm("rsa-pss", hashes.SHA1(), 20)
     try:
-        params, _ = ber_decoder.decode(params_der, asn1Spec=rfc4055.RSASSA_PSS_params())
+        params, rest = ber_decoder.decode(params_der, asn1Spec=rfc4055.RSASSA_PSS_params())
+        hash_oid = _SHA1
+        if params["hashAlgorithm"].isValue:
+            hash_oid = str(params["hashAlgorithm"]["algorithm"])
+        mgf_oid, mgf_hash_oid = _MGF1, _SHA1
+        mgf = params["maskGenAlgorithm"]
+        if mgf.isValue:
+            mgf_oid = str(mgf["algorithm"])
+            inner, inner_rest = ber_decoder.decode(
+                bytes(mgf["parameters"]), asn1Spec=rfc5280.AlgorithmIdentifier()
+            )
+            if inner_rest:
+                return None
+            mgf_hash_oid = str(inner["algorithm"])
+        salt = int(params["saltLength"]) if params["saltLength"].isValue else 20
+        trailer = int(params["trailerField"]) if params["trailerField"].isValue else 1
     except ASN1_DECODE_ERRORS:
         return None
-    hash_oid = "1.3.14.3.2.26"
-    if params["hashAlgorithm"].isValue:
-        hash_oid = str(params["hashAlgorithm"]["algorithm"])
     hash_cls = _HASHES.get(hash_oid)
-    if hash_cls is None:
+    if rest or hash_cls is None or (mgf_oid, mgf_hash_oid) != (_MGF1, hash_oid) or trailer != 1:
         return None
-    salt = int(params["saltLength"]) if params["saltLength"].isValue else 20
+    if not 0 <= salt <= _MAX_SALT:
+        return None  # negative (pyca would raise), or longer than any RSA-4096 block holds
     return SignatureAlgorithm("rsa-pss", hash_cls(), salt)
 
 
 _RSA_PSS = "1.2.840.113549.1.1.10"
+_NULL = b"\x05\x00"
 # the algorithms without parameters to read (SignatureAlgorithm and hashes are immutable)
 _PLAIN_ALGORITHMS: dict[str, SignatureAlgorithm] = {
     oid: SignatureAlgorithm(scheme, hash_cls() if hash_cls else None)
@@ -190,7 +213,11 @@ def _signature_algorithm(oid: str, params_der: bytes | None) -> SignatureAlgorit
     scheme, hash_cls = known
     if scheme == "rsa-pss":
         return _pss(params_der)
-    return SignatureAlgorithm(scheme, hash_cls() if hash_cls else None)
+    if params_der not in (None, _NULL):
+        # these algorithms take no parameters, or NULL (RSA; and a real device's ECDSA leaf
+        # sends one, MANIFEST.json): anything else declares something we do not check
+        return None
+    return _PLAIN_ALGORITHMS[oid]
 
 
 class _RawCertificate(univ.Sequence):  # type: ignore[misc]
@@ -320,10 +347,14 @@ def _decode_with_pyca(der: bytes) -> ChainCertificate:
     oid = cert.signature_algorithm_oid.dotted_string
     algorithm: SignatureAlgorithm | None
     if oid == _RSA_PSS:
-        # pyca parses the PSS parameters (raising if it cannot: the tolerant reader then
-        # decides); re-read them to get the salt length portably
-        cert.signature_algorithm_parameters  # noqa: B018
-        algorithm = _pss(_split_params(der))
+        # pyca parses the PSS parameters (a ValueError if it cannot: the tolerant reader then
+        # decides; UnsupportedAlgorithm for a mask generation hash it does not know, which
+        # no reader checks: refused, as chain_signature_invalid); re-read them for the salt
+        try:
+            cert.signature_algorithm_parameters  # noqa: B018
+            algorithm = _pss(_split_params(der))
+        except UnsupportedAlgorithm:
+            algorithm = None
     else:
         # the parameters of the others are NULL or absent: nothing to read (reading them
         # was 1 us a certificate), and the algorithm is the OID's, one object per OID
