@@ -83,6 +83,15 @@ def _claim_in_pipeline(
     connection: Connection, driver: Any, values: list[dict[str, Any]]
 ) -> set[tuple[int, int]]:
     dialect = connection.dialect
+    # the columns' own conversions, as SQLAlchemy applies them (UTCDateTime refuses a
+    # naive datetime: a ValueError, which makes the batch run unit by unit)
+    columns = StatusEntry.__table__.c
+    processors = {name: columns[name].type.bind_processor(dialect) for name in values[0]}
+    values = [
+        {name: (value if processors[name] is None else processors[name](value))
+         for name, value in row.items()}
+        for row in values
+    ]
     claimed: set[tuple[int, int]] = set()
     try:
         with driver.cursor() as cursor:

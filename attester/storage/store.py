@@ -699,8 +699,8 @@ class _Pipeline:
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
         driver = connection.connection.driver_connection
-        # psycopg pipelines with a libpq of 14 or later
-        pipelines = connection.dialect.name == "postgresql" and psycopg.Pipeline.is_supported()
+        # psycopg's connections pipeline with a libpq of 14 or later (not psycopg2's, pg8000's)
+        pipelines = connection.dialect.driver == "psycopg" and psycopg.Pipeline.is_supported()
         self.driver: Any = driver if pipelines else None
         self._context: Any = None
 
@@ -711,9 +711,16 @@ class _Pipeline:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        if self._context is not None:
-            context, self._context, self.driver = self._context, None, None
+        if self._context is None:
+            return
+        context, self._context, self.driver = self._context, None, None
+        try:
             self._guarded(context.__exit__, *exc_info)
+        finally:
+            if exc_info[1] is not None and not isinstance(exc_info[1], Exception):
+                # interrupted in a wait (the loop shutting down): the pipeline's state is
+                # unknown, so the connection is not given back to the pool
+                self.connection.invalidate()
 
     def leave(self) -> None:
         """Sync and end the pipeline: what follows runs statement by statement."""
