@@ -161,8 +161,9 @@ _INSTANCE_BY_THUMBPRINT_FOR_UPDATE = (
     .with_for_update()
 )
 _INSTANCE_BY_THUMBPRINT = select(_INSTANCES).where(_INSTANCES.c.key_thumbprint == bindparam("thumbprint"))
-# the same inserts for several rows at once: with RETURNING, SQLAlchemy writes them as one
-# multi-row INSERT (its "insertmanyvalues"), not one statement per row
+# the same inserts for several rows at once, each as a pair (_Pipeline.insert_all): plain,
+# one INSERT per row sent in PostgreSQL's pipeline; with RETURNING elsewhere, which SQLAlchemy
+# writes as one multi-row INSERT (its "insertmanyvalues"), its returned rows counted
 _INSERT_ISSUED_MANY = _INSERT_ISSUED, insert(_ISSUED).returning(_ISSUED.c.jti)
 _INSERT_REDEEMED_MANY = _INSERT_REDEEMED, insert(_REDEEMED).returning(_REDEEMED.c.digest)
 _INSERT_INSTANCES_MANY = insert(_INSTANCES), insert(_INSTANCES).returning(_INSTANCES.c.id)
