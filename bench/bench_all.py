@@ -422,7 +422,8 @@ def http_register(
         before, load_before, started = _cpu_by_role(server.pid), _children_cpu(), time.perf_counter()
         proc = multiprocessing.Process(target=_load, args=(port, encoded, connections, queue))
         proc.start()
-        split = split or _connections_per_worker(server.pid, port, connections)
+        if not split and len(bodies) >= 4 * connections:  # else they close before all open
+            split = _connections_per_worker(server.pid, port, connections)
         round_good, round_bad, round_elapsed = queue.get(timeout=600)
         proc.join()
         after, wall = _cpu_by_role(server.pid), wall + time.perf_counter() - started
