@@ -535,8 +535,8 @@ def _cpu_by_role(serve_pid: int) -> dict[str, float]:
 #: request waits for its commit: a closed loop of 8 measures the latency as much as the rate)
 REGISTER_CONNECTIONS = (8, 32)
 #: each HTTP run is posted in rounds, the in-process measure (this many registrations) before
-#: each round and after the last: this machine's speed changes within seconds, and measured
-#: only before and after both runs, the ratio of one run read 0.36-0.62 over this session
+#: each round and after the last: a shared machine's speed changes within seconds, and measured
+#: only before and after both runs, one row's ratio read 0.36-0.62 over a day's runs (README)
 REGISTER_ROUNDS = 5
 IN_PROCESS_EACH = 60
 
@@ -559,6 +559,7 @@ def section_register(count: int, postgres: bool) -> None:
                     mine = bodies[n * count:(n + 1) * count]
                     size = -(-count // REGISTER_ROUNDS)
                     inproc = InProcess(server, next(sample))
+
                     def between(inproc: InProcess = inproc) -> None:
                         _quiet(server.pid)  # what a round left to do (a checkpoint) is not ours
                         inproc.run([next(sample) for _ in range(IN_PROCESS_EACH)])
