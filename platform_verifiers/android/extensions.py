@@ -41,10 +41,6 @@ _KEY_CERT_SIGN = 5  # KeyUsage bit number (RFC 5280 4.2.1.3)
 _MALFORMED = "a certificate extension cannot be decoded"
 
 
-def _malformed(index: int, oid: str) -> VerificationError:
-    return VerificationError("extension_malformed", _MALFORMED, index=index, oid=oid)
-
-
 def check_extensions(certs: Sequence[ChainCertificate], anchor_spki: bytes) -> None:
     """Duplicates, unknown critical extensions and unreadable ProvisioningInfo are refused."""
     for index, cert in enumerate(certs):
@@ -81,20 +77,12 @@ def extension_problem(extensions: Sequence[ExtensionInfo]) -> tuple[str, str, st
                 return refused.code, refused.message, ext.oid
             if not isinstance(info, dict):
                 return "extension_malformed", _MALFORMED, ext.oid
-        elif ext.oid == KEY_USAGE_OID and _key_usage_bits(ext.value) is None:
+        elif ext.oid == KEY_USAGE_OID and key_usage_bits(ext.value) is None:
             return "extension_malformed", _MALFORMED, ext.oid
     return None
 
 
-def key_usage(ext: ExtensionInfo, index: int) -> frozenset[int]:
-    """The KeyUsage bits that are set; ``extension_malformed`` when it does not decode."""
-    bits = _key_usage_bits(ext.value)
-    if bits is None:
-        raise _malformed(index, ext.oid)
-    return bits
-
-
-def _key_usage_bits(value: bytes) -> frozenset[int] | None:
+def key_usage_bits(value: bytes) -> frozenset[int] | None:
     """The KeyUsage bits that are set, or None when ``value`` does not decode.
 
     Plain DER (what every real certificate carries) is read directly: with pyasn1 this
@@ -143,6 +131,6 @@ def may_sign_certificates(extensions: Sequence[ExtensionInfo]) -> bool:
     """
     for ext in extensions:
         if ext.oid == KEY_USAGE_OID:
-            bits = _key_usage_bits(ext.value)
+            bits = key_usage_bits(ext.value)
             return bits is not None and _KEY_CERT_SIGN in bits
     return True
