@@ -356,9 +356,9 @@ def _decode_with_pyca(der: bytes) -> ChainCertificate:
         except UnsupportedAlgorithm:
             algorithm = None
     else:
-        # the parameters of the others are NULL or absent: nothing to read (reading them
-        # was 1 us a certificate), and the algorithm is the OID's, one object per OID
-        algorithm = _PLAIN_ALGORITHMS.get(oid)
+        # pyca's load checked the others' parameters (NULL or absent): nothing to read
+        # (reading them was 1 us a certificate)
+        algorithm = _signature_algorithm(oid, None)
     return ChainCertificate(
         der=der,
         tbs=tbs,
