@@ -16,7 +16,6 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from attester.storage.models import Instance, StatusEntry, StatusListVersion
@@ -93,17 +92,12 @@ def _claim_in_pipeline(
         for row in values
     ]
     claimed: set[tuple[int, int]] = set()
-    try:
-        with driver.cursor() as cursor:
-            cursor.executemany(_CLAIM_ONE_PG, values, returning=True)
-            while True:
-                claimed.update((int(list_id), int(idx)) for list_id, idx in cursor.fetchall())
-                if not cursor.nextset():
-                    break
-    except dialect.loaded_dbapi.Error as exc:  # SQLAlchemy's, as its statement would raise
-        raise DBAPIError.instance(
-            _CLAIM_ONE_PG, values, exc, dialect.loaded_dbapi.Error, dialect=dialect
-        ) from exc
+    with driver.cursor() as cursor:  # (a driver error: the pipeline raises it as SQLAlchemy's)
+        cursor.executemany(_CLAIM_ONE_PG, values, returning=True)
+        while True:
+            claimed.update((int(list_id), int(idx)) for list_id, idx in cursor.fetchall())
+            if not cursor.nextset():
+                break
     return claimed
 
 

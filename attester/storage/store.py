@@ -639,13 +639,11 @@ class _NewInstance:
                 n: issue.candidate for n, issue in enumerate(issues) if issue.candidate is not None
             }
             first = {candidate: n for n, candidate in reversed(wanted.items())}  # one row per index
-            claimed = claim_entries(
-                connection,
+            claimed = pipeline.claim(
                 [
                     (*candidate, ids[n], issues[n].status_expires_at)
                     for candidate, n in first.items()
-                ],
-                pipeline=pipeline.driver,
+                ]
             )
             again = {
                 n for n in wanted if first[wanted[n]] != n or wanted[n] not in claimed
@@ -737,10 +735,16 @@ class _Pipeline:
         elif len(self.connection.execute(returning, rows).all()) != len(rows):
             raise Unbatch("a row was not inserted")
 
-    def _guarded(self, step: Callable[..., Any], *args: Any) -> None:
+    def claim(self, rows: list[tuple[int, int, str, datetime | None]]) -> set[tuple[int, int]]:
+        """:func:`claim_entries`; in the pipeline, read through psycopg."""
+        if self.driver is None:
+            return claim_entries(self.connection, rows)
+        return self._guarded(claim_entries, self.connection, rows, pipeline=self.driver)
+
+    def _guarded(self, step: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         dialect = self.connection.dialect
         try:
-            step(*args)
+            return step(*args, **kwargs)
         except dialect.loaded_dbapi.Error as exc:
             raise DBAPIError.instance(
                 None, None, exc, dialect.loaded_dbapi.Error, dialect=dialect
