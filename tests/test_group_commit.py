@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from psycopg import pq
 from sqlalchemy import Connection, event, text
@@ -97,7 +98,7 @@ def _ids_or(futures: list[Any], refusal: type[Exception], label: str) -> list[st
 
 
 def _inserts(store: Any) -> list[str]:
-    """The tables of the INSERT statements ``store`` runs from now on (one per execution)."""
+    """The tables of the INSERT statements SQLAlchemy runs for ``store`` from now on."""
     seen: list[str] = []
 
     def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
@@ -108,18 +109,56 @@ def _inserts(store: Any) -> list[str]:
     return seen
 
 
-def test_registrations_in_a_batch_are_written_with_one_statement_per_table(database_url: str) -> None:
-    """Eight registrations in one batch: one multi-row INSERT per table, not one per request
-    (each statement is a round trip, or on SQLite a GIL re-take under the write lock)."""
+def driver_statements(store: Any, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool]]:
+    """``(statement, in a pipeline)`` of each statement the driver runs for ``store`` from
+    now on, once per row run, whoever hands it to the driver: SQLite's trace callback on
+    each connection checked out; psycopg's cursor's execute and executemany, watched."""
+    seen: list[tuple[str, bool]] = []
+    if store.engine.dialect.name == "sqlite":
+        event.listen(
+            store.engine, "checkout",
+            lambda dbapi, *_: dbapi.set_trace_callback(lambda sql: seen.append((sql, False))),
+        )
+        return seen
+    for name in ("execute", "executemany"):
+        real = getattr(psycopg.Cursor, name)
+
+        def watched(cursor: Any, query: Any, params: Any = None, *a: Any, _real: Any = real,
+                    _many: bool = name == "executemany", **k: Any) -> Any:
+            piped = cursor.connection.pgconn.pipeline_status != pq.PipelineStatus.OFF
+            seen.extend([(str(query), piped)] * (len(params) if _many else 1))
+            return _real(cursor, query, params, *a, **k)
+
+        monkeypatch.setattr(psycopg.Cursor, name, watched)
+    return seen
+
+
+def inserted(seen: list[tuple[str, bool]]) -> list[tuple[str, bool]]:
+    """``(table, in a pipeline)`` of the INSERTs among :func:`driver_statements`."""
+    inserts = [(sql, piped) for sql, piped in seen if sql.lstrip().upper().startswith("INSERT")]
+    return sorted((sql.split()[2], piped) for sql, piped in inserts)
+
+
+def test_registrations_in_a_batch_are_written_with_one_statement_per_table(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eight registrations in one batch: one statement per table, not a few per request,
+    run through the driver's cursor (driver_sql.py): SQLAlchemy's Core runs none of them."""
     store = create_store(database_url)
     release = _held(store.writes)
-    inserts = _inserts(store)
+    core = _inserts(store)
+    driver = driver_statements(store, monkeypatch)
     with ThreadPoolExecutor(8) as pool:
         futures = [pool.submit(_register, store, n) for n in range(8)]
         _wait_queued(store.writes, 8)
         release.set()
         records = [f.result(timeout=30) for f in futures]
-    assert sorted(inserts) == ["instances", "issued_attestations", "redeemed_challenges"]
+    assert store.writes.unbatched == 0 and core == []
+    assert inserted(driver) == sorted(
+        (table, store.engine.dialect.name == "postgresql")
+        for table in ("instances", "issued_attestations", "redeemed_challenges")
+        for _ in range(8)
+    )
     assert len({record.id for record in records}) == 8
     for n, record in enumerate(records):
         assert store.instance_by_thumbprint(f"t{n:042d}").id == record.id
@@ -127,19 +166,14 @@ def test_registrations_in_a_batch_are_written_with_one_statement_per_table(datab
     store.dispose()
 
 
-def test_a_postgres_batch_sends_its_inserts_in_one_pipeline(postgres_database_url: str) -> None:
+def test_a_postgres_batch_sends_its_inserts_in_one_pipeline(
+    postgres_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """On PostgreSQL the batch's INSERTs go out in a psycopg pipeline (each would be a round
     trip of its own: six with BEGIN and COMMIT), the claimed status entries read through it."""
     store = create_store(postgres_database_url)
     release = _held(store.writes)
-    seen: list[tuple[str, bool]] = []
-
-    @event.listens_for(store.engine, "before_cursor_execute")
-    def record(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
-        if statement.startswith("INSERT INTO"):
-            status = conn.connection.driver_connection.pgconn.pipeline_status
-            seen.append((statement.split()[2], status != pq.PipelineStatus.OFF))
-
+    seen = driver_statements(store, monkeypatch)
     calls: list[str] = []
     with ThreadPoolExecutor(4) as pool:
         futures = [
@@ -155,9 +189,11 @@ def test_a_postgres_batch_sends_its_inserts_in_one_pipeline(postgres_database_ur
         release.set()
         records = [f.result(timeout=30) for f in futures]
     assert calls == []  # every index was free: claimed through the pipeline
-    assert sorted(seen) == [
-        ("instances", True), ("issued_attestations", True), ("redeemed_challenges", True)
-    ]
+    assert inserted(seen) == sorted(
+        (table, True)
+        for table in ("instances", "issued_attestations", "redeemed_challenges", "status_entries")
+        for _ in range(4)
+    )
     with store.engine.connect() as connection:
         entries = dict(connection.execute(text("SELECT idx, instance_id FROM status_entries")).all())
     assert entries == {n: record.id for n, record in enumerate(records)}
@@ -264,7 +300,8 @@ def test_a_batch_with_a_key_registered_before_falls_back_to_one_by_one(database_
         assert new.result(timeout=30).id == store.instance_by_thumbprint(f"t{2:042d}").id
         outcomes = _ids_or(twice, AlreadyRegistered, "refused")
     assert outcomes.count("refused") == 1
-    assert inserts.count("instances") > 1  # tried together, then one by one
+    assert store.writes.unbatched == 1  # tried together, then one by one:
+    assert inserts.count("instances") >= 4  # each through SQLAlchemy, alone (a refused one: again)
     store.dispose()
 
 

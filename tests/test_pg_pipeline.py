@@ -1,13 +1,14 @@
 """The PostgreSQL batch pipeline (storage/store.py, ``_Pipeline``) on its error paths.
 
-Written by a review of the change (a helper's, 2026-12-03), kept as tests: what SQLAlchemy
-runs while the pipeline is on, a deadlock or serialisation failure and a lost connection
-at each statement, a duplicate found only at the pipeline's end, the claim's type
-conversions, a leader cancelled and the event loop shut down mid-pipeline. After each,
-every pooled connection is out of pipeline mode with no transaction open."""
+Written by a review of the change (a helper's, 2026-12-03), kept as tests: what runs in
+the pipeline (SQLAlchemy runs nothing there), a deadlock or serialisation failure and a
+lost connection at each statement, a duplicate found only at the pipeline's end, the
+claim's type conversions, a leader cancelled and the event loop shut down mid-pipeline.
+After each, every pooled connection is out of pipeline mode with no transaction open."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -20,7 +21,7 @@ from sqlalchemy.exc import DBAPIError
 from attester.storage import IssuedRow, Redemption, create_store
 from attester.storage.group_commit import storage_outage
 from attester.storage.store import Presigned
-from tests.test_group_commit import _held, _wait_queued
+from tests.test_group_commit import _held, _wait_queued, driver_statements
 
 NOW = datetime(2026, 11, 1, 12, tzinfo=UTC)
 
@@ -80,28 +81,40 @@ def _pool_is_clean(store: Any) -> None:
             c.close()
 
 
-def _statements_in_pipeline(store: Any) -> list[str]:
-    seen: list[str] = []
-
-    @event.listens_for(store.engine, "before_cursor_execute")
-    def record(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
-        if conn.connection.driver_connection.pgconn.pipeline_status != pq.PipelineStatus.OFF:
-            seen.append(statement)
-
-    return seen
+def _in_pipeline(store: Any, monkeypatch: pytest.MonkeyPatch) -> Callable[[], list[str]]:
+    """What psycopg has run in a pipeline for ``store`` since this call, when called."""
+    seen = driver_statements(store, monkeypatch)
+    return lambda: [sql for sql, piped in seen if piped]
 
 
-# 1. what SQLAlchemy runs in the pipeline -----------------------------------------
-def test_only_plain_inserts_in_the_pipeline(postgres_database_url: str) -> None:
+# 1. what runs in the pipeline ----------------------------------------------------
+def test_only_inserts_in_the_pipeline_and_sqlalchemy_reads_none(
+    postgres_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLAlchemy would read no result in a pipeline (psycopg has not fetched it yet): it
+    runs nothing there; psycopg runs the INSERTs, RETURNING only on the claim, whose rows
+    psycopg reads itself."""
     store = create_store(postgres_database_url)
-    seen = _statements_in_pipeline(store)
+    core: list[str] = []
+    event.listen(
+        store.engine, "before_cursor_execute",
+        lambda conn, _c, sql, *_: core.append(sql)
+        if conn.connection.driver_connection.pgconn.pipeline_status != pq.PipelineStatus.OFF
+        else None,
+    )
+    piped = _in_pipeline(store, monkeypatch)
     # one redemption only (a one-row INSERT), status candidates (the claim)
     out = _batch(store, [
         dict(n=1, candidate=(0, 1), status_expires_at=NOW),
         dict(n=2, redeem=False, candidate=(0, 2), status_expires_at=NOW),
     ])
     assert not any(isinstance(o, BaseException) for o in out), out
-    assert len(seen) == 3 and all("RETURNING" not in s for s in seen), seen
+    assert core == []
+    tables = sorted(sql.split()[2] for sql in piped())
+    assert tables == ["instances"] * 2 + ["issued_attestations"] * 2 + ["redeemed_challenges"] + [
+        "status_entries"] * 2, piped()
+    assert all(("RETURNING" in sql) == sql.startswith("INSERT INTO status_entries")
+               for sql in piped()), piped()
     _pool_is_clean(store)
     store.dispose()
 
@@ -210,14 +223,16 @@ def test_an_aware_non_utc_expiry_is_the_same_instant(postgres_database_url: str)
 
 # cancellation of the leader while the pipeline waits -------------------------------
 @pytest.mark.parametrize("table", ["status_entries", "issued_attestations", "redeemed_challenges"])
-def test_a_cancelled_leader_mid_pipeline(postgres_database_url: str, table: str) -> None:
+def test_a_cancelled_leader_mid_pipeline(
+    postgres_database_url: str, table: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import asyncio
 
     from attester import cooperative
 
     store = create_store(postgres_database_url)
     _trigger(store, table, "true", "PERFORM pg_sleep(0.3)")
-    seen = _statements_in_pipeline(store)
+    piped = _in_pipeline(store, monkeypatch)
 
     async def main() -> tuple[Any, list[Any]]:
         tasks = [
@@ -225,7 +240,7 @@ def test_a_cancelled_leader_mid_pipeline(postgres_database_url: str, table: str)
                 _reg, store=store, n=n, candidate=(0, n), status_expires_at=NOW))
             for n in range(3)
         ]
-        while not seen:
+        while not piped():
             await asyncio.sleep(0.005)
         await asyncio.sleep(0.1)
         tasks[0].cancel()  # the leader (first to run)
@@ -241,14 +256,16 @@ def test_a_cancelled_leader_mid_pipeline(postgres_database_url: str, table: str)
 
 
 @pytest.mark.parametrize("table", ["status_entries", "issued_attestations", "instances"])
-def test_the_loop_shut_down_mid_pipeline(postgres_database_url: str, table: str) -> None:
+def test_the_loop_shut_down_mid_pipeline(
+    postgres_database_url: str, table: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import asyncio
 
     from attester import cooperative
 
     store = create_store(postgres_database_url, pool_size=2)
     _trigger(store, table, "true", "PERFORM pg_sleep(0.5)")
-    seen = _statements_in_pipeline(store)
+    piped = _in_pipeline(store, monkeypatch)
     invalidated: list[Any] = []
     event.listen(store.engine, "invalidate", lambda *a: invalidated.append(a))
     outcomes: list[Any] = []
@@ -263,7 +280,7 @@ def test_the_loop_shut_down_mid_pipeline(postgres_database_url: str, table: str)
     async def main() -> None:
         for n in range(3):
             asyncio.create_task(cooperative.run(reg, n=n, candidate=(0, n), status_expires_at=NOW))
-        while not seen:
+        while not piped():
             await asyncio.sleep(0.005)
         await asyncio.sleep(0.1)
         # main returns: asyncio.run cancels every task, the round trip's own among them

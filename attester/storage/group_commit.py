@@ -18,17 +18,19 @@ waited past ``queue_timeout`` for its turn fails (:class:`StorageBusy`) without 
 
 Units of one kind that can be written together (their work's class has ``run_many``, as a
 registration's has: see store.py) are, when a batch holds several: one statement per table
-for all of them instead of a few per unit (on PostgreSQL sent in one psycopg pipeline). Each statement is a round trip for PostgreSQL
-and, for SQLite, a release and re-take of the GIL while the write lock is held; with request
-threads verifying evidence beside it, re-taking the GIL was most of the lock's hold time
-(0.1-0.2 ms a statement against 0.01-0.03 ms alone), and the lock's hold time bounded the
-registrations of all workers together. ``run_many`` covers only the plain case; anything
-else it meets (a duplicate key, any exception but the database's own) raises, the
-transaction is rolled back and each unit of the batch runs alone, as above, so that the
-exceptions and the fall-backs are the unit's own code's, written once. (Such units run
-first in their transaction: the units of a batch are concurrent requests, so any order is
-one they could have arrived in; of a registration and a burn of the same challenge, either
-may be the one that finds it used.)
+for all of them instead of a few per unit, run by the driver's cursor for each row
+(driver_sql.py; on PostgreSQL sent in one psycopg pipeline). Each statement was a round
+trip for PostgreSQL and, for SQLite, a release and re-take of the GIL while the write lock
+is held; with request threads verifying evidence beside it, re-taking the GIL was most of
+the lock's hold time (0.1-0.2 ms a statement against 0.01-0.03 ms alone), and the lock's
+hold time bounded the registrations of all workers together (now the batch is written on
+the event loop's thread, with no other thread running Python: below). ``run_many`` covers
+only the plain case; anything else it meets (a duplicate key, any exception but the
+database's own) raises, the transaction is rolled back and each unit of the batch runs
+alone, as above, so that the exceptions and the fall-backs are the unit's own code's,
+written once. (Such units run first in their transaction: the units of a batch are
+concurrent requests, so any order is one they could have arrived in; of a registration and
+a burn of the same challenge, either may be the one that finds it used.)
 
 On a SQLite file, writers of every process queue on an OS file lock beside the database
 (``<db>-writer.lock``) instead of polling SQLite's busy handler, which sleeps 1, 2, 5,

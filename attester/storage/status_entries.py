@@ -10,6 +10,7 @@ entry and flips it, or the allocation sees the revoked instance and is refused.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from datetime import datetime
 from typing import Any
@@ -18,6 +19,7 @@ from sqlalchemy import Connection, Engine, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
+from attester.storage.driver_sql import driver_statement
 from attester.storage.models import Instance, StatusEntry, StatusListVersion
 
 ALLOCATION_TRIES = 32
@@ -57,48 +59,39 @@ def claim_entries(
     connection: Connection,
     rows: list[tuple[int, int, str, datetime | None]],
     *,
-    pipeline: Any = None,
+    driver: Any = None,
 ) -> set[tuple[int, int]]:
     """Reserve the indexes ``(list_id, idx, instance_id, expires_at)`` of several JWTs in
     one statement (status 0, valid); the ``(list_id, idx)`` that were free, now reserved.
     The caller holds the instances' locks (it inserted their rows in this transaction).
 
-    ``pipeline``: the psycopg connection of a batch's pipeline (store.py, ``_Pipeline``),
-    where the rows are read through psycopg (SQLAlchemy would read none): one INSERT per
-    row, sent with what the pipeline holds, answered in one round trip."""
+    ``driver``: the driver's connection of ``connection``, whose cursor runs the claim, one
+    INSERT per row (store.py, ``_Pipeline``; in psycopg's pipeline they go out together
+    and are answered in one round trip)."""
     if not rows:
         return set()
     values = [
         {"list_id": list_id, "idx": idx, "instance_id": instance_id, "status": 0, "expires_at": expires_at}
         for list_id, idx, instance_id, expires_at in rows
     ]
-    if pipeline is not None:
-        return _claim_in_pipeline(connection, pipeline, values)
-    statement = _CLAIM_MANY[connection.dialect.name]
-    return {(int(list_id), int(idx)) for list_id, idx in connection.execute(statement, values)}
-
-
-def _claim_in_pipeline(
-    connection: Connection, driver: Any, values: list[dict[str, Any]]
-) -> set[tuple[int, int]]:
     dialect = connection.dialect
-    # the columns' own conversions, as SQLAlchemy applies them (UTCDateTime refuses a
-    # naive datetime: a ValueError, which makes the batch run unit by unit)
-    columns = StatusEntry.__table__.c
-    processors = {name: columns[name].type.bind_processor(dialect) for name in values[0]}
-    values = [
-        {name: (value if processors[name] is None else processors[name](value))
-         for name, value in row.items()}
-        for row in values
-    ]
-    claimed: set[tuple[int, int]] = set()
-    with driver.cursor() as cursor:  # (a driver error: the pipeline raises it as SQLAlchemy's)
-        cursor.executemany(_CLAIM_ONE_PG, values, returning=True)
-        while True:
-            claimed.update((int(list_id), int(idx)) for list_id, idx in cursor.fetchall())
-            if not cursor.nextset():
-                break
-    return claimed
+    statement = _CLAIM_MANY[dialect.name]
+    if driver is None:
+        return {(int(list_id), int(idx)) for list_id, idx in connection.execute(statement, values)}
+    one = driver_statement(statement, dialect, values[0])
+    parameters = [one.parameters(row) for row in values]
+    claimed: list[tuple[Any, Any]] = []
+    with contextlib.closing(driver.cursor()) as cursor:  # (the caller raises driver errors)
+        if dialect.driver == "psycopg":
+            cursor.executemany(one.sql, parameters, returning=True)
+            while True:
+                claimed.extend(cursor.fetchall())
+                if not cursor.nextset():
+                    break
+        else:  # SQLite's executemany returns no rows
+            for row in parameters:
+                claimed.extend(cursor.execute(one.sql, row).fetchall())
+    return {(int(list_id), int(idx)) for list_id, idx in claimed}
 
 
 _CLAIM_MANY = {
@@ -107,8 +100,6 @@ _CLAIM_MANY = {
     .returning(StatusEntry.list_id, StatusEntry.idx)
     for dialect in (sqlite, postgresql)
 }
-# one row's claim, as SQLAlchemy writes it for psycopg (the pipeline's, above)
-_CLAIM_ONE_PG = str(_CLAIM_MANY["postgresql"].compile(dialect=postgresql.psycopg.dialect()))
 _INSTANCES = Instance.__table__
 _LOCK_ANY = (
     update(_INSTANCES)

@@ -40,6 +40,7 @@ from sqlalchemy.pool import QueuePool, SingletonThreadPool
 
 from attester import cooperative
 from attester.storage import pg_connection
+from attester.storage.driver_sql import driver_statement, execute_many
 from attester.storage.group_commit import GroupCommit, Unbatch, pool_exhausted
 from attester.storage.models import Instance, IssuedAttestation, RedeemedChallenge
 from attester.storage.status_entries import claim_entries, lock_active_instance
@@ -688,23 +689,25 @@ class _Pipeline:
     entries claimed) and one at the end, instead of one each (BEGIN and three or four
     INSERTs: six round trips with the COMMIT, now three).
 
-    In the pipeline, SQLAlchemy may only run statements whose results it does not read (it
-    would read none: psycopg has not fetched them yet): the plain INSERTs of
-    :meth:`insert_all`. The claim reads its rows through psycopg (status_entries.py), and
-    :meth:`leave` ends the pipeline before anything else runs. Elsewhere (SQLite, a driver
-    without pipelines) it is the plain sequence of statements. A driver error from the
-    pipeline is raised as SQLAlchemy's, as the statement would have raised it."""
+    The INSERTs and the claim run through the driver's cursor (driver_sql.py: SQLAlchemy's
+    SQL and conversions, without its Core around each statement), with psycopg in its
+    pipeline and with SQLite's driver; in a pipeline nothing may read a result before
+    psycopg fetched it, so :meth:`leave` ends the pipeline before SQLAlchemy runs anything
+    else. With another driver (psycopg without pipelines, say) the statements are
+    SQLAlchemy's. A driver error is raised as SQLAlchemy's, as the statement would have
+    raised it."""
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
         driver = connection.connection.driver_connection
         # psycopg's connections pipeline with a libpq of 14 or later (not psycopg2's, pg8000's)
-        pipelines = connection.dialect.driver == "psycopg" and psycopg.Pipeline.is_supported()
-        self.driver: Any = driver if pipelines else None
+        self._pipelines = connection.dialect.driver == "psycopg" and psycopg.Pipeline.is_supported()
+        direct = self._pipelines or connection.dialect.driver == "pysqlite"
+        self.driver: Any = driver if direct else None  # its cursor runs the statements
         self._context: Any = None
 
     def __enter__(self) -> _Pipeline:
-        if self.driver is not None:
+        if self._pipelines:
             self._context = self.driver.pipeline()
             self._guarded(self._context.__enter__)
         return self
@@ -712,7 +715,7 @@ class _Pipeline:
     def __exit__(self, *exc_info: Any) -> None:
         if self._context is None:
             return
-        context, self._context, self.driver = self._context, None, None
+        context, self._context, self.driver, self._pipelines = self._context, None, None, False
         try:
             self._guarded(context.__exit__, *exc_info)
         finally:
@@ -731,15 +734,16 @@ class _Pipeline:
         else the other, one multi-row statement whose returned rows are counted."""
         plain, returning = statements
         if self.driver is not None:
-            self.connection.execute(plain, rows)
+            statement = driver_statement(plain, self.connection.dialect, rows[0])
+            self._guarded(execute_many, self.driver, statement, rows)
         elif len(self.connection.execute(returning, rows).all()) != len(rows):
             raise Unbatch("a row was not inserted")
 
     def claim(self, rows: list[tuple[int, int, str, datetime | None]]) -> set[tuple[int, int]]:
-        """:func:`claim_entries`; in the pipeline, read through psycopg."""
+        """:func:`claim_entries`, through the driver's cursor where the INSERTs are."""
         if self.driver is None:
             return claim_entries(self.connection, rows)
-        return self._guarded(claim_entries, self.connection, rows, pipeline=self.driver)
+        return self._guarded(claim_entries, self.connection, rows, driver=self.driver)
 
     def _guarded(self, step: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         dialect = self.connection.dialect
