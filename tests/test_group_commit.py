@@ -166,6 +166,41 @@ def test_registrations_in_a_batch_are_written_with_one_statement_per_table(
     store.dispose()
 
 
+def test_a_registration_alone_is_written_as_a_batch_is(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing else queued: the one registration is still written by ``run_many``, one
+    statement a table through the driver (on PostgreSQL in its pipeline: three round trips
+    where its own code's statements took seven), its index claimed with it."""
+    store = create_store(database_url)
+    core = _inserts(store)
+    driver = driver_statements(store, monkeypatch)
+    calls: list[str] = []
+    record = store.register_instance(
+        platform="android", client_id="c", key_thumbprint=f"t{1:042d}", instance_jwk={"kty": "EC"},
+        now=NOW, redemption=Redemption(f"{1:064d}", NOW), issue=_presigned(1, (0, 5), calls),
+    )
+    assert store.writes.unbatched == 0 and core == [] and calls == []
+    piped = store.engine.dialect.name == "postgresql"
+    assert inserted(driver) == sorted(
+        (table, piped)
+        for table in ("instances", "issued_attestations", "redeemed_challenges", "status_entries")
+    )
+    assert store.instance_by_thumbprint(f"t{1:042d}").id == record.id
+    with store.engine.connect() as connection:
+        entries = connection.execute(text("SELECT idx, instance_id FROM status_entries")).all()
+    assert [tuple(e) for e in entries] == [(5, record.id)]
+    # the key again (a re-attestation): the batch's INSERT refuses it, its own code refreshes it
+    again = store.register_instance(
+        platform="android", client_id="c", key_thumbprint=f"t{1:042d}", instance_jwk={"kty": "EC"},
+        now=NOW, redemption=Redemption(f"{2:064d}", NOW), replace_same_key=True,
+        issued=IssuedRow("j2", "kid", NOW, NOW + timedelta(hours=1)),
+    )
+    assert again.id == record.id and store.writes.unbatched == 1
+    assert [jti for jti, _, _ in store.issued_for(record.id)] == ["j1", "j2"]
+    store.dispose()
+
+
 def test_a_postgres_batch_sends_its_inserts_in_one_pipeline(
     postgres_database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -17,8 +17,8 @@ request's conflict (two batches replaying one request) cannot fail the others. A
 waited past ``queue_timeout`` for its turn fails (:class:`StorageBusy`) without running.
 
 Units of one kind that can be written together (their work's class has ``run_many``, as a
-registration's has: see store.py) are, when a batch holds several: one statement per table
-for all of them instead of a few per unit, run by the driver's cursor for each row
+registration's has: see store.py) are written so, one of them alone included: one statement
+per table for all of them instead of a few per unit, run by the driver's cursor for each row
 (driver_sql.py; on PostgreSQL sent in one psycopg pipeline). Each statement was a round
 trip for PostgreSQL and, for SQLite, a release and re-take of the GIL while the write lock
 is held; with request threads verifying evidence beside it, re-taking the GIL was most of
@@ -434,8 +434,9 @@ class GroupCommit:
 
     @staticmethod
     def _run_many(connection: Connection, pending: list[_Unit[Any]]) -> list[_Unit[Any]]:
-        """Write the units that can be written together (two or more of a kind with
-        ``run_many``); the others, to run one by one. Raises :class:`Unbatch` when
+        """Write the units that can be written together (those of a kind with ``run_many``,
+        one alone included: its plain case costs fewer statements, or round trips, than its
+        own code's); the others, to run one by one. Raises :class:`Unbatch` when
         ``run_many`` raised anything but a database error (a duplicate key included)."""
         kinds: dict[type, list[_Unit[Any]]] = {}
         for unit in pending:
@@ -443,8 +444,6 @@ class GroupCommit:
                 kinds.setdefault(type(unit.work), []).append(unit)
         alone = list(pending)
         for kind, units in kinds.items():
-            if len(units) < 2:
-                continue
             try:
                 results = kind.run_many(connection, [unit.work for unit in units])  # type: ignore[attr-defined]
             except DBAPIError as exc:

@@ -615,9 +615,10 @@ class _NewInstance:
 
     @staticmethod
     def run_many(connection: Connection, writes: list[_NewInstance]) -> list[InstanceRecord]:
-        """Several registrations with new keys and unused challenges, one statement per
-        table: the redemptions, the instance rows, the status entries (those whose index
-        was taken meanwhile, or twice here, are reserved again one by one), the JWTs.
+        """Registrations (one or several) with new keys and unused challenges, one
+        statement per table: the redemptions, the instance rows, the status entries (those
+        whose index was taken meanwhile, or twice here, are reserved again one by one), the
+        JWTs.
 
         A duplicate key (a challenge used, a key or App Attest key id registered) raises
         the database's IntegrityError: the group commit then runs each write alone."""
