@@ -43,7 +43,9 @@ class DriverStatement:
 
 
 # by (id of the statement, its dialect's class, the columns given); the statement is kept
-# in the value so that its id is not reused
+# in the value so that its id is not reused. (The conversions of this schema's types depend
+# on the dialect's class alone; a type configured per engine, JSON's serializer say, would
+# need the dialect itself in the key.)
 _compiled: dict[tuple[int, type, tuple[str, ...]], tuple[Insert, DriverStatement]] = {}
 
 

@@ -747,6 +747,8 @@ class _Pipeline:
         return self._guarded(claim_entries, self.connection, rows, driver=self.driver)
 
     def _guarded(self, step: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        # (a lost connection is not invalidated here: the transaction's rollback that
+        # follows fails on it, and SQLAlchemy then invalidates it and the pool's older ones)
         dialect = self.connection.dialect
         try:
             return step(*args, **kwargs)
