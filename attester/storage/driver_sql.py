@@ -10,10 +10,10 @@ median of 300, 2026-12-03).
 What the driver gets here is what SQLAlchemy would have given it: the SQL is SQLAlchemy's,
 compiled once for the dialect and the columns given, and each value is converted by its
 column's type as SQLAlchemy converts it (the dialect's bind processors: a naive datetime
-refused, a datetime written in SQLite's text form, JSON as text). Only INSERTs that give
-every value themselves: a column with a Python-side default, which SQLAlchemy would fill
-in, is refused when the statement is compiled (TypeError). Errors are the driver's own;
-the caller raises them as SQLAlchemy's (store.py, ``_Pipeline``).
+refused, a datetime written in SQLite's text form, bytes in the driver's binary wrapper).
+Only INSERTs that give every value themselves: a column with a Python-side default, which
+SQLAlchemy would fill in, is refused when the statement is compiled (TypeError). Errors are
+the driver's own; the caller raises them as SQLAlchemy's (store.py, ``_Pipeline``).
 """
 
 from __future__ import annotations

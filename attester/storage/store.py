@@ -163,8 +163,9 @@ _INSTANCE_BY_THUMBPRINT_FOR_UPDATE = (
 )
 _INSTANCE_BY_THUMBPRINT = select(_INSTANCES).where(_INSTANCES.c.key_thumbprint == bindparam("thumbprint"))
 # the same inserts for several rows at once, each as a pair (_Pipeline.insert_all): plain,
-# one INSERT per row sent in PostgreSQL's pipeline; with RETURNING elsewhere, which SQLAlchemy
-# writes as one multi-row INSERT (its "insertmanyvalues"), its returned rows counted
+# run for each row by the driver's cursor (SQLite's; psycopg's, in its pipeline); with
+# RETURNING for another driver, which SQLAlchemy writes as one multi-row INSERT (its
+# "insertmanyvalues"), its returned rows counted
 _INSERT_ISSUED_MANY = _INSERT_ISSUED, insert(_ISSUED).returning(_ISSUED.c.jti)
 _INSERT_REDEEMED_MANY = _INSERT_REDEEMED, insert(_REDEEMED).returning(_REDEEMED.c.digest)
 _INSERT_INSTANCES_MANY = insert(_INSTANCES), insert(_INSTANCES).returning(_INSTANCES.c.id)
@@ -730,9 +731,9 @@ class _Pipeline:
         self.__exit__(None, None, None)
 
     def insert_all(self, statements: tuple[Any, Any], rows: list[dict[str, Any]]) -> None:
-        """Insert ``rows``; every row must land. In the pipeline, the plain INSERT of
-        ``statements`` for each row (a duplicate raises where the pipeline is next read);
-        else the other, one multi-row statement whose returned rows are counted."""
+        """Insert ``rows``; every row must land. Through the driver, the plain INSERT of
+        ``statements`` for each row (a duplicate raises; in the pipeline, where it is next
+        read); else the other, one multi-row statement whose returned rows are counted."""
         plain, returning = statements
         if self.driver is not None:
             statement = driver_statement(plain, self.connection.dialect, rows[0])
