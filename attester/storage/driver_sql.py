@@ -79,3 +79,23 @@ def execute_many(driver: Any, statement: DriverStatement, rows: list[Mapping[str
     """Run ``statement`` once per row on a cursor of the driver's connection ``driver``."""
     with contextlib.closing(driver.cursor()) as cursor:
         cursor.executemany(statement.sql, [statement.parameters(row) for row in rows])
+
+
+def returned_rows(
+    driver: Any, statement: DriverStatement, rows: list[Mapping[str, Any]]
+) -> list[Any]:
+    """Run ``statement`` (an INSERT ... RETURNING) once per row; the rows it returned. The
+    drivers that come here are SQLite's (positional) and psycopg (in its pipeline, the
+    rows go out together and are answered in one round trip)."""
+    parameters = [statement.parameters(row) for row in rows]
+    returned: list[Any] = []
+    with contextlib.closing(driver.cursor()) as cursor:
+        if statement.positional:  # SQLite's executemany returns no rows: one at a time
+            for one in parameters:
+                returned.extend(cursor.execute(statement.sql, one).fetchall())
+            return returned
+        cursor.executemany(statement.sql, parameters, returning=True)  # psycopg
+        while True:
+            returned.extend(cursor.fetchall())
+            if not cursor.nextset():
+                return returned

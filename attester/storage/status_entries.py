@@ -10,7 +10,6 @@ entry and flips it, or the allocation sees the revoked instance and is refused.
 
 from __future__ import annotations
 
-import contextlib
 import secrets
 from datetime import datetime
 from typing import Any
@@ -19,7 +18,7 @@ from sqlalchemy import Connection, Engine, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
-from attester.storage.driver_sql import driver_statement
+from attester.storage.driver_sql import driver_statement, returned_rows
 from attester.storage.models import Instance, StatusEntry, StatusListVersion
 
 ALLOCATION_TRIES = 32
@@ -78,19 +77,8 @@ def claim_entries(
     statement = _CLAIM_MANY[dialect.name]
     if driver is None:
         return {(int(list_id), int(idx)) for list_id, idx in connection.execute(statement, values)}
-    one = driver_statement(statement, dialect, values[0])
-    parameters = [one.parameters(row) for row in values]
-    claimed: list[tuple[Any, Any]] = []
-    with contextlib.closing(driver.cursor()) as cursor:  # (the caller raises driver errors)
-        if dialect.driver == "psycopg":
-            cursor.executemany(one.sql, parameters, returning=True)
-            while True:
-                claimed.extend(cursor.fetchall())
-                if not cursor.nextset():
-                    break
-        else:  # SQLite's executemany returns no rows
-            for row in parameters:
-                claimed.extend(cursor.execute(one.sql, row).fetchall())
+    # (the caller raises driver errors as SQLAlchemy's)
+    claimed = returned_rows(driver, driver_statement(statement, dialect, values[0]), values)
     return {(int(list_id), int(idx)) for list_id, idx in claimed}
 
 
