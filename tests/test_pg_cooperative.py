@@ -6,12 +6,15 @@ still finishes what it started. Real PostgreSQL on loopback."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 from datetime import timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from psycopg import waiting
 from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError
 
@@ -256,3 +259,81 @@ def test_a_lost_connection_in_a_requests_read_is_replaced(
     finally:
         other.dispose()
         store.dispose()
+
+
+# -- steps whose socket is ready are taken without suspending ---------------------------
+def _steps(*wanted: int) -> Any:
+    """A psycopg-style generator asking for ``wanted`` in turn: the readiness it was given
+    for each."""
+    given = []
+    for want in wanted:
+        given.append((yield want))
+    return given
+
+
+def _in_request(monkeypatch: pytest.MonkeyPatch, fileno: int, gen: Any, *, later: Any = None) -> Any:
+    """``gen`` waited for by a cooperative connection on ``fileno`` in a request's
+    database_io section (``later`` called on the loop 50 ms in): (what it returned, the
+    number of times the request suspended)."""
+    suspended = []
+    real_wait = cooperative.wait
+
+    def counted(awaitable: Any) -> Any:
+        suspended.append(awaitable)
+        return real_wait(awaitable)
+
+    monkeypatch.setattr(pg_connection.cooperative, "wait", counted)
+    # no server: in a database_io section the wait reads only the connection's socket
+    connection = SimpleNamespace(pgconn=SimpleNamespace(socket=fileno))
+
+    def work() -> Any:
+        with cooperative.database_io():
+            return pg_connection.CooperativeConnection.wait(connection, gen)  # type: ignore[arg-type]
+
+    async def main() -> Any:
+        if later is not None:
+            asyncio.get_running_loop().call_later(0.05, later)
+        return await cooperative.run(work)
+
+    return asyncio.run(main()), len(suspended)
+
+
+def test_a_ready_socket_is_used_without_suspending(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A send (the socket writable) and a read whose answer is there already: both steps
+    are taken at once, with the readiness the poll saw; the request never suspends."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        theirs.send(b"answer")
+        given, suspended = _in_request(
+            monkeypatch, ours.fileno(), _steps(waiting.WAIT_W, waiting.WAIT_R, waiting.WAIT_RW)
+        )
+    assert given == [waiting.READY_W, waiting.READY_R, waiting.READY_RW]
+    assert suspended == 0
+
+
+def test_a_step_that_must_wait_for_the_server_suspends_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read with nothing to read yet: the request suspends (the loop runs the answer's
+    write 50 ms later) and the step resumes with the socket readable."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        given, suspended = _in_request(
+            monkeypatch, ours.fileno(), _steps(waiting.WAIT_W, waiting.WAIT_R),
+            later=lambda: theirs.send(b"answer"),
+        )
+    assert given == [waiting.READY_W, waiting.READY_R]
+    assert suspended == 1
+
+
+def test_steps_ready_for_longer_than_the_inline_time_let_the_loop_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past INLINE_SECONDS of ready steps (a large result read, say) the request suspends,
+    so that the loop serves the others, and the steps go on as before."""
+    monkeypatch.setattr(pg_connection, "INLINE_SECONDS", 0.0)
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        given, suspended = _in_request(
+            monkeypatch, ours.fileno(), _steps(waiting.WAIT_W, waiting.WAIT_W)
+        )
+    assert given == [waiting.READY_W, waiting.READY_W]
+    assert suspended == 1

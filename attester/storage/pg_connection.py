@@ -11,6 +11,14 @@ request's greenlet: the request is suspended on the socket and the loop serves o
 meanwhile. Anywhere else (a thread, the CLI, a request outside such a section) it is
 psycopg's blocking wait, as before.
 
+Each round trip suspended the request before its first step, even where that step needed
+no wait (a send, the socket writable): psycopg's asyncio wait takes such steps at once,
+but only once it runs, after the suspension. The steps whose socket is ready now (a
+zero-timeout poll) are taken here, and the request suspends only where it has to wait for
+the server. A suspension goes through the loop (a task, a shield, two greenlet switches):
+~26 us of CPU each here, against ~2.4 us for a blocking wait. A batch of four
+registrations suspended six times; now four.
+
 Connecting (DNS, TCP, TLS, authentication: psycopg waits for those in its own loop) is
 done in a worker thread when asked for inside such a section, so the loop never waits for
 a server that does not answer.
@@ -18,13 +26,21 @@ a server that does not answer.
 
 from __future__ import annotations
 
+import select
+import time
 from typing import Any
 
 import psycopg
 from psycopg import waiting
 from psycopg.abc import PQGen, RV
+from psycopg.waiting import READY_NONE, READY_R, READY_W, WAIT_R, WAIT_W
 
 from attester import cooperative
+
+# the longest a request's round trips run without suspending while the socket stays ready
+# (a large result read, say): then the loop serves the others (psycopg's own waits do so
+# after 5 ms)
+INLINE_SECONDS = 0.005
 
 
 class CooperativeConnection(psycopg.Connection[Any]):
@@ -33,15 +49,35 @@ class CooperativeConnection(psycopg.Connection[Any]):
     def wait(self, gen: PQGen[RV], interval: float = 0.1, timeout: float | None = None) -> RV:
         if not cooperative.in_database_io():
             return super().wait(gen, interval, timeout)
-        try:  # what needs no wait (setting autocommit, say) is done without suspending
-            first = next(gen)
+        # what needs no wait (setting autocommit, say), or whose socket is ready now, is
+        # done without suspending
+        try:
+            wanted = next(gen)
+            fileno = self.pgconn.socket
+            until = time.monotonic() + INLINE_SECONDS
+            while (ready := ready_now(fileno, wanted)) and time.monotonic() < until:
+                wanted = gen.send(ready)
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
+        # (a closed socket polls as not ready: psycopg's wait then says it is closed)
         return cooperative.wait(
-            waiting.wait_async(
-                _resumed(first, gen), self.pgconn.socket, interval=interval, timeout=timeout
-            )
+            waiting.wait_async(_resumed(wanted, gen), fileno, interval=interval, timeout=timeout)
         )
+
+
+def ready_now(fileno: int, wanted: int) -> int:
+    """What of ``wanted`` (psycopg's ``WAIT_R``/``WAIT_W`` bits) ``fileno`` is ready for
+    now, as psycopg's ``READY_*`` bits: ``READY_NONE`` if it would have to wait."""
+    poll = select.poll()
+    poll.register(fileno, (select.POLLIN if wanted & WAIT_R else 0)
+                  | (select.POLLOUT if wanted & WAIT_W else 0))
+    ready = READY_NONE
+    for _, events in poll.poll(0):
+        if events & select.POLLIN:
+            ready |= READY_R
+        if events & select.POLLOUT:
+            ready |= READY_W
+    return ready
 
 
 def _resumed(first: Any, gen: PQGen[RV]) -> PQGen[RV]:
