@@ -16,8 +16,8 @@ no wait (a send, the socket writable): psycopg's asyncio wait takes such steps a
 but only once it runs, after the suspension. The steps whose socket is ready now (a
 zero-timeout poll) are taken here, and the request suspends only where it has to wait for
 the server. A suspension goes through the loop (a task, a shield, two greenlet switches):
-~26 us of CPU each here, against ~2.4 us for a blocking wait. A batch of four
-registrations suspended six times; now four.
+~15 us of CPU each with uvloop here (~23 us with asyncio's own loop), against ~2.5 us for
+a blocking wait. A batch of four registrations suspended six times; now four.
 
 Connecting (DNS, TCP, TLS, authentication: psycopg waits for those in its own loop) is
 done in a worker thread when asked for inside such a section, so the loop never waits for
