@@ -39,6 +39,7 @@ import contextlib
 import contextvars
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
@@ -56,21 +57,33 @@ class _Request(greenlet):  # type: ignore[misc]
     pinned = 0  # inside pinned(): nothing suspends
     database_io = 0  # inside database_io(): a cancellation waits for the section's end
     cancelled: BaseException | None = None  # such a cancellation, raised at that end
+    turn_started = 0.0  # time.monotonic() when the loop last handed it the thread
 
 
 async def run(fn: Callable[..., T], /, **kwargs: Any) -> T:
     """``fn(**kwargs)`` on this thread; awaits what it :func:`wait`\\ s for meanwhile."""
     work = _Request(functools.partial(fn, **kwargs))
     work.gr_context = contextvars.copy_context()  # the request's context vars (its id)
+    work.turn_started = time.monotonic()
     pending = work.switch()
     while not work.dead:
         try:
             value = await pending
         except BaseException as exc:  # raised where the greenlet waits
+            work.turn_started = time.monotonic()
             pending = work.throw(exc)
         else:
+            work.turn_started = time.monotonic()
             pending = work.switch(value)
     return pending  # type: ignore[no-any-return]
+
+
+def turn_started() -> float:
+    """When (``time.monotonic()``) the request running here last got the loop's thread,
+    since it started or last resumed; 0.0 outside :func:`run`. Code that could go on
+    without suspending reads it to give the loop its turn in time (pg_connection.py)."""
+    current = getcurrent()
+    return current.turn_started if isinstance(current, _Request) else 0.0
 
 
 def active() -> bool:

@@ -274,7 +274,8 @@ def _steps(*wanted: int) -> Any:
 def _in_request(monkeypatch: pytest.MonkeyPatch, fileno: int, gen: Any, *, later: Any = None) -> Any:
     """``gen`` waited for by a cooperative connection on ``fileno`` in a request's
     database_io section (``later`` called on the loop 50 ms in): (what it returned, the
-    number of times the request suspended)."""
+    number of times the request suspended). ``gen`` may instead be a function of the
+    connection that waits itself."""
     suspended = []
     real_wait = cooperative.wait
 
@@ -288,6 +289,8 @@ def _in_request(monkeypatch: pytest.MonkeyPatch, fileno: int, gen: Any, *, later
 
     def work() -> Any:
         with cooperative.database_io():
+            if callable(gen):
+                return gen(connection)
             return pg_connection.CooperativeConnection.wait(connection, gen)  # type: ignore[arg-type]
 
     async def main() -> Any:
@@ -337,3 +340,25 @@ def test_steps_ready_for_longer_than_the_inline_time_let_the_loop_run(
         )
     assert given == [waiting.READY_W, waiting.READY_W]
     assert suspended == 1
+
+
+def test_the_inline_time_counts_from_the_requests_turn_not_from_each_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Many waits in a row (a pipeline's statements, each one wait) share one turn: once
+    INLINE_SECONDS have passed since the request got the loop's thread, its next ready
+    wait suspends; resumed, it has a new turn and takes the next one at once."""
+    monkeypatch.setattr(pg_connection, "INLINE_SECONDS", 0.05)
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+
+        def three_waits(connection: Any) -> list[Any]:
+            first = pg_connection.CooperativeConnection.wait(connection, _steps(waiting.WAIT_W))
+            time.sleep(0.06)  # the request's own work, past the inline time
+            second = pg_connection.CooperativeConnection.wait(connection, _steps(waiting.WAIT_W))
+            third = pg_connection.CooperativeConnection.wait(connection, _steps(waiting.WAIT_W))
+            return [first, second, third]
+
+        given, suspended = _in_request(monkeypatch, ours.fileno(), three_waits)
+    assert given == [[waiting.READY_W]] * 3
+    assert suspended == 1  # the second only
