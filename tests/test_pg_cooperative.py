@@ -1,7 +1,8 @@
 """PostgreSQL round trips that suspend a request (attester/storage/pg_connection.py): a
 request's reads and the batches it leads run on the event loop's thread, the loop serves
 others while the server answers, connecting waits in a thread, and a cancelled request
-still finishes what it started. Real PostgreSQL on loopback."""
+still finishes what it started. Real PostgreSQL on loopback; the last tests, of the steps
+taken without suspending, need no server (a socket pair stands for its connection)."""
 
 from __future__ import annotations
 
