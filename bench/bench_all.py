@@ -16,8 +16,9 @@ for ``docs``, PostgreSQL binaries for the PostgreSQL rows, pyattest (``bench`` e
 * ``register`` Android registrations over HTTP on 2 workers (SQLite, then PostgreSQL
   when its binaries exist), from 8 and from 32 connections, vs the in-process
   verification+issuance rate of the same chains, measured before and after the HTTP runs;
-  under each, the CPU per registration of the workers, PostgreSQL and the load generator
-  (from /proc), where the time beyond the in-process figure goes.
+  under each, the CPU per registration of the workers, PostgreSQL and the load generator,
+  and the workers' time runnable without a core and their preemptions (from /proc): where
+  the time beyond the in-process figure goes.
 * ``flat``     registration and renewal latency with 1k and with N (default 1M) stored
   instances, interleaved, on SQLite and PostgreSQL; the query plans of the hot lookups.
 
@@ -415,11 +416,13 @@ def http_register(
     elapsed = wall = 0.0
     spent: dict[str, float] = {}
     split: list[int] = []
+    queued = preempted = 0.0  # the workers' time runnable but without a core, their preemptions
     for bodies in rounds:
         between()
         encoded = [json.dumps(b).encode() for b in bodies]
         queue: Any = multiprocessing.Queue()
         before, load_before, started = _cpu_by_role(server.pid), _children_cpu(), time.perf_counter()
+        scheduled = _scheduling(server.pid)
         proc = multiprocessing.Process(target=_load, args=(port, encoded, connections, queue))
         proc.start()
         if not split and len(bodies) >= 4 * connections:  # else they close before all open
@@ -427,6 +430,8 @@ def http_register(
         round_good, round_bad, round_elapsed = queue.get(timeout=600)
         proc.join()
         after, wall = _cpu_by_role(server.pid), wall + time.perf_counter() - started
+        waited = [a - b for a, b in zip(_scheduling(server.pid), scheduled)]
+        queued, preempted = queued + waited[0], preempted + waited[1]
         good, bad, elapsed = good + round_good, bad + round_bad, elapsed + round_elapsed
         if before and after:  # /proc: where the two cores went
             for role in after:
@@ -440,6 +445,9 @@ def http_register(
         )
         print(f"    CPU per registration ({connections} connections): {per}; "
               f"{sum(spent.values()) / wall:.2f} cores busy on average", flush=True)
+        if preempted:  # (a shared core: PostgreSQL's backend takes it at each message)
+            print(f"    the workers per registration: {queued / total * 1e6:.0f} us runnable "
+                  f"without a core, preempted {preempted / total:.1f} times", flush=True)
     if split:  # the workers take connections in turn by count (attester/workers.py)
         print(f"    connections per worker (first round): {' / '.join(map(str, split))}", flush=True)
     return good / elapsed, bad
@@ -500,6 +508,25 @@ def _children_cpu() -> float:
     """CPU seconds of this process's ended children (the load generator, once joined)."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
+
+
+def _scheduling(serve_pid: int) -> tuple[float, int]:
+    """The serve process's and its workers' time so far runnable without a core (seconds)
+    and their involuntary context switches, every thread's, from /proc (zeros elsewhere)."""
+    queued, preempted = 0.0, 0
+    for pid, fields, _ in _processes():
+        if serve_pid not in (pid, int(fields[1])):
+            continue
+        for task in Path(f"/proc/{pid}/task").glob("[0-9]*"):
+            try:
+                queued += int((task / "schedstat").read_text().split()[1]) / 1e9
+                status = (task / "status").read_text()
+            except (OSError, IndexError, ValueError):
+                continue  # ended meanwhile, or no schedstat
+            for line in status.splitlines():
+                if line.startswith("nonvoluntary_ctxt_switches:"):
+                    preempted += int(line.split()[1])
+    return queued, preempted
 
 
 def _cpu_by_role(serve_pid: int) -> dict[str, float]:
