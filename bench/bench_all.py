@@ -512,7 +512,8 @@ def _children_cpu() -> float:
 
 def _scheduling(serve_pid: int) -> tuple[float, int]:
     """The serve process's and its workers' time so far runnable without a core (seconds)
-    and their involuntary context switches, every thread's, from /proc (zeros elsewhere)."""
+    and their involuntary context switches, every thread's, from /proc (zeros elsewhere; a
+    thread that ends between two readings takes its share with it)."""
     queued, preempted = 0.0, 0
     for pid, fields, _ in _processes():
         if serve_pid not in (pid, int(fields[1])):
