@@ -416,7 +416,7 @@ def http_register(
     elapsed = wall = 0.0
     spent: dict[str, float] = {}
     split: list[int] = []
-    queued = preempted = 0.0  # the workers' time runnable but without a core, their preemptions
+    queued, preempted = 0.0, 0  # the workers' time runnable without a core (s), their preemptions
     for bodies in rounds:
         between()
         encoded = [json.dumps(b).encode() for b in bodies]
