@@ -12,12 +12,11 @@ References:
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from typing import Any
 
-import cbor2
 
+from ..cbor import decode_first_cbor_item as _decode_first_cbor_item
 from ..cbor import decode_single_cbor_item as _decode_single_cbor_item
 from ..errors import VerificationError
 
@@ -107,14 +106,9 @@ def _cose_bytes(key_map: dict[Any, Any], label: int) -> bytes | None:
 
 def _parse_cose_key(data: bytes, *, code: str) -> tuple[CoseKey, int]:
     """Decode the COSE key at the start of ``data``; return it and the bytes it used."""
-    stream = io.BytesIO(data)
-    try:
-        item = cbor2.CBORDecoder(stream).decode()
-    except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError) as exc:
-        raise VerificationError(code, "credential public key is not valid CBOR") from exc
+    item, used = _decode_first_cbor_item(data, code=code, what="credential public key")
     if not isinstance(item, dict):
         raise VerificationError(code, "credential public key is not a COSE map")
-    used = stream.tell()
     key = CoseKey(
         kty=_cose_int(item, 1),
         alg=_cose_int(item, 3),
