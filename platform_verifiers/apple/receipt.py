@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -167,8 +167,8 @@ def _expect(node: _Node, *, tag_class: int = 0, number: int, constructed: bool) 
 def _oid(node: _Node) -> str:
     _expect(node, number=6, constructed=False)
     body = node.content
-    if not body:
-        raise _malformed("empty OID")
+    if not body or body[-1] & 0x80:
+        raise _malformed("empty or unterminated OID")
     arcs: list[int] = []
     value = 0
     for byte in body:
@@ -256,10 +256,7 @@ def _parse_container(receipt: bytes) -> _SignedReceipt:
         for cert_node in rest[0].children:
             if not cert_node.definite:
                 raise _malformed("indefinite certificate")
-            try:
-                certificates.append(x509.load_der_x509_certificate(cert_node.raw))
-            except ValueError:
-                raise _malformed("unparsable certificate") from None
+            certificates.append(_certificate(cert_node.raw))
         rest = rest[1:]
     if rest and (rest[0].tag_class, rest[0].number) == (2, 1):
         rest = rest[1:]  # CRLs: none on receipts; ignored like any CMS reader does
@@ -269,6 +266,24 @@ def _parse_container(receipt: bytes) -> _SignedReceipt:
     if len(signer_infos.children) != 1:
         raise _malformed("exactly one signer expected")
     return _signer(signer_infos.children[0], content, tuple(certificates))
+
+
+#: what pyca raises for a certificate or key it cannot read (InvalidVersion: not v1 or v3;
+#: TypeError: a name attribute of a type it does not read as text)
+_UNREADABLE = (ValueError, TypeError, x509.InvalidVersion, UnsupportedAlgorithm)
+
+
+def _certificate(der: bytes) -> x509.Certificate:
+    """A certificate of the container, its names read now: pyca reads them lazily, and
+    the signer's match and the path compare them in Python (a broken one found there was
+    an uncaught exception, found in review)."""
+    try:
+        certificate = x509.load_der_x509_certificate(der)
+        certificate.issuer.public_bytes()
+        certificate.subject.public_bytes()
+    except _UNREADABLE:
+        raise _malformed("unparsable certificate") from None
+    return certificate
 
 
 def _signer(
@@ -366,7 +381,7 @@ def parse_receipt_payload(content: bytes) -> Receipt:
     try:
         credential = x509.load_der_x509_certificate(fields[3])
         key = credential.public_key()
-    except ValueError:
+    except _UNREADABLE:
         raise _malformed("attested public key field is not a certificate") from None
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
         raise _malformed("attested key is not EC P-256")
@@ -421,7 +436,10 @@ def verify_receipt(
         raise ValueError("no trust anchors configured")
     # 1. The container and its signature by the signer certificate.
     signed = _parse_container(receipt)
-    signer_key = signed.signer.public_key()
+    try:
+        signer_key = signed.signer.public_key()
+    except _UNREADABLE:
+        raise _malformed("the signer key cannot be read") from None
     if not isinstance(signer_key, ec.EllipticCurvePublicKey):
         raise _malformed("the signer key is not an EC key")
     try:

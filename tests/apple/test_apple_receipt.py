@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import cbor2
@@ -26,7 +27,7 @@ from platform_verifiers.apple.receipt import _parse_container
 from platform_verifiers.errors import VerificationError
 
 from .receipt_synth import ReceiptPki, make_receipt, make_receipt_pki
-from .vectors import VECTORS_DIR, vector_params
+from .vectors import VECTORS_DIR, load_manifest_entries, vector_params
 
 KIND = "apple_appattest_attestation"
 BROKEN_SIGNATURE = {"webauthn4j_kayak_ios14_0_1_attestation"}
@@ -81,6 +82,40 @@ def test_receipt_real_vector_at_recorded_time(entry: dict[str, Any]) -> None:
     assert fields.app_id == entry["expected"]["app_id"]
     assert fields.receipt_type == "ATTEST" and fields.risk_metric is None
     assert fields.created_at < fields.expires_at
+
+
+#: real receipts with bytes changed (offset: new byte), found by a review's fuzzing: each was
+#: an exception out of the verifier (a 500 at registration for a fraud-metric app) before
+BROKEN_RECEIPTS = [
+    ("veehaitch_ios_14_2_attestation", dict.fromkeys(range(4, 13), 0x80), "unterminated OID"),
+    ("warden_ios_ida_attestation", {114: 11, 436: 7, 899: 215, 2078: 18}, "certificate"),
+    ("node_app_attest_development_attestation", {1512: 6}, "signer key"),
+    ("basd_ios14_4_attestation", {720: 134, 1209: 243, 2559: 29, 3614: 143}, "certificate"),
+    ("warden_ios16_attestation", {2170: 188}, "certificate"),
+    ("apple_doc_sample_2026_attestation", {3323: 130}, "certificate"),
+    ("veehaitch_ios_14_4_beta_2_attestation", {1474: 78}, "signer key"),
+]
+
+
+@pytest.mark.parametrize(("stem", "changes", "reason"), BROKEN_RECEIPTS, ids=[b[0] for b in BROKEN_RECEIPTS])
+def test_receipt_real_vector_with_broken_bytes_malformed(
+    stem: str, changes: dict[int, int], reason: str
+) -> None:
+    entries = [e for e in load_manifest_entries(KIND) if Path(e["path"]).stem == stem]
+    if not entries:
+        pytest.skip(f"real App Attest vectors not found at {VECTORS_DIR}")
+    receipt, point = _vector(entries[0])
+    at = _recorded_time(receipt)
+    changed = bytearray(receipt)
+    for offset, byte in changes.items():
+        changed[offset] = byte
+    with pytest.raises(VerificationError) as info:
+        verify_receipt(
+            bytes(changed), anchors=apple_receipt_roots(), app_id=entries[0]["expected"]["app_id"],
+            public_key=point, now=at,
+        )
+    assert info.value.code == "receipt_malformed"
+    assert reason in info.value.detail["reason"]
 
 
 @pytest.mark.parametrize("entry", vector_params(KIND)[:1])

@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import cbor2
 from cryptography.hazmat.primitives import serialization
 from hypothesis import strategies as st
 
@@ -38,12 +39,15 @@ from platform_verifiers.android import (
 )
 from platform_verifiers.android.certs import decode_certificate
 from platform_verifiers.android.pem import pem_certificates
+from platform_verifiers.anchors import load_anchor
 from platform_verifiers.apple import (
     apple_app_attest_roots,
+    apple_receipt_roots,
     parse_assertion,
     parse_attestation_object,
     verify_assertion,
     verify_attestation,
+    verify_receipt,
 )
 from platform_verifiers.errors import VerificationError
 
@@ -76,6 +80,8 @@ class Seeds:
     apple_anchors: tuple[TrustAnchor, ...]
     apple_public_key: bytes
     apple_key_id: bytes
+    receipts: tuple[bytes, ...]
+    receipt_anchors: tuple[TrustAnchor, ...]
 
 
 def _real_android_chains() -> list[tuple[bytes, ...]]:
@@ -97,6 +103,7 @@ def seeds() -> Seeds:
     """Built once per process: synthetic evidence plus the real vectors when present."""
     # Imported here: the synthetic builders are test helpers, needed only once seeding.
     from tests.android.synth import make_chain
+    from tests.apple.receipt_synth import make_receipt, make_receipt_pki
     from tests.apple.synth import make_assertion, make_attestation, make_test_root
     from tests.support import make_key_proof, new_instance_key, public_jwk
 
@@ -123,6 +130,13 @@ def seeds() -> Seeds:
         device_key, client_data_hash=client_data_hash, app_id=APP_ID, counter=5
     )
     instance = new_instance_key()
+    pki = make_receipt_pki()
+    receipts = [
+        make_receipt(pki, app_id=APP_ID, public_key=device_key.public_key(),
+                     created=FUZZ_NOW - timedelta(minutes=1), signed_attributes=attributes)
+        for attributes in (False, True)
+    ]
+    receipts += [cbor2.loads(a)["attStmt"]["receipt"] for a in _real_apple("attestation")]
     return Seeds(
         chains=tuple(chains),
         certificates=tuple(certificates),
@@ -139,6 +153,9 @@ def seeds() -> Seeds:
         apple_public_key=device_key.public_key().public_bytes(
             serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
         ),
+        receipts=tuple(receipts),
+        receipt_anchors=(*apple_receipt_roots(), load_anchor("fuzz receipt root", pki.root_pem,
+                                                             source="test")),
     )
 
 
@@ -310,6 +327,17 @@ def apple_assertion_target(data: bytes) -> None:
         pass
 
 
+def apple_receipt_target(data: bytes) -> None:
+    s = seeds()
+    try:
+        verify_receipt(
+            data, anchors=s.receipt_anchors, app_id=APP_ID, public_key=s.apple_public_key,
+            now=FUZZ_NOW,
+        )
+    except VerificationError:
+        pass
+
+
 def key_proof_target(token: str) -> None:
     try:
         verify_key_proof(
@@ -332,6 +360,7 @@ TARGETS: dict[str, tuple[Callable[[Any], None], Callable[[], st.SearchStrategy[A
     "android_chain": (android_chain_target, chain_inputs),
     "apple_attestation": (apple_attestation_target, lambda: blob(lambda: seeds().attestations)),
     "apple_assertion": (apple_assertion_target, lambda: blob(lambda: seeds().assertions)),
+    "apple_receipt": (apple_receipt_target, lambda: blob(lambda: seeds().receipts)),
     "key_proof": (key_proof_target, key_proof_inputs),
 }
 
@@ -383,6 +412,8 @@ def random_input(name: str, rng: random.Random) -> Any:
         return _random_blob(rng, s.attestations)
     if name == "apple_assertion":
         return _random_blob(rng, s.assertions)
+    if name == "apple_receipt":
+        return _random_blob(rng, s.receipts)
     if name == "android_chain":
         chain = list(rng.choice(s.chains))
         for _ in range(rng.randrange(3)):

@@ -49,6 +49,7 @@ def test_fuzz_seed_inputs_reach_the_verifier(name: str) -> None:
         "android_chain": s.chains,
         "apple_attestation": s.attestations,
         "apple_assertion": s.assertions,
+        "apple_receipt": s.receipts,
         "key_proof": (s.key_proof,),
     }
     assert len(pools[name]) >= 1
