@@ -97,7 +97,9 @@ BROKEN_RECEIPTS = [
 ]
 
 
-@pytest.mark.parametrize(("stem", "changes", "reason"), BROKEN_RECEIPTS, ids=[b[0] for b in BROKEN_RECEIPTS])
+@pytest.mark.parametrize(
+    ("stem", "changes", "reason"), BROKEN_RECEIPTS, ids=[b[0] for b in BROKEN_RECEIPTS]
+)
 def test_receipt_real_vector_with_broken_bytes_malformed(
     stem: str, changes: dict[int, int], reason: str
 ) -> None:
