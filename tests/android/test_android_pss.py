@@ -141,3 +141,34 @@ def test_pkcs1_link_with_parameters_other_than_null_fails_chain_signature_invali
     with pytest.raises(VerificationError) as refused:
         verify_chain([_with_algorithm(chain[0], pkcs1), chain[1]], [_anchor(root)], NOW)
     assert refused.value.code == "chain_signature_invalid"
+
+
+def test_pss_link_with_an_issuer_key_too_small_fails_chain_signature_invalid() -> None:
+    # pyca raised ValueError ("Digest too large for key size") for RSA-PSS with SHA-512 and
+    # a 512-bit issuer key: an uncaught exception before any trust check (found in review)
+    small = rsa.RSAPublicNumbers(65537, (1 << 511) | (0xF2E3A7B5 << 64) | 0xD1).public_key()
+    assert small.key_size == 512
+    chain, root = _chain()
+    issuer = (
+        x509.CertificateBuilder().subject_name(_name("small")).issuer_name(_name("root"))
+        .public_key(small).serial_number(3)
+        .not_valid_before(NOW - timedelta(days=1)).not_valid_after(NOW + timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(rsa.generate_private_key(public_exponent=65537, key_size=2048), hashes.SHA256())
+    )
+    signer = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    leaf = (
+        x509.CertificateBuilder().subject_name(_name("leaf")).issuer_name(_name("small"))
+        .public_key(ec.generate_private_key(ec.SECP256R1()).public_key()).serial_number(4)
+        .not_valid_before(NOW - timedelta(days=1)).not_valid_after(NOW + timedelta(days=30))
+        .sign(signer, hashes.SHA512(),
+              rsa_padding=padding.PSS(mgf=padding.MGF1(hashes.SHA512()), salt_length=64))
+    )
+    cert = decode_certificate(leaf.public_bytes(Encoding.DER), 0)
+    assert not signature_valid(cert, small)
+    with pytest.raises(VerificationError) as refused:
+        verify_chain(
+            [leaf.public_bytes(Encoding.DER), issuer.public_bytes(Encoding.DER), chain[1]],
+            [_anchor(root)], NOW,
+        )
+    assert refused.value.code == "chain_signature_invalid"
