@@ -171,10 +171,16 @@ def _merged(kd: KeyDescription) -> AuthorizationList:
 def check_policy(
     kd: KeyDescription, leaf_key: PublicKeyTypes | None, policy: AndroidPolicy
 ) -> None:
-    """Apply every rule of ``policy``; the first violation raises."""
-    check_security_level(kd, policy)
+    """Apply every rule of ``policy``; the first violation raises.
+
+    Which app the key is for (its package and signer) is checked first: with several apps
+    configured, the service takes a violation of those two as "another app's policy" and
+    tries the next app, and any other rule as this app's refusal. Checked after them, one
+    app's security level refused a device of another app (found in review).
+    """
     check_package(kd, policy)
     check_signer(kd, policy)
+    check_security_level(kd, policy)
     check_verified_boot(kd, policy)
     check_device_locked(kd, policy)
     check_os_patch_level(kd, policy)

@@ -302,3 +302,33 @@ def test_android_http_over_long_chain_422(http: httpx.Client) -> None:
 def test_android_http_digest_of_signer_is_config_format() -> None:
     # the registry takes hex SHA-256 of the signing certificate, as apksigner prints it
     assert len(hashlib.sha256(b"cert").hexdigest()) == len(DEFAULT_SIGNER.hex())
+
+
+def test_android_http_several_apps_the_one_whose_package_matches_applies_its_policy(
+    make_settings: Any, root_file: Path, status: StatusServer, clock: MutableClock, root: TestRoot
+) -> None:
+    # app A wants StrongBox; app B (the device's package) takes TEE. One app's rules other
+    # than package and signer refused devices of another app (found in review)
+    apps = [
+        {"client_id": "https://a.example", "android": {
+            "package_names": ["com.example.other"], "signing_cert_sha256": [DEFAULT_SIGNER.hex()],
+            "min_security_level": "strongbox"}},
+        {"client_id": "https://b.example", "android": {
+            "package_names": [DEFAULT_PACKAGE], "signing_cert_sha256": [DEFAULT_SIGNER.hex()]}},
+    ]
+    settings = make_settings(
+        apps=apps, android={"revocation_url": status.url, "test_root_files": [root_file]}
+    )
+    with live_server(create_app(settings, clock=clock)) as live, httpx.Client(
+        base_url=live.url, timeout=20
+    ) as http:
+        accepted = Device(http, root, clock).register()  # no client_id: the package decides
+        assert accepted.status_code == 200, accepted.text
+        claims = jwt.JWT(jwt=accepted.json()["client_attestation"]).token.objects["payload"]
+        assert json.loads(claims)["sub"] == "https://b.example"
+        # app A's own device at TEE: A's security level refuses it, B is not tried
+        refused = Device(http, root, clock, package_name="com.example.other").register()
+        _problem(refused, 403, "policy_violation", "security_level")
+        # a device of neither app: the first app's identity rule is the answer
+        unknown = Device(http, root, clock, package_name="com.example.unknown").register()
+        _problem(unknown, 403, "policy_violation", "package_name")
