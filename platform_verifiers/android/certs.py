@@ -54,12 +54,27 @@ _SIGNATURE_ALGORITHMS: dict[str, tuple[str, type[hashes.HashAlgorithm] | None]] 
     "1.2.840.10045.4.3.4": ("ecdsa", hashes.SHA512),
     "1.2.840.113549.1.1.10": ("rsa-pss", None),
     "1.3.101.112": ("ed25519", None),
+    # FIPS 204 ML-DSA, pure, empty context (RFC 9881): KeyMint 4 has ML-DSA keys, and an
+    # attestation key of one would sign its leaves so; verified when pyca can (below)
+    "2.16.840.1.101.3.4.3.17": ("ml-dsa-44", None),
+    "2.16.840.1.101.3.4.3.18": ("ml-dsa-65", None),
+    "2.16.840.1.101.3.4.3.19": ("ml-dsa-87", None),
 }
+try:  # cryptography >= 47 built with an OpenSSL that has ML-DSA; else such links do not verify
+    from cryptography.hazmat.primitives.asymmetric import mldsa
+
+    _ML_DSA_KEYS: dict[str, type] = {
+        "ml-dsa-44": mldsa.MLDSA44PublicKey,
+        "ml-dsa-65": mldsa.MLDSA65PublicKey,
+        "ml-dsa-87": mldsa.MLDSA87PublicKey,
+    }
+except ImportError:  # pragma: no cover - older cryptography
+    _ML_DSA_KEYS = {}
 
 
 @dataclass(frozen=True)
 class SignatureAlgorithm:
-    scheme: str  # "rsa-pkcs1", "rsa-pss", "ecdsa", "ed25519"
+    scheme: str  # "rsa-pkcs1", "rsa-pss", "ecdsa", "ed25519", "ml-dsa-44", "-65", "-87"
     hash: hashes.HashAlgorithm | None
     pss_salt_length: int | None = None
 
@@ -421,7 +436,9 @@ def decode_certificate(der: bytes, index: int) -> ChainCertificate:
 
 
 def signature_valid(child: ChainCertificate, issuer_key: PublicKeyTypes) -> bool:
-    """Whether ``issuer_key`` signed ``child`` (RSA PKCS#1 v1.5, RSA-PSS, ECDSA, Ed25519)."""
+    """Whether ``issuer_key`` signed ``child`` (RSA PKCS#1 v1.5, RSA-PSS, ECDSA, Ed25519,
+    ML-DSA). Any other algorithm, or a key of another type than the algorithm's, is not a
+    signature this verifier checks: False (``chain_signature_invalid``)."""
     alg = child.signature_algorithm
     if alg is None:
         return False
@@ -429,6 +446,8 @@ def signature_valid(child: ChainCertificate, issuer_key: PublicKeyTypes) -> bool
     try:
         if alg.scheme == "ed25519" and isinstance(issuer_key, ed25519.Ed25519PublicKey):
             issuer_key.verify(child.signature, child.tbs)
+        elif alg.scheme in _ML_DSA_KEYS and isinstance(issuer_key, _ML_DSA_KEYS[alg.scheme]):
+            issuer_key.verify(child.signature, child.tbs)  # type: ignore[attr-defined]
         elif digest is None:
             return False
         elif alg.scheme == "rsa-pkcs1" and isinstance(issuer_key, rsa.RSAPublicKey):
