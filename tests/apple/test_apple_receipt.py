@@ -3,8 +3,10 @@
 The fourteen real attestations in ../shared/vectors carry Apple-signed receipts (type
 ATTEST); they are verified against the pinned Apple Root CA - G3 at the receipt's own
 creation time (the manifest's ``now`` is sometimes the start of the capture day, before the
-receipt existed). One real receipt (webauthn4j kayak) does not verify: its signed attributes
-no longer match the signature (OpenSSL's ``cms -verify`` agrees), so it must be refused.
+receipt existed). One real receipt (webauthn4j kayak, 2020-09) does not verify: it carries
+signed attributes, but its signature is over the content itself, not over those attributes
+as RFC 5652 5.4 requires (OpenSSL's ``cms -verify`` refuses it too), so it is refused. Every
+other receipt, from the same signer certificate among them, has no signed attributes.
 """
 
 from __future__ import annotations
