@@ -63,6 +63,7 @@ def instance_json(
         "registered_at": record.registered_at.isoformat(),
         "apple_key_id": record.apple_key_id,
         "apple_environment": record.apple_environment,
+        "apple_root": record.apple_root,
         # Apple's fraud metric from the latest exchanged receipt (issue 10), and when
         "apple_risk_metric": record.apple_risk_metric,
         "apple_receipt_refreshed_at": (

@@ -51,13 +51,15 @@ RENEWAL_PROBLEMS = (
     "app_not_registered",
     "registration_too_old",
     "platform_not_supported",
-    # Android: the stored chain and KeyDescription are re-checked
+    # Android: the stored chain and KeyDescription are re-checked; both platforms: the
+    # root the instance was attested under must still be trusted
     "chain_untrusted",
     "certificate_revoked",
     "revocation_list_stale",
     "revocation_list_unavailable",
     "policy_violation",
-    # Apple: an App Attest assertion over fresh client_data
+    # Apple: the app's current environment, an App Attest assertion over fresh client_data
+    "environment_mismatch",
     "client_data_malformed",
     "client_data_challenge_mismatch",
     "client_data_key_mismatch",

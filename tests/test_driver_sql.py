@@ -25,7 +25,8 @@ def _instance(n: int, **changes: Any) -> dict[str, Any]:
         "instance_jwk": '{"kty": "EC"}', "status": "active", "registered_at": NOW,
         "renewed_at": None, "android_serials": None, "android_facts": '{"a": 1}',
         "apple_key_id": f"k{n}", "apple_public_key": b"\x00\x01\xff", "apple_counter": 2**40,
-        "apple_receipt": b"", "apple_environment": "production", "apple_risk_metric": 3,
+        "apple_receipt": b"", "apple_environment": "production", "apple_root": "r",
+        "apple_risk_metric": 3,
         "apple_receipt_refreshed_at": NOW.astimezone(timezone(timedelta(hours=-5))),
     }
     return {**row, **changes}

@@ -49,6 +49,7 @@ from attester.settings import AppConfig, Settings
 from attester.storage import InstanceRecord, Store
 from keys.jwks import thumbprint
 from platform_verifiers.anchors import TrustAnchor, load_anchor
+from platform_verifiers.apple.anchors import APP_ATTEST_ROOT_NAME
 from platform_verifiers.apple import (
     AAGUIDS,
     MAX_ATTESTATION_BYTES,
@@ -294,6 +295,7 @@ class AppleAppAttest:
                 "apple_counter": attestation.counter,
                 "apple_receipt": attestation.receipt,
                 "apple_environment": attestation.environment,
+                "apple_root": attestation.root_anchor,
             },
         )
         # fraud metric (issue 10): the receipt exchange, after the key proof
@@ -350,6 +352,20 @@ class AppleAppAttest:
         """An assertion over fresh client_data; the counter advances by compare-and-set."""
         if app.apple is None:
             raise ProblemError("app_not_registered", "the instance's app no longer uses App Attest")
+        # the registration must still pass the app's current policy (DESIGN.md, Renewal): its
+        # environment, and a root still trusted (before migration 0006 none was recorded:
+        # those instances were taken to be under Apple's own root)
+        if instance.apple_environment != app.apple.environment:
+            raise VerificationError(
+                "environment_mismatch",
+                "the instance was attested in another App Attest environment than the app's",
+                seen=instance.apple_environment,
+                required=app.apple.environment,
+            )
+        if (instance.apple_root or APP_ATTEST_ROOT_NAME) not in {a.name for a in self.anchors}:
+            raise VerificationError(
+                "chain_untrusted", "the instance was attested under a root no longer trusted"
+            )
         if request.get("integrity_token") is not None:  # an unexamined signal is not accepted
             raise ProblemError(
                 "integrity_not_configured", "App Attest renewals take no Play Integrity token"

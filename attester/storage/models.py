@@ -79,6 +79,8 @@ class Instance(Base):
     apple_counter: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     apple_receipt: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     apple_environment: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # Apple (migration 0006): the trust anchor's name; None for instances registered before
+    apple_root: Mapped[str | None] = mapped_column(String(255), nullable=True)
     # Apple fraud metric (migration 0003): risk metric of the latest exchanged receipt
     apple_risk_metric: Mapped[int | None] = mapped_column(Integer, nullable=True)
     apple_receipt_refreshed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

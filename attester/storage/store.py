@@ -95,6 +95,8 @@ class InstanceRecord:
     apple_public_key: bytes | None
     apple_counter: int | None
     apple_environment: str | None
+    #: the trust anchor the attestation chained to (None: registered before migration 0006)
+    apple_root: str | None = None
     # Apple fraud metric (issue 10): the stored receipt, its risk metric and fetch time
     apple_receipt: bytes | None = None
     apple_risk_metric: int | None = None
@@ -116,6 +118,7 @@ class InstanceRecord:
             apple_public_key=row.apple_public_key,
             apple_counter=row.apple_counter,
             apple_environment=row.apple_environment,
+            apple_root=row.apple_root,
             apple_receipt=row.apple_receipt,
             apple_risk_metric=row.apple_risk_metric,
             apple_receipt_refreshed_at=row.apple_receipt_refreshed_at,
@@ -424,6 +427,7 @@ class Store:
         apple_counter: int | None = None,
         apple_receipt: bytes | None = None,
         apple_environment: str | None = None,
+        apple_root: str | None = None,
         apple_risk_metric: int | None = None,
         apple_receipt_refreshed_at: datetime | None = None,
         replace_same_key: bool = False,
@@ -463,6 +467,7 @@ class Store:
             "apple_counter": apple_counter,
             "apple_receipt": apple_receipt,
             "apple_environment": apple_environment,
+            "apple_root": apple_root,
             "apple_risk_metric": apple_risk_metric,
             "apple_receipt_refreshed_at": apple_receipt_refreshed_at,
         }

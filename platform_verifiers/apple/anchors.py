@@ -26,6 +26,8 @@ APPLE_APP_ATTESTATION_ROOT_CA_SHA256 = (
     "1cb9823ba28ba6ad2d33a006941de2ae4f513ef1d4e831b9f7e0fa7b6242c932"
 )
 _PEM_NAME = "apple_app_attestation_root_ca.pem"
+#: the pinned root's anchor name (stored with each instance, checked again on renewal)
+APP_ATTEST_ROOT_NAME = "Apple App Attestation Root CA"
 
 
 @cache  # immutable packaged data: parsing it once is not hidden mutable state
@@ -38,7 +40,7 @@ def apple_app_attest_roots() -> tuple[TrustAnchor, ...]:
     pem = resources.files("platform_verifiers.apple.roots").joinpath(_PEM_NAME).read_bytes()
     return (
         load_anchor(
-            "Apple App Attestation Root CA",
+            APP_ATTEST_ROOT_NAME,
             pem,
             source=APPLE_APP_ATTESTATION_ROOT_CA_SOURCE,
             sha256=APPLE_APP_ATTESTATION_ROOT_CA_SHA256,

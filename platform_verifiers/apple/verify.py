@@ -52,6 +52,8 @@ class AppAttestation:
     auth_data: AuthenticatorData
     #: DER certificates as received (leaf first), for audit and display
     x5c: tuple[bytes, ...]
+    #: the name of the trust anchor the chain ends at (a renewal checks it is still trusted)
+    root_anchor: str = ""
 
     @property
     def public_key_der(self) -> bytes:
@@ -164,7 +166,9 @@ def verify_attestation(
 
     # Step 1: x5c (credCert first, then the intermediate) chains to Apple's root, valid now.
     certs = load_chain(attestation.x5c, verified_cache)
-    verify_chain(certs, anchors=anchors, now=now, verified_cache=verified_cache, ders=attestation.x5c)
+    anchor = verify_chain(
+        certs, anchors=anchors, now=now, verified_cache=verified_cache, ders=attestation.x5c
+    )
     cred_cert = certs[0]
 
     # Steps 2-4: nonce = SHA-256(authData ‖ clientDataHash) equals the octet string inside
@@ -210,6 +214,7 @@ def verify_attestation(
         environment=environment,
         auth_data=auth_data,
         x5c=attestation.x5c,
+        root_anchor=anchor.name,
     )
 
 

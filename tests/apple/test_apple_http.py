@@ -504,3 +504,49 @@ def test_apple_http_renew_garbage_assertion_400_without_echo(
     body = apple.renewal(registered, counter=1)
     body["assertion"] = SECRET_MARKER + "%%"
     _problem(apple.http.post("/v1/attestations/renew", json=body), 400, "assertion_malformed")
+
+
+def _restarted(settings: Settings, clock: MutableClock, root: SynthRoot) -> tuple[Any, Apple]:
+    """The service again, on the same data directory, with ``settings``."""
+    serving = _serve(settings, clock, root)
+    return serving, next(serving)
+
+
+def test_apple_http_renew_after_app_moved_to_production_fails_environment_mismatch(
+    make_settings: Any, root_pem: Path, clock: MutableClock, synth_root: SynthRoot
+) -> None:
+    # a development key is no production evidence: renewal re-applies the app's current
+    # environment as registration does (found in review: it kept renewing)
+    serving, apple = _restarted(
+        _apple_settings(make_settings, [root_pem], [_app(CLIENT_ID, "development")]), clock,
+        synth_root,
+    )
+    response, device = apple.register(environment="development")
+    assert response.status_code == 200, response.text
+    serving.close()
+    serving, apple = _restarted(_apple_settings(make_settings, [root_pem]), clock, synth_root)
+    try:
+        renewed = apple.renew(device, counter=1)
+        _problem(renewed, 403, "environment_mismatch")
+        stored = apple.service.store.instance_by_thumbprint(device.thumbprint)
+        assert stored is not None and stored.apple_counter == 0  # nothing advanced
+    finally:
+        serving.close()
+
+
+def test_apple_http_renew_after_its_root_is_no_longer_trusted_fails_chain_untrusted(
+    make_settings: Any, root_pem: Path, clock: MutableClock, synth_root: SynthRoot
+) -> None:
+    # as on Android: the stored anchor must still be trusted (found in review)
+    serving, apple = _restarted(_apple_settings(make_settings, [root_pem]), clock, synth_root)
+    response, device = apple.register()
+    assert response.status_code == 200, response.text
+    stored = apple.service.store.instance_by_thumbprint(device.thumbprint)
+    assert stored is not None and stored.apple_root not in (None, "Apple App Attestation Root CA")
+    assert apple.renew(device, counter=1).status_code == 200  # still trusted: renews
+    serving.close()
+    serving, apple = _restarted(_apple_settings(make_settings, []), clock, synth_root)
+    try:
+        _problem(apple.renew(device, counter=2), 403, "chain_untrusted")
+    finally:
+        serving.close()
