@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from attester.http_protocol import GuardedHttpToolsProtocol
 from attester.settings import ConfigError, Settings, load_settings
 
 
@@ -28,7 +29,9 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
 
 # httptools (llhttp, Node's parser, in C) and uvloop (libuv): with them uvicorn answers a
 # cached JWKS about twice as fast as with h11 and asyncio's loop (bench/bench_all.py).
-SERVER_OPTIONS: dict[str, Any] = {"http": "httptools", "loop": "uvloop"}
+# uvicorn's httptools protocol bounds neither a request head's size nor its time: ours
+# does (attester/http_protocol.py).
+SERVER_OPTIONS: dict[str, Any] = {"http": GuardedHttpToolsProtocol, "loop": "uvloop"}
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -102,7 +105,8 @@ def _serve_admin_in_background(service: Any) -> None:
     settings = service.settings
     app = create_admin_app(service)
     config = uvicorn.Config(
-        app, host=settings.admin.host, port=settings.admin.port or 0, log_config=None, access_log=False
+        app, host=settings.admin.host, port=settings.admin.port or 0, log_config=None,
+        access_log=False, http=GuardedHttpToolsProtocol,
     )
     threading.Thread(target=uvicorn.Server(config).run, name="admin-api", daemon=True).start()
 

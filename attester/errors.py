@@ -16,6 +16,10 @@ STATUS: dict[str, int] = {
     "malformed_request": 400,
     "invalid_request": 422,
     "request_too_large": 413,
+    # the HTTP layer (attester/http_protocol.py): before any route
+    "request_headers_too_large": 431,
+    "request_timeout": 408,
+    "http_request_malformed": 400,
     "unsupported_media_type": 415,
     "not_found": 404,
     "method_not_allowed": 405,

@@ -22,6 +22,8 @@ import pytest
 import uvicorn
 from jwcrypto import jwk, jws
 
+from attester.http_protocol import GuardedHttpToolsProtocol
+
 VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors"
 
 # scripts/test.sh (and so CI) sets this: a real server or data set that cannot be used is a
@@ -61,7 +63,8 @@ def live_server(app: Any) -> Iterator[LiveServer]:
     """Run ``app`` with uvicorn on a free loopback port in a thread."""
     # as `attester serve`: uvicorn must not rewrite the client address from X-Forwarded-For
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_config=None, access_log=False, proxy_headers=False
+        app, host="127.0.0.1", port=0, log_config=None, access_log=False, proxy_headers=False,
+        http=GuardedHttpToolsProtocol,  # as `attester serve` (attester/cli.py)
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

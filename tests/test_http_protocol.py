@@ -1,0 +1,160 @@
+"""The HTTP layer's own limits (attester/http_protocol.py), over raw sockets to a real
+uvicorn on loopback: a request head's size and time, a body's time, and the parser's
+refusals, each answered as problem+json (or a closed connection) before any route."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from attester import http_protocol
+from tests.support import LiveServer
+
+GET = b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+
+
+@pytest.fixture
+def address(server: LiveServer) -> tuple[str, int]:
+    host, port = server.url.removeprefix("http://").split(":")
+    return host, int(port)
+
+
+@pytest.fixture
+def connect(address: tuple[str, int]) -> Iterator[type[socket.socket]]:
+    opened: list[socket.socket] = []
+
+    def make() -> socket.socket:
+        sock = socket.create_connection(address, timeout=10)
+        opened.append(sock)
+        return sock
+
+    yield make  # type: ignore[misc]
+    for sock in opened:
+        sock.close()
+
+
+def _answer(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (or 10 s pass)."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def _one_answer(sock: socket.socket) -> bytes:
+    """One response (its head and its Content-Length's body) off a kept-alive connection."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    while len(body) < length:
+        body += sock.recv(65536)
+    assert len(body) == length  # nothing more was sent
+    return head + b"\r\n\r\n" + body
+
+
+def _problem(answer: bytes, status: int, code: str) -> dict[str, object]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(f"HTTP/1.1 {status} ".encode()), head
+    assert b"content-type: application/problem+json" in head.lower()
+    problem = json.loads(body)
+    assert problem["code"] == code and problem["status"] == status
+    return problem
+
+
+def _send(sock: socket.socket, data: bytes) -> None:
+    try:
+        sock.sendall(data)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # refused before it was all sent: the answer is what counts
+
+
+def test_a_head_over_the_limit_in_one_read_is_431(connect: type[socket.socket]) -> None:
+    sock = connect()
+    _send(sock, GET + b"X-Big: " + b"a" * (http_protocol.MAX_HEAD_BYTES + 1) + b"\r\n\r\n")
+    _problem(_answer(sock), 431, "request_headers_too_large")
+
+
+def test_a_head_that_never_ends_is_refused_once_past_the_limit(
+    connect: type[socket.socket],
+) -> None:
+    # a header value sent without its end, in many reads: refused before it is 1 MiB
+    sock = connect()
+    sock.sendall(GET + b"X-Big: ")
+    sent = 0
+    try:
+        while sent < 16 * 1024 * 1024:
+            sock.sendall(b"a" * 16384)
+            sent += 16384
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    assert sent < 1024 * 1024
+    _problem(_answer(sock), 431, "request_headers_too_large")
+
+
+def test_too_many_headers_is_431(connect: type[socket.socket]) -> None:
+    sock = connect()
+    many = b"".join(b"X-%d: 1\r\n" % n for n in range(http_protocol.MAX_HEADERS + 1))
+    _send(sock, GET + many + b"\r\n")
+    _problem(_answer(sock), 431, "request_headers_too_large")
+
+
+def test_a_head_at_the_limit_is_served(connect: type[socket.socket]) -> None:
+    sock = connect()
+    headers = b"".join(b"X-%d: %s\r\n" % (n, b"a" * 200) for n in range(90))
+    sock.sendall(GET + headers + b"Connection: close\r\n\r\n")
+    assert _answer(sock).startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_malformed_request_is_400_problem_json(connect: type[socket.socket]) -> None:
+    for bad in (
+        b"POST /v1/challenge HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        b"GET /\x00 HTTP/1.1\r\n\r\n",
+        b"NOT HTTP\r\n\r\n",
+    ):
+        sock = connect()
+        _send(sock, bad)
+        _problem(_answer(sock), 400, "http_request_malformed")
+
+
+def test_a_slow_head_is_408_and_a_silent_connection_closed(
+    connect: type[socket.socket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http_protocol, "HEAD_SECONDS", 0.3)
+    silent, slow = connect(), connect()
+    slow.sendall(b"GET /healthz HTTP/1.1\r\nHo")
+    started = time.monotonic()
+    _problem(_answer(slow), 408, "request_timeout")
+    assert _answer(silent) == b""  # closed without a word
+    assert time.monotonic() - started < 5
+
+
+def test_a_slow_body_closes_the_connection(
+    connect: type[socket.socket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http_protocol, "BODY_SECONDS", 0.3)
+    sock = connect()
+    sock.sendall(b"POST /v1/challenge HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 100\r\n\r\n{")
+    started = time.monotonic()
+    assert b"200 OK" not in _answer(sock)
+    assert time.monotonic() - started < 5
+
+
+def test_keep_alive_and_pipelined_requests_are_served_past_the_timers(
+    connect: type[socket.socket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http_protocol, "HEAD_SECONDS", 0.5)
+    sock = connect()
+    for _ in range(3):  # a request, then a pause under the head timer, again
+        sock.sendall(GET + b"\r\n")
+        assert _one_answer(sock).startswith(b"HTTP/1.1 200 ")
+        time.sleep(0.3)
+    sock.sendall((GET + b"\r\n") * 3 + GET + b"Connection: close\r\n\r\n")
+    time.sleep(0.8)  # past the head timer: the pipelined requests were all in
+    assert _answer(sock).count(b"HTTP/1.1 200 ") == 4
