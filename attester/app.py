@@ -315,6 +315,7 @@ def create_admin_app(service: AttesterService) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         telemetry=NO_OPENTELEMETRY,
+        redirect_slashes=False,  # (as the service's app, below)
     )
     app.state.service = service
     app.include_router(_admin_router(service))
@@ -384,6 +385,9 @@ def create_app(
         lifespan=_lifespan(service),
         openapi_url="/openapi.json" if settings.docs.enabled else None,
         telemetry=NO_OPENTELEMETRY,
+        # Starlette answered a path with a trailing slash 307 to the Host header's origin: a
+        # client following it re-sent its POST (its evidence) there (found in review); 404
+        redirect_slashes=False,
     )
     app.state.service = service
     for router in routers:

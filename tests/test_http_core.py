@@ -113,6 +113,16 @@ def test_http_unknown_path_404_and_wrong_method_405(http: httpx.Client) -> None:
     _problem(http.get("/v1/challenge"), 405, "method_not_allowed")
 
 
+def test_http_trailing_slash_404_not_a_redirect_to_the_host_header(http: httpx.Client) -> None:
+    # Starlette's redirect_slashes answered 307 to http://<Host>/v1/..., which keeps the POST
+    # and its body (found in review)
+    for method, path in (("POST", "/v1/android/attestations/"), ("POST", "/v1/challenge/"),
+                         ("GET", "/healthz/"), ("GET", "/.well-known/jwks.json/")):
+        response = http.request(method, path, headers={"host": "evil.example"}, json={})
+        assert "location" not in response.headers
+        _problem(response, 404, "not_found")
+
+
 def test_http_renew_unknown_instance_404(http: httpx.Client) -> None:
     challenge = http.post("/v1/challenge").json()["challenge"]
     response = http.post(
