@@ -512,6 +512,7 @@ def build_service(
         issuer=settings.issuer,
         settings=settings.status_list,
         clock=clock,
+        clock_skew=timedelta(seconds=settings.clock_skew),
     )
     status_lists.ensure_lists()
     service = AttesterService(

@@ -70,8 +70,10 @@ class StatusLists:
         issuer: str,
         settings: StatusListSettings,
         clock: Callable[[], datetime],
+        clock_skew: timedelta = timedelta(0),
     ) -> None:
         self._entries = entries
+        self._skew = clock_skew
         self._keys = key_store
         self._issuer = issuer
         self._settings = settings
@@ -169,7 +171,11 @@ class StatusLists:
             return cached
 
     def _build(self, list_id: int, version: int, now: datetime) -> SignedList:
-        statuses = self._entries.statuses(list_id)
+        # a JWT past exp + skew is refused by every AS anyway: its bit is left out, so that no
+        # list signed from then on describes its index, which the purge frees once the last
+        # list that did has expired (service.purge); a list that kept the bit could mark the
+        # index's next JWT revoked (found in review)
+        statuses = self._entries.statuses(list_id, alive_after=now - self._skew)
         iat = int(now.timestamp())
         lifetime = self._settings.lifetime
         claims = {

@@ -146,6 +146,30 @@ def test_status_token_other_replica_change_seen_after_check_interval(
         two.store.dispose()
 
 
+def test_status_token_leaves_out_a_jwt_past_exp_and_skew_so_its_index_can_be_freed(
+    service: AttesterService, clock: MutableClock
+) -> None:
+    # a list that still said "revoked" for an expired JWT's index, signed just before the
+    # purge freed that index, marked the index's next JWT revoked (found in review)
+    instance = _instance(service)
+    expires = clock.now + timedelta(hours=1)
+    idx = service.status_lists.allocate(instance, expires_at=expires)["status_list"]["idx"]
+    AdminStore(service.store.engine).change_status(instance, "revoke", actor="t", reason="r", now=clock.now)
+    service.status_lists.invalidate([0])
+    skew = service.settings.clock_skew
+    clock.advance(3600 + skew - 1)  # exp + skew not yet passed: an AS may still take the JWT
+    service.status_lists.invalidate([0])
+    token = service.status_lists.token(0)
+    assert token is not None
+    assert read_status(_verify_token(service, token.token)[1]["status_list"], idx) == 1
+    clock.advance(2)  # past it: every AS refuses the JWT by its exp alone
+    service.status_lists.invalidate([0])
+    token = service.status_lists.token(0)
+    assert token is not None
+    assert read_status(_verify_token(service, token.token)[1]["status_list"], idx) == 0
+    assert StatusEntries(service.store.engine).statuses(0) == {idx: 1}  # kept till the purge
+
+
 def test_status_token_resigned_when_half_lifetime_passed(service: AttesterService, clock: MutableClock) -> None:
     first = service.status_lists.token(0)
     clock.advance(service.settings.status_list.lifetime // 2 + 1)

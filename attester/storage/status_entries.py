@@ -172,14 +172,16 @@ class StatusEntries:
                 return list_id, idx
         raise StatusListFull(f"no free index after {ALLOCATION_TRIES} tries")
 
-    def statuses(self, list_id: int) -> dict[int, int]:
-        """The non-zero statuses of one list (every other index is 0, valid)."""
+    def statuses(self, list_id: int, *, alive_after: datetime | None = None) -> dict[int, int]:
+        """The non-zero statuses of one list (every other index is 0, valid); with
+        ``alive_after``, only those of JWTs whose exp is later."""
+        query = select(StatusEntry.idx, StatusEntry.status).where(
+            StatusEntry.list_id == list_id, StatusEntry.status != 0
+        )
+        if alive_after is not None:
+            query = query.where(StatusEntry.expires_at > alive_after)
         with self._sessions() as session:
-            rows = session.execute(
-                select(StatusEntry.idx, StatusEntry.status).where(
-                    StatusEntry.list_id == list_id, StatusEntry.status != 0
-                )
-            )
+            rows = session.execute(query)
             return {int(r[0]): int(r[1]) for r in rows}
 
     def version(self, list_id: int) -> int:
