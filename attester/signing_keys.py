@@ -33,6 +33,9 @@ def build_key_store(settings: Settings) -> KeyStore:
             )
         )
         token.check()  # fail at start-up, not at the first registration
-    # a retired key stays published until every JWT it could have signed has expired
-    retention = timedelta(seconds=MAX_ATTESTATION_LIFETIME + settings.clock_skew)
+    # a retired key stays published until everything it could have signed has expired: the
+    # Client Attestation JWTs, and the Status List Tokens, whose lifetime may be longer (up to
+    # 7 days: a list signed by a key gone from the JWKS could not be checked; found in review)
+    longest = max(MAX_ATTESTATION_LIFETIME, settings.status_list.lifetime)
+    retention = timedelta(seconds=longest + settings.clock_skew)
     return KeyStore(settings.resolved_key_dir, retention=retention, token=token)

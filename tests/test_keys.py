@@ -7,6 +7,7 @@ import os
 import stat
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from jwcrypto import jwk
@@ -120,3 +121,16 @@ def test_key_store_delay_shorter_than_max_age_would_break(store: KeyStore) -> No
     signer = store.active_signer(t)
     cached = {k["kid"] for k in json.loads(store.jwks(t - max_age).body)["keys"]}
     assert signer.kid not in cached
+
+
+@pytest.mark.parametrize(("list_lifetime", "kept_hours"), [(3600, 24), (3 * 86400, 72)])
+def test_settings_key_store_keeps_a_retired_key_past_what_it_signed(
+    make_settings: Any, list_lifetime: int, kept_hours: int
+) -> None:
+    # a Status List Token may live up to 7 days: a retired key left the JWKS 24 h after its
+    # supersession while lists it signed were still valid (found in review)
+    from attester.signing_keys import build_key_store
+
+    settings = make_settings(status_list={"lifetime": list_lifetime})
+    store = build_key_store(settings)
+    assert store.retention == timedelta(hours=kept_hours, seconds=settings.clock_skew)
