@@ -229,6 +229,13 @@ class Admin:
             # other reloads wait, in any process of the replica
             with self.service.registry.reloading() as publish:
                 before, after, prepared = self._prepared(config, actor)
+                # the record first: a reload the database cannot record is not applied (it
+                # was applied, unrecorded, when the audit came after; found in review). The
+                # whole registry before and after: a policy change shows, not only app ids
+                self.store.audit(
+                    actor=actor, action="apps.reload", now=self.service.clock(), before=before,
+                    after=after,
+                )
                 publish(prepared)
             self.service.metrics.registry_behind.set(0)  # it applies what it published
         except OSError:
@@ -238,12 +245,9 @@ class Admin:
                 "the reload could not be published to this replica's processes; nothing changed",
                 status=503,
             )
+            # (after the apps.reload record: this one says that reload did not happen)
             self._refused("apps.reload", problem, actor=actor)
             raise problem from None
-        # the whole registry before and after: a policy change shows, not only app ids
-        self.store.audit(
-            actor=actor, action="apps.reload", now=self.service.clock(), before=before, after=after
-        )
         return {"apps": sorted(after["apps"])}
 
     def _prepared(

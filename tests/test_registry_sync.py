@@ -309,6 +309,38 @@ def test_a_reload_that_cannot_be_published_is_refused_and_audited(tmp_path: Path
             audit = http.get("/admin/v1/audit", headers={"Authorization": f"Bearer {TOKEN}"}).json()
             assert audit["audit"][0]["action"] == "apps.reload.refused"
             assert audit["audit"][0]["after"] == {"code": "registry_unpublished"}
+            assert audit["audit"][1]["action"] == "apps.reload"  # recorded first, then refused
+    finally:
+        status.close()
+        app.state.service.store.dispose()
+
+
+def test_a_reload_the_database_cannot_record_is_not_applied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the record came after the publication: a database outage left the new registry live
+    # and unaudited, answered 503 (found in review)
+    from sqlalchemy.exc import OperationalError
+
+    from attester.storage.admin import AdminStore
+
+    status = StatusServer()
+    status.body = b'{"entries": {}}'
+    config = _config(tmp_path, status.url, [FIRST])
+    app = create_app(load_settings(config, data_dir=tmp_path / "data"))
+    try:
+        with live_server(app) as live, httpx.Client(base_url=live.url) as http:
+            _config(tmp_path, status.url, [FIRST, SECOND])
+
+            def outage(*_args: object, **_kwargs: object) -> None:
+                raise OperationalError("INSERT INTO audit_log", {}, Exception("database is locked"))
+
+            monkeypatch.setattr(AdminStore, "audit", outage)
+            reload = http.post("/admin/v1/apps/reload", headers={"Authorization": f"Bearer {TOKEN}"})
+            monkeypatch.undo()
+            assert reload.status_code == 503 and reload.json()["code"] == "storage_unavailable"
+            assert _apps(http) == [FIRST]
+            assert app.state.service.registry.published() is None  # nor told the others
     finally:
         status.close()
         app.state.service.store.dispose()
