@@ -300,6 +300,22 @@ class FollowRegistry:
         await self.app(scope, receive, send)
 
 
+class HeadAsGet:
+    """Pure ASGI middleware: ``HEAD`` is answered as ``GET`` (RFC 9110 9.3.2: the same
+    headers, no content; uvicorn leaves the body out for a HEAD request). The routes are
+    declared GET only, and caches and monitors ask the JWKS, the status lists and
+    ``/healthz`` with HEAD (they got 405: found in review). A route that takes no GET
+    answers HEAD as it answers GET: 405."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "HEAD":
+            scope = {**scope, "method": "GET"}
+        await self.app(scope, receive, send)
+
+
 def _admin_router(service: AttesterService) -> APIRouter:
     from attester.admin import Admin
     from attester.admin_routes import build_admin_router
@@ -320,6 +336,7 @@ def create_admin_app(service: AttesterService) -> FastAPI:
     app.state.service = service
     app.include_router(_admin_router(service))
     _install_error_handlers(app)
+    app.add_middleware(HeadAsGet)
     app.add_middleware(FollowRegistry, service=service)
     app.add_middleware(RequestContext, max_body=service.settings.max_body_bytes)
     return app
@@ -410,6 +427,7 @@ def create_app(
             ProblemError("method_not_allowed", "method not allowed on this resource", status=405)
         ),
     )
+    app.add_middleware(HeadAsGet)
     app.add_middleware(FollowRegistry, service=service)
     app.add_middleware(
         RequestContext,

@@ -123,6 +123,17 @@ def test_http_trailing_slash_404_not_a_redirect_to_the_host_header(http: httpx.C
         _problem(response, 404, "not_found")
 
 
+def test_http_head_answers_as_get_without_content(http: httpx.Client) -> None:
+    # caches and monitors ask with HEAD; the routes are GET only and answered 405 (review)
+    for path in ("/.well-known/jwks.json", "/statuslists/0", "/healthz", "/.well-known/client-attester"):
+        got, head = http.get(path), http.head(path)
+        assert head.status_code == got.status_code == 200, (path, head.status_code)
+        assert head.content == b""
+        assert head.headers["content-type"] == got.headers["content-type"]
+        assert head.headers.get("etag") == got.headers.get("etag")
+    assert http.head("/v1/challenge").status_code == 405  # as GET: a POST-only route
+
+
 def test_http_renew_unknown_instance_404(http: httpx.Client) -> None:
     challenge = http.post("/v1/challenge").json()["challenge"]
     response = http.post(
