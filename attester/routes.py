@@ -174,12 +174,19 @@ def build_core_router(service: AttesterService) -> APIRouter:
         responses=problem_responses("not_found", "signing_key_unavailable"),
     )
     async def status_list(
-        list_id: int, if_none_match: Annotated[str | None, Header()] = None
+        list_id: str, if_none_match: Annotated[str | None, Header()] = None
     ) -> Response:
         """The Status List Token (draft-ietf-oauth-status-list): cached signed bytes, served
-        from the event loop; only a version check or a re-signing goes to a worker thread."""
-        signed = service.status_lists.fresh(list_id) or await run_in_threadpool(
-            service.status_lists.token, list_id
+        from the event loop; only a version check or a re-signing goes to a worker thread.
+
+        ``list_id`` as the JWTs' uri writes it: digits, no leading zero (an int parameter
+        also took 00, -0, 0.0 and 1_0, one document under several URLs; found in review)."""
+        canonical = len(list_id) <= 9 and list_id.isascii() and list_id.isdigit()
+        if not canonical or str(int(list_id)) != list_id:
+            raise ProblemError("not_found", "no such status list")
+        number = int(list_id)
+        signed = service.status_lists.fresh(number) or await run_in_threadpool(
+            service.status_lists.token, number
         )
         if signed is None:
             raise ProblemError("not_found", "no such status list")

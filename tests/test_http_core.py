@@ -134,6 +134,12 @@ def test_http_head_answers_as_get_without_content(http: httpx.Client) -> None:
     assert http.head("/v1/challenge").status_code == 405  # as GET: a POST-only route
 
 
+def test_http_status_list_only_under_its_one_url(http: httpx.Client) -> None:
+    assert http.get("/statuslists/0").status_code == 200
+    for alias in ("00", "-0", "0.0", "+0", "1_0", "%200", "\u0660", "99999999999999999999", "9" * 5000):
+        _problem(http.get("/statuslists/" + alias), 404, "not_found")
+
+
 def test_http_renew_unknown_instance_404(http: httpx.Client) -> None:
     challenge = http.post("/v1/challenge").json()["challenge"]
     response = http.post(
