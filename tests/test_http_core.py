@@ -140,6 +140,21 @@ def test_http_status_list_only_under_its_one_url(http: httpx.Client) -> None:
         _problem(http.get("/statuslists/" + alias), 404, "not_found")
 
 
+def test_http_json_body_not_utf8_400(http: httpx.Client) -> None:
+    text = '{"key_thumbprint": "%s", "challenge": "c", "key_proof": "a.b.c"}' % ("A" * 43)
+    for body in (text.encode("utf-16"), text.encode("utf-16-le"), text.encode("utf-32"),
+                 text.encode() + b"\xff"):
+        response = http.post("/v1/attestations/renew", content=body,
+                             headers={"content-type": "application/json"})
+        problem = _problem(response, 400, "malformed_request")
+        assert "UTF-8" in problem["title"]
+    # the same text in UTF-8 (and with its byte order mark, which RFC 8259 lets a parser skip)
+    for body in (text.encode(), text.encode("utf-8-sig")):
+        response = http.post("/v1/attestations/renew", content=body,
+                             headers={"content-type": "application/json"})
+        assert response.json()["code"] != "malformed_request", response.text
+
+
 def test_http_renew_unknown_instance_404(http: httpx.Client) -> None:
     challenge = http.post("/v1/challenge").json()["challenge"]
     response = http.post(
