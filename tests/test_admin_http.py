@@ -212,7 +212,7 @@ def test_admin_http_status_list_etag_not_modified(stack: Admin) -> None:
     changed = stack.http.get("/statuslists/0", headers={"If-None-Match": first.headers["etag"]})
     assert changed.status_code == 200 and changed.headers["etag"] != first.headers["etag"]
     _problem(stack.http.get("/statuslists/7"), 404, "not_found")
-    _problem(stack.http.get("/statuslists/x"), 422, "invalid_request")
+    _problem(stack.http.get("/statuslists/x"), 404, "not_found")
 
 
 def test_admin_http_app_without_status_list_issues_no_status(

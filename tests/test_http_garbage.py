@@ -52,9 +52,8 @@ def test_http_garbage_bodies_get_4xx_problem_without_echo(server: LiveServer, po
         for path in post_paths:
             for body in _bodies(rng):
                 response = http.post(path, content=body, headers={"content-type": "application/json"})
-                if path == "/v1/challenge":
-                    assert response.status_code == 200
-                    continue
+                if path == "/v1/challenge" and response.status_code == 200:
+                    continue  # it reads no body: any JSON text will do (not UTF-8: below)
                 assert 400 <= response.status_code < 500, (path, response.status_code, response.text)
                 assert response.headers["content-type"].startswith("application/problem+json")
                 assert MARKER not in response.text
@@ -215,7 +214,7 @@ def test_http_garbage_every_public_route_4xx_problem_without_echo(
                         # /readyz honestly reports this test server's missing revocation list
                         not_ready = path == "/readyz" and response.status_code == 503
                         assert response.status_code < 500 or not_ready, where
-                        if not_ready:
+                        if not_ready and method != "HEAD":  # (HEAD: as GET, no content)
                             assert response.json()["code"] == "not_ready", where
                         if response.status_code >= 400 and method != "HEAD":
                             assert response.headers["content-type"].startswith(
