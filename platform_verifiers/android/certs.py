@@ -320,7 +320,52 @@ def _time(value: Any) -> datetime:
     return moment
 
 
+#: elements (outside OCTET and BIT STRINGs) a certificate may have for the tolerant reader:
+#: the real certificates in ../shared/vectors have 84 at most (a KeyDescription is inside an
+#: OCTET STRING, not counted);
+#: pyasn1 took ~19 ms for one of ~2,800 (700 extensions), before any signature was checked,
+#: so ten such junk certificates cost a request 0.19 s of CPU (found in review)
+MAX_TOLERANT_ELEMENTS = 1000
+
+
+def _elements_over(der: bytes, limit: int) -> bool:
+    """Whether ``der`` holds more than ``limit`` elements, counting into constructed ones.
+
+    A cheap walk of the tag-length headers; anything it cannot read (an indefinite length,
+    a length past its parent) stops it with False: pyasn1 then decides, as before."""
+    count, stack = 0, [(0, len(der))]
+    while stack:
+        at, end = stack.pop()
+        while at < end:
+            tag, at = der[at], at + 1
+            if tag & 0x1F == 0x1F:  # a tag number in the octets that follow
+                while at < end and der[at] & 0x80:
+                    at += 1
+                at += 1
+            if at >= end:
+                return False
+            length, at = der[at], at + 1
+            if length & 0x80:
+                width = length & 0x7F
+                if not 0 < width <= 4:
+                    return False
+                length, at = int.from_bytes(der[at : at + width], "big"), at + width
+            if at + length > end:
+                return False
+            count += 1
+            if count > limit:
+                return True
+            if tag & 0x20:
+                stack.append((at + length, end))
+                end = at + length
+            else:
+                at += length
+    return False
+
+
 def _decode_with_pyasn1(der: bytes) -> ChainCertificate:
+    if _elements_over(der, MAX_TOLERANT_ELEMENTS):
+        raise ValueError("too many elements for the tolerant reader")
     tbs_raw, _ = _split_certificate(der)
     cert, _ = ber_decoder.decode(der, asn1Spec=rfc5280.Certificate())
     tbs = cert["tbsCertificate"]

@@ -172,3 +172,41 @@ def test_pss_link_with_an_issuer_key_too_small_fails_chain_signature_invalid() -
             [_anchor(root)], NOW,
         )
     assert refused.value.code == "chain_signature_invalid"
+
+
+def _junk_with_extensions(count: int) -> bytes:
+    """A self-signed certificate with ``count`` extensions that pyca refuses (ECDSA with
+    NULL parameters outside the signed part), so that the tolerant reader is the one asked."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    builder = (
+        x509.CertificateBuilder().subject_name(_name("x")).issuer_name(_name("x"))
+        .public_key(key.public_key()).serial_number(1)
+        .not_valid_before(NOW).not_valid_after(NOW + timedelta(days=1))
+    )
+    for n in range(count):
+        builder = builder.add_extension(
+            x509.UnrecognizedExtension(x509.ObjectIdentifier(f"1.2.3.{n}"), b"\x05\x00"), False
+        )
+    der = builder.sign(key, hashes.SHA256()).public_bytes(Encoding.DER)
+    return _with_algorithm(der, bytes.fromhex("300c06082a8648ce3d0403020500"))
+
+
+def test_a_certificate_too_large_for_the_tolerant_reader_fails_certificate_malformed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # pyasn1 took ~19 ms a certificate of 700 extensions, before any signature was checked:
+    # ten of them cost a request 0.19 s (found in review); now refused before pyasn1 reads it
+    from platform_verifiers.android import certs
+
+    junk = _junk_with_extensions(700)
+    with monkeypatch.context() as patched:
+        def unexpected(*_args: object, **_kwargs: object) -> None:
+            raise AssertionError("pyasn1 was asked to read it")
+
+        patched.setattr(certs.ber_decoder, "decode", unexpected)
+        with pytest.raises(VerificationError) as refused:
+            decode_certificate(junk, 3)
+    assert refused.value.code == "certificate_malformed"
+    assert refused.value.detail["index"] == 3
+    read = decode_certificate(_junk_with_extensions(20), 0)  # a plausible size: still read
+    assert len(read.extensions) == 20
