@@ -84,6 +84,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_seen = 0  # the URL and headers the parser handed over
         self._headers = 0
         self._begun = False  # a message began in the read being parsed
+        self._head_begun = False  # a message began and its head is not complete
+        self._body_pending = False  # a pipelined request's body, timed once it is read
         self._received = False  # anything arrived since the head timer started
         self._timer: asyncio.TimerHandle | None = None
 
@@ -111,7 +113,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()  # the application sees the client go away
 
     def _wait_for_head(self) -> None:
-        self._head_open, self._head_bytes, self._received = True, 0, False
+        # (a head may have begun meanwhile: then the client sent something, and gets its 408)
+        self._head_open, self._head_bytes, self._received = True, 0, self._head_begun
         self._arm(HEAD_SECONDS, self._head_expired)
 
     # -- the protocol ------------------------------------------------------------------
@@ -160,7 +163,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # -- parser callbacks --------------------------------------------------------------
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._begun = True
+        self._begun = self._head_begun = True
         self._head_open, self._head_seen, self._headers = True, 0, 0
 
     def on_url(self, url: bytes) -> None:
@@ -177,16 +180,29 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
-        self._head_open = False
-        self._arm(BODY_SECONDS, self._body_expired)
+        self._head_open = self._head_begun = False
+        if self.cycle is not None and not self.cycle.response_complete:
+            # pipelined behind a request still being answered: uvicorn stops reading until
+            # that answer is out, so its body is timed from then (on_response_complete); timed
+            # from now, a slow first answer let the timer close both (found in review)
+            self._body_pending = True
+        else:
+            self._arm(BODY_SECONDS, self._body_expired)
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
+        self._body_pending = False
         self._disarm()
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        # uvicorn armed its keep-alive timer: no request is pipelined behind this one
-        if self.timeout_keep_alive_task is not None:
+        if self.transport.is_closing():
+            return
+        if self._body_pending:  # the pipelined request uvicorn starts now: read its body
+            self._body_pending = False
+            self._arm(BODY_SECONDS, self._body_expired)
+        elif self.timeout_keep_alive_task is not None:  # no request pipelined behind this one
+            if self._head_begun:  # the next head has begun: our 408, not a silent keep-alive close
+                self._unset_keepalive_if_required()
             self._wait_for_head()

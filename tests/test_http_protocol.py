@@ -4,15 +4,17 @@ refusals, each answered as problem+json (or a closed connection) before any rout
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from attester import http_protocol
-from tests.support import LiveServer
+from tests.support import LiveServer, live_server
 
 GET = b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
 
@@ -158,3 +160,61 @@ def test_keep_alive_and_pipelined_requests_are_served_past_the_timers(
     sock.sendall((GET + b"\r\n") * 3 + GET + b"Connection: close\r\n\r\n")
     time.sleep(0.8)  # past the head timer: the pipelined requests were all in
     assert _answer(sock).count(b"HTTP/1.1 200 ") == 4
+
+
+async def _slow_echo(scope: dict, receive: Any, send: Any) -> None:  # type: ignore[type-arg]
+    """A bare ASGI app: ``/slow`` answers after 1.5 s; every answer names the request's body."""
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if message["type"] == "http.disconnect" or not message.get("more_body"):
+            break
+    if scope["path"] == "/slow":
+        await asyncio.sleep(1.5)
+    out = b"%s %s %d" % (scope["method"].encode(), scope["path"].encode(), len(body))
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", str(len(out)).encode())]})
+    await send({"type": "http.response.body", "body": out})
+
+
+@pytest.fixture
+def slow(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, int]]:
+    monkeypatch.setattr(http_protocol, "BODY_SECONDS", 0.5)
+    monkeypatch.setattr(http_protocol, "HEAD_SECONDS", 0.5)
+    with live_server(_slow_echo) as live:
+        host, port = live.url.removeprefix("http://").split(":")
+        yield host, int(port)
+
+
+def test_a_pipelined_body_is_timed_from_when_it_is_read(slow: tuple[str, int]) -> None:
+    # behind a request answered after the body timer's time, a pipelined POST whose body
+    # follows its head: uvicorn reads that body only once the first answer is out, and the
+    # timer, started at the head, closed the connection under both (found in review)
+    sock = socket.create_connection(slow, timeout=10)
+    sock.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+    time.sleep(0.2)
+    sock.sendall(b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\n")
+    time.sleep(0.1)
+    sock.sendall(b"hello")
+    answer = _answer(sock)
+    sock.close()
+    assert b"GET /slow 0" in answer and b"POST /p 5" in answer, answer
+
+
+def test_a_pipelined_head_left_unfinished_gets_its_408(slow: tuple[str, int]) -> None:
+    # a head begun while the request ahead was answered was closed without a word: uvicorn's
+    # keep-alive timer, and a head timer that forgot the head had begun (found in review)
+    sock = socket.create_connection(slow, timeout=10)
+    sock.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+    time.sleep(0.2)
+    sock.sendall(b"GET /b HTTP/1.1\r\nHo")
+    answer = _answer(sock)
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 200 ") and b"GET /slow 0" in answer
+    _problem(answer[answer.index(b"HTTP/1.1 408"):], 408, "request_timeout")
