@@ -2,7 +2,7 @@
 that the service still trusts it (as Android's stored facts let it).
 
 Instances registered before this revision have none; a renewal takes theirs to be
-Apple's pinned App Attest root (README, "Renewal").
+Apple's pinned App Attest root, always trusted (README, "What it serves", the renewal row).
 
 Revision ID: 0006
 Revises: 0005
