@@ -25,6 +25,7 @@ measured exactly. Nothing here runs once a head is complete, except the body's t
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import httptools
@@ -32,6 +33,9 @@ import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from attester.errors import PROBLEM_JSON, PROBLEM_TYPE_BASE, STATUS
+
+#: the access log's logger: these refusals happen before a request reaches the application
+log = logging.getLogger("attester.http")
 
 #: request line and headers together (nginx's default buffers: 4 x 8 KiB)
 MAX_HEAD_BYTES = 32 * 1024
@@ -104,6 +108,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing() or not self._head_open:
             return
         if self._received:
+            self._log("request_timeout")
             self.transport.write(problem_bytes("request_timeout", limit_seconds=HEAD_SECONDS))
         self.transport.close()
 
@@ -154,8 +159,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 detail = {"limit": MAX_HEAD_BYTES, "max_headers": MAX_HEADERS}
             else:
                 detail = {}
+            self._log(code)
             self.transport.write(problem_bytes(code, **detail))
             self.transport.close()
+
+    @staticmethod
+    def _log(code: str) -> None:
+        # as the application's own "rejected" line (no client address: the access log has none)
+        log.info("rejected", extra={"fields": {"code": code, "status": STATUS[code]}})
 
     def send_400_response(self, msg: str) -> None:
         self._refuse("http_request_malformed")

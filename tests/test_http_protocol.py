@@ -76,10 +76,15 @@ def _send(sock: socket.socket, data: bytes) -> None:
         pass  # refused before it was all sent: the answer is what counts
 
 
-def test_a_head_over_the_limit_in_one_read_is_431(connect: type[socket.socket]) -> None:
+def test_a_head_over_the_limit_in_one_read_is_431_and_logged(
+    connect: type[socket.socket], caplog: pytest.LogCaptureFixture
+) -> None:
     sock = connect()
-    _send(sock, GET + b"X-Big: " + b"a" * (http_protocol.MAX_HEAD_BYTES + 1) + b"\r\n\r\n")
-    _problem(_answer(sock), 431, "request_headers_too_large")
+    with caplog.at_level("INFO", logger="attester.http"):
+        _send(sock, GET + b"X-Big: " + b"a" * (http_protocol.MAX_HEAD_BYTES + 1) + b"\r\n\r\n")
+        _problem(_answer(sock), 431, "request_headers_too_large")
+    logged = [r for r in caplog.records if r.getMessage() == "rejected"]
+    assert [r.fields["code"] for r in logged] == ["request_headers_too_large"]  # type: ignore[attr-defined]
 
 
 def test_a_head_that_never_ends_is_refused_once_past_the_limit(
