@@ -57,17 +57,17 @@ class _Refused(Exception):
 
 def _strict_end(data: bytes) -> int:
     """Where the item at the start of ``data`` ends, walked without recursion (and with the
-    head read inline: ~4 us for an App Attest object, against ~2 us for cbor2's decode).
+    head read inline: ~3 us for an App Attest object, against ~2 us for cbor2's decode).
 
-    Each open array or map has the items it still holds in ``left`` and, for a map, the
-    keys seen so far in ``keys`` (``None`` for an array; a map's next item is a key when an
-    even number is left). A key is compared by its major type and value (a string by its
-    bytes), not by its encoding, so a key written twice with two different length
-    encodings is still seen twice.
+    The innermost open array or map is ``left`` (the items it still holds) and ``seen``
+    (for a map, the keys so far; ``None`` for an array; a map's next item is a key when an
+    even number is left); the ones around it wait in ``outer``. A key is compared by its
+    major type and value (a string by its bytes), not by its encoding, so a key written
+    twice with two different length encodings is still seen twice.
     """
     at, size = 0, len(data)
-    left: list[int] = []
-    keys: list[set[tuple[int, int | bytes]] | None] = []
+    outer: list[tuple[int, set[tuple[int, int | bytes]] | None]] = []
+    left, seen = 0, None  # (0: no container is open yet)
     while True:
         if at >= size:
             raise _Refused("is truncated")
@@ -82,8 +82,7 @@ def _strict_end(data: bytes) -> int:
             width = 1 << (argument - 24)
             argument = int.from_bytes(data[at : at + width], "big")
             at += width
-        seen = keys[-1] if keys else None
-        if seen is not None and not left[-1] & 1:
+        if seen is not None and not left & 1:
             if major > 3:
                 raise _Refused("has a map key that is not an integer or a string")
             key = (major, data[at : at + argument] if major > 1 else argument)
@@ -95,17 +94,15 @@ def _strict_end(data: bytes) -> int:
         elif major == 6:
             continue  # a tag: the item it tags follows, and stands in its place
         elif (major == 4 or major == 5) and argument:
-            left.append(argument if major == 4 else 2 * argument)
-            keys.append(None if major == 4 else set())
+            if left:
+                outer.append((left, seen))
+            left, seen = (argument, None) if major == 4 else (2 * argument, set())
             continue
         if at > size:
             raise _Refused("is truncated")
         # an item ended: count it in the containers it closes
-        while left:
-            if left[-1] > 1:
-                left[-1] -= 1
-                break
-            left.pop()
-            keys.pop()
-        if not left:
-            return at
+        while left <= 1:
+            if not outer:
+                return at
+            left, seen = outer.pop()
+        left -= 1
