@@ -49,9 +49,9 @@ from attester.settings import AppConfig, Settings
 from attester.storage import InstanceRecord, Store
 from keys.jwks import thumbprint
 from platform_verifiers.anchors import TrustAnchor, load_anchor
-from platform_verifiers.apple.anchors import APP_ATTEST_ROOT_NAME
 from platform_verifiers.apple import (
     AAGUIDS,
+    APP_ATTEST_ROOT_NAME,
     MAX_ATTESTATION_BYTES,
     VerifiedLinkCache,
     apple_app_attest_roots,

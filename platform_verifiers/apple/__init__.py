@@ -6,7 +6,7 @@ https://developer.apple.com/documentation/devicecheck/validating-apps-that-conne
 """
 
 from ..linkcache import VerifiedLinkCache
-from .anchors import apple_app_attest_roots, apple_receipt_roots
+from .anchors import APP_ATTEST_ROOT_NAME, apple_app_attest_roots, apple_receipt_roots
 from .parse import (
     MAX_ASSERTION_BYTES,
     MAX_ATTESTATION_BYTES,
@@ -61,6 +61,7 @@ ASSERTION_ERROR_CODES: frozenset[str] = frozenset(
 
 __all__ = [
     "AAGUIDS",
+    "APP_ATTEST_ROOT_NAME",
     "ASSERTION_ERROR_CODES",
     "ATTESTATION_ERROR_CODES",
     "MAX_ASSERTION_BYTES",

@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-
 from ..cbor import decode_first_cbor_item as _decode_first_cbor_item
 from ..cbor import decode_single_cbor_item as _decode_single_cbor_item
 from ..errors import VerificationError
