@@ -6,13 +6,16 @@ Invalid configuration raises :class:`ConfigError` naming the offending field.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from datetime import timedelta
 from importlib import resources
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -36,6 +39,35 @@ StaticClaim = str | int | bool
 
 class ConfigError(Exception):
     """The configuration cannot be used; the message names the field."""
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _outbound_url(value: str) -> str:
+    """A URL the service calls (Google's and Apple's services): absolute https, or http to
+    loopback (where tests serve stand-ins). Plain http elsewhere would let anyone on the
+    path answer for Google or Apple (an empty revocation list, a passing verdict)."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (raises on a port that is not a number)
+    except ValueError as exc:
+        raise ValueError(f"not a URL: {exc}") from None
+    if any(c.isspace() or not c.isprintable() for c in value) or not parts.hostname:
+        raise ValueError("must be an absolute http(s) URL with a host")
+    if parts.scheme == "https" or (parts.scheme == "http" and _loopback(parts.hostname)):
+        return value
+    raise ValueError("must be https (http only to a loopback address)")
+
+
+#: see :func:`_outbound_url`
+OutboundUrl = Annotated[str, AfterValidator(_outbound_url)]
 
 
 class _Strict(BaseModel):
@@ -195,7 +227,7 @@ class AppConfig(_Strict):
 class AndroidSettings(_Strict):
     """Service-wide Android settings (I/O endpoints and test-only relaxations)."""
 
-    revocation_url: str = "https://android.googleapis.com/attestation/status"
+    revocation_url: OutboundUrl = "https://android.googleapis.com/attestation/status"
     revocation_timeout: float = Field(default=10.0, gt=0)
     revocation_max_staleness: int = Field(default=48 * 3600, ge=60)
     # explicit relaxation: accept registrations with a stale list (logged as a warning)
@@ -205,8 +237,8 @@ class AndroidSettings(_Strict):
     # test-only: trust the public AOSP software attestation roots
     allow_software_root: bool = False
     allow_software_level: bool = False
-    play_integrity_url: str = "https://playintegrity.googleapis.com"
-    play_integrity_token_uri: str = "https://oauth2.googleapis.com/token"
+    play_integrity_url: OutboundUrl = "https://playintegrity.googleapis.com"
+    play_integrity_token_uri: OutboundUrl = "https://oauth2.googleapis.com/token"
     play_integrity_timeout: float = Field(default=10.0, gt=0, le=60)
 
 
@@ -257,8 +289,8 @@ class AppleSettings(_Strict):
     test_root_files: tuple[Path, ...] = ()
     # test-only: extra PEM roots trusted for App Attest receipts besides Apple Root CA - G3
     test_receipt_root_files: tuple[Path, ...] = ()
-    receipt_url: str = "https://data.appattest.apple.com/v1/attestationData"
-    receipt_url_development: str = "https://data-development.appattest.apple.com/v1/attestationData"
+    receipt_url: OutboundUrl = "https://data.appattest.apple.com/v1/attestationData"
+    receipt_url_development: OutboundUrl = "https://data-development.appattest.apple.com/v1/attestationData"
     receipt_timeout: float = Field(default=10.0, gt=0, le=60)
     # how recent a receipt Apple just returned must be (Apple: minutes)
     receipt_max_age: int = Field(default=300, ge=60, le=86400)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import pytest
@@ -59,6 +61,36 @@ def test_settings_invalid_names_field(tmp_path: Path, text: str, field: str) -> 
     with pytest.raises(ConfigError) as info:
         load_settings(_write(tmp_path, text))
     assert field in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://android.googleapis.com/attestation/status",  # anyone on the path could answer
+        "status",  # no scheme: it failed at the first fetch, as "unavailable"
+        "https://[::1/status",  # raised InvalidURL (a 500) at every registration
+        "https://a.example:port/x",
+        "https://a.example/\x00",
+        "ftp://a.example/x",
+        "https:///x",
+    ],
+)
+@pytest.mark.parametrize(
+    "field",
+    ["android.revocation_url", "android.play_integrity_url", "android.play_integrity_token_uri",
+     "apple.receipt_url", "apple.receipt_url_development"],
+)
+def test_settings_outbound_urls_are_https_or_loopback(
+    tmp_path: Path, field: str, url: str
+) -> None:
+    section, name = field.split(".")
+    with pytest.raises(ConfigError) as info:
+        load_settings(_write(tmp_path, f"[{section}]\n{name} = {json.dumps(url)}"))
+    assert field in str(info.value)
+    for fine in ("https://a.example/x", "http://127.0.0.1:9/x", "http://[::1]:9/x",
+                 "http://localhost:9/x"):
+        settings = load_settings(_write(tmp_path, f"[{section}]\n{name} = {json.dumps(fine)}"))
+        assert getattr(getattr(settings, section), name) == fine
 
 
 def test_settings_missing_file_is_config_error(tmp_path: Path) -> None:

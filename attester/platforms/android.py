@@ -56,7 +56,7 @@ from platform_verifiers.android import (
 from platform_verifiers.android.certs import decode_certificate
 from platform_verifiers.android.fastkd import decode_key_description
 from platform_verifiers.android.policy import check_policy
-from platform_verifiers.android.revocation import check_revocation
+from platform_verifiers.android.revocation import check_revocation, is_stale
 from platform_verifiers.errors import PolicyViolation, VerificationError
 
 if TYPE_CHECKING:
@@ -191,6 +191,8 @@ class AndroidPlatform:
             url=android.revocation_url,
             cache_path=settings.data_dir / "android-revocation.json",
             timeout=android.revocation_timeout,
+            # refetched well before a copy counts as stale, whatever max-age Google sends
+            max_fresh=timedelta(seconds=android.revocation_max_staleness) / 2,
         )
         # Play Integrity (issue 10): decoders per app, keys read once here
         self.integrity = integrity or IntegrityGate(settings)
@@ -225,7 +227,7 @@ class AndroidPlatform:
                 "the attestation revocation list cannot be obtained; try again later",
             )
         if android.allow_stale_revocation:
-            if now - snapshot.fetched_at > limit:
+            if is_stale(snapshot, now, limit):
                 log.warning("Android revocation list is stale; accepting (allow_stale_revocation)")
             return snapshot, None
         return snapshot, limit
@@ -242,7 +244,7 @@ class AndroidPlatform:
         snapshot = self.fetcher.get(now)
         if snapshot is None:
             state = "unavailable"
-        elif now - snapshot.fetched_at > timedelta(seconds=android.revocation_max_staleness):
+        elif is_stale(snapshot, now, timedelta(seconds=android.revocation_max_staleness)):
             state = "stale"
         else:
             state = "ok"

@@ -31,14 +31,33 @@ def _bad_list(why: str) -> VerificationError:
     )
 
 
+#: the statuses Google documents; any other status rejects too, but is reported as this
+UNRECOGNISED_STATUS = "UNRECOGNISED"
+_STATUSES = frozenset({"REVOKED", "SUSPENDED"})
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        # as for CBOR (platform_verifiers/cbor.py): one list must not say two things
+        raise _bad_list("an object has a key twice")
+    return document
+
+
 def parse_status_list(data: bytes, fetched_at: datetime) -> RevocationSnapshot:
-    """Parse the JSON status list (``{"entries": {serial: {"status": ...}}}``)."""
+    """Parse the JSON status list (``{"entries": {serial: {"status": ...}}}``).
+
+    The list must be UTF-8 JSON (RFC 8259 8.1; json.loads alone also reads UTF-16 and
+    UTF-32) with no key twice in an object. Anything else is ``revocation_list_malformed``.
+    """
     if fetched_at.tzinfo is None:
         raise ValueError("fetched_at must be timezone-aware")
     try:
-        document = json.loads(data)
+        document = json.loads(data.decode("utf-8"), object_pairs_hook=_unique_keys)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _bad_list("not JSON") from exc
+        raise _bad_list("not UTF-8 JSON") from exc
+    except RecursionError as exc:
+        raise _bad_list("nested too deeply") from exc
     if not isinstance(document, dict) or not isinstance(document.get("entries"), dict):
         raise _bad_list("no entries object")
     entries: dict[str, str] = {}
@@ -62,6 +81,18 @@ def normalise_serial(key: str) -> str:
     return format(int(text, 16), "x")
 
 
+#: a list fetched further ahead of ``now`` than this was fetched under a wrong clock
+FUTURE_TOLERANCE = timedelta(minutes=5)
+
+
+def is_stale(snapshot: RevocationSnapshot, now: datetime, max_age: timedelta) -> bool:
+    """Older than ``max_age`` at ``now``, or fetched more than :data:`FUTURE_TOLERANCE` after
+    it: then its age is unknown (the clock was wrong when it was fetched, or is now), and
+    trusted as fresh it would hide every revocation published since."""
+    age = now - snapshot.fetched_at
+    return age > max_age or -age > FUTURE_TOLERANCE
+
+
 def check_revocation(
     serials: Sequence[str],
     snapshot: RevocationSnapshot,
@@ -71,9 +102,10 @@ def check_revocation(
 ) -> None:
     """Reject a stale snapshot, then any listed serial (whatever its status: fail closed).
 
-    ``serials`` are the chain's serial numbers in lowercase hex, leaf first.
+    ``serials`` are the chain's serial numbers in lowercase hex, leaf first. Stale is
+    :func:`is_stale`: a snapshot from the future is stale too.
     """
-    if max_age is not None and now - snapshot.fetched_at > max_age:
+    if max_age is not None and is_stale(snapshot, now, max_age):
         raise VerificationError(
             "revocation_list_stale",
             "the attestation status list is older than allowed",
@@ -88,5 +120,6 @@ def check_revocation(
                 "a certificate in the chain is revoked or suspended",
                 index=index,
                 serial=serial,
-                status=status,
+                # the list's own text only when it is one Google documents
+                status=status if status in _STATUSES else UNRECOGNISED_STATUS,
             )

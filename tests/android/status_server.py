@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -17,6 +18,8 @@ class StatusServer:
         self.body = LIST_A
         self.status = 200
         self.cache_control = "public, max-age=3600"
+        self.headers: dict[str, str] = {}  # sent too
+        self.drip = 0.0  # seconds between the body's bytes, as a stalling server would
         self.requests = 0
         outer = self
 
@@ -27,8 +30,16 @@ class StatusServer:
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Cache-Control", outer.cache_control)
                 self.send_header("Content-Length", str(len(outer.body)))
+                for name, value in outer.headers.items():
+                    self.send_header(name, value)
                 self.end_headers()
-                self.wfile.write(outer.body)
+                if not outer.drip:
+                    self.wfile.write(outer.body)
+                    return
+                for offset in range(len(outer.body)):
+                    self.wfile.write(outer.body[offset : offset + 1])
+                    self.wfile.flush()
+                    time.sleep(outer.drip)
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -39,6 +50,7 @@ class StatusServer:
         self.thread.start()
 
     def close(self) -> None:
+        self.drip = 0.0  # a dripping handler finishes at once (its client has gone)
         self.server.shutdown()
         self.server.server_close()
 
